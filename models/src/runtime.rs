@@ -1,0 +1,194 @@
+//! What MLX runtime this process got: version, default device, backends.
+
+use std::ffi::CStr;
+
+/// The MLX library version that is loaded (from `libmlx`, not from headers).
+pub fn mlx_version() -> String {
+    // SAFETY: mlx_string is created, filled by mlx_version and freed here.
+    unsafe {
+        let mut s = mlx_sys::mlx_string_new();
+        let rc = mlx_sys::mlx_version(&mut s);
+        let out = if rc == 0 {
+            CStr::from_ptr(mlx_sys::mlx_string_data(s))
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            String::from("unknown")
+        };
+        mlx_sys::mlx_string_free(s);
+        out
+    }
+}
+
+/// Which compute backends this libmlx was built with and can reach now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backends {
+    pub metal: bool,
+    pub cuda: bool,
+}
+
+pub fn backends() -> Backends {
+    let mut metal = false;
+    let mut cuda = false;
+    // SAFETY: plain out-parameters.
+    unsafe {
+        if mlx_sys::mlx_metal_is_available(&mut metal) != 0 {
+            metal = false;
+        }
+        if mlx_sys::mlx_cuda_is_available(&mut cuda) != 0 {
+            cuda = false;
+        }
+    }
+    Backends { metal, cuda }
+}
+
+/// The device MLX runs on unless told otherwise, with whatever the backend
+/// reports about it (`device_name`, `architecture`, memory size, ...).
+#[derive(Debug, Clone)]
+pub struct DeviceReport {
+    pub kind: &'static str,
+    pub index: i32,
+    pub info: Vec<(String, String)>,
+}
+
+impl DeviceReport {
+    pub fn name(&self) -> Option<&str> {
+        self.info
+            .iter()
+            .find(|(k, _)| k == "device_name")
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn default_device() -> DeviceReport {
+    // SAFETY: the device handle is created and freed here.
+    unsafe {
+        let mut device = mlx_sys::mlx_device_new();
+        mlx_sys::mlx_get_default_device(&mut device);
+        let mut kind = mlx_sys::mlx_device_type__MLX_CPU;
+        mlx_sys::mlx_device_get_type(&mut kind, device);
+        let mut index = 0;
+        mlx_sys::mlx_device_get_index(&mut index, device);
+        let info = device_info(device);
+        mlx_sys::mlx_device_free(device);
+        DeviceReport {
+            kind: if kind == mlx_sys::mlx_device_type__MLX_GPU {
+                "gpu"
+            } else {
+                "cpu"
+            },
+            index,
+            info,
+        }
+    }
+}
+
+fn device_info(device: mlx_sys::mlx_device) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    // SAFETY: every mlx_* handle created here is freed here; strings are
+    // copied out before their owner is freed.
+    unsafe {
+        let mut info = mlx_sys::mlx_device_info_new();
+        if mlx_sys::mlx_device_info_get(&mut info, device) != 0 {
+            mlx_sys::mlx_device_info_free(info);
+            return out;
+        }
+        let mut keys = mlx_sys::mlx_vector_string_new();
+        if mlx_sys::mlx_device_info_get_keys(&mut keys, info) == 0 {
+            for i in 0..mlx_sys::mlx_vector_string_size(keys) {
+                let mut key_ptr: *mut std::os::raw::c_char = std::ptr::null_mut();
+                if mlx_sys::mlx_vector_string_get(&mut key_ptr, keys, i) != 0 {
+                    continue;
+                }
+                let key = CStr::from_ptr(key_ptr).to_string_lossy().into_owned();
+                let mut is_string = false;
+                mlx_sys::mlx_device_info_is_string(&mut is_string, info, key_ptr);
+                let value = if is_string {
+                    let mut v: *const std::os::raw::c_char = std::ptr::null();
+                    mlx_sys::mlx_device_info_get_string(&mut v, info, key_ptr);
+                    if v.is_null() {
+                        continue;
+                    }
+                    CStr::from_ptr(v).to_string_lossy().into_owned()
+                } else {
+                    let mut v: usize = 0;
+                    mlx_sys::mlx_device_info_get_size(&mut v, info, key_ptr);
+                    v.to_string()
+                };
+                out.push((key, value));
+            }
+            mlx_sys::mlx_vector_string_free(keys);
+        }
+        mlx_sys::mlx_device_info_free(info);
+    }
+    out
+}
+
+/// A tiny matmul and NHWC convolution on the default device, compared with
+/// the same sums done in plain Rust. Proves that libmlx loaded, that its BLAS
+/// and convolution paths run, and that results come back through mlx-rs.
+pub fn self_check() -> Result<(), String> {
+    use mlx_rs::{ops, Array};
+
+    let fail = |what: &str, e: mlx_rs::error::Exception| format!("{what}: {e}");
+    // matmul: (3,4) x (4,2)
+    let a: Vec<f32> = (0..12).map(|i| i as f32 * 0.5 - 2.0).collect();
+    let b: Vec<f32> = (0..8).map(|i| 1.0 - i as f32 * 0.25).collect();
+    let c = Array::from_slice(&a, &[3, 4])
+        .matmul(Array::from_slice(&b, &[4, 2]))
+        .map_err(|e| fail("matmul", e))?;
+    c.eval().map_err(|e| fail("matmul", e))?;
+    for i in 0..3 {
+        for j in 0..2 {
+            let want: f32 = (0..4).map(|k| a[i * 4 + k] * b[k * 2 + j]).sum();
+            let got = c.as_slice::<f32>()[i * 2 + j];
+            if (got - want).abs() > 1e-4 {
+                return Err(format!("matmul[{i},{j}] = {got}, expected {want}"));
+            }
+        }
+    }
+    // conv2d: input (1,4,4,2) NHWC, kernel (3,3,3,2) OHWI, stride 1, padding 1
+    let x: Vec<f32> = (0..32).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+    let w: Vec<f32> = (0..54).map(|i| ((i * 5) % 9) as f32 * 0.1 - 0.4).collect();
+    let y = ops::conv2d(
+        Array::from_slice(&x, &[1, 4, 4, 2]),
+        Array::from_slice(&w, &[3, 3, 3, 2]),
+        (1, 1),
+        (1, 1),
+        None,
+        None,
+    )
+    .map_err(|e| fail("conv2d", e))?;
+    y.eval().map_err(|e| fail("conv2d", e))?;
+    if y.shape() != [1, 4, 4, 3] {
+        return Err(format!(
+            "conv2d shape {:?}, expected [1, 4, 4, 3]",
+            y.shape()
+        ));
+    }
+    let ys = y.as_slice::<f32>();
+    for oy in 0..4i32 {
+        for ox in 0..4i32 {
+            for o in 0..3 {
+                let mut want = 0.0f32;
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        let (iy, ix) = (oy + ky - 1, ox + kx - 1);
+                        if !(0..4).contains(&iy) || !(0..4).contains(&ix) {
+                            continue;
+                        }
+                        for c in 0..2 {
+                            want += x[((iy * 4 + ix) * 2 + c as i32) as usize]
+                                * w[((o * 3 + ky as usize) * 3 + kx as usize) * 2 + c as usize];
+                        }
+                    }
+                }
+                let got = ys[((oy * 4 + ox) * 3) as usize + o];
+                if (got - want).abs() > 1e-4 {
+                    return Err(format!("conv2d[{oy},{ox},{o}] = {got}, expected {want}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! posed: the pose daemon.
+
+pub mod doctor;
