@@ -1,4 +1,19 @@
 //! posed-models: every network of posed in pure mlx-rs. Arrays in, arrays out;
 //! no threads, no I/O beyond reading weight files.
+//!
+//! - [`hand_detector`]: YOLOv8-pose hand detector (left/right, 21 keypoints)
+//! - [`wilor`]: WiLoR 3-D hand pose (ViT backbone + RefineNet)
+//! - [`mano`]: the MANO hand model WiLoR drives
+//! - [`nn`], [`rotation`]: blocks shared by the networks
+//! - [`weights`], [`npz`]: loading with key and shape validation
+//! - [`fixture`]: parity runs against the PyTorch reference outputs
 
+pub mod fixture;
+pub mod hand_detector;
+pub mod mano;
+pub mod nn;
+pub mod npz;
+pub mod rotation;
 pub mod runtime;
+pub mod weights;
+pub mod wilor;

@@ -1,0 +1,238 @@
+//! Parity fixtures: run a model on a fixture folder's inputs and compare its
+//! outputs with what the upstream PyTorch implementation produced.
+//!
+//! A fixture folder holds `<model>_weights.safetensors`, `<model>_config.json`
+//! and `<model>_io.safetensors` whose tensors are named `input.*`, `output.*`
+//! and `intermediate.*`. Runners return tensors under those same names.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use mlx_rs::{Array, Dtype};
+
+use crate::hand_detector::{self, DetectorConfig, HandDetector};
+use crate::weights::{WeightError, Weights};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FixtureError {
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    #[error("MLX: {0}")]
+    Mlx(#[from] mlx_rs::error::Exception),
+    #[error("fixture tensor {0} is missing")]
+    MissingTensor(String),
+}
+
+pub type Tensors = BTreeMap<String, Array>;
+
+/// The models a fixture folder can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FixtureModel {
+    Detector,
+    Wilor,
+}
+
+impl FixtureModel {
+    pub const ALL: [FixtureModel; 2] = [FixtureModel::Detector, FixtureModel::Wilor];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FixtureModel::Detector => "detector",
+            FixtureModel::Wilor => "wilor",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    pub fn io_file(self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}_io.safetensors", self.name()))
+    }
+
+    /// Largest |Δ| accepted for a tensor of this model's fixture.
+    pub fn tolerance(self, tensor: &str) -> f32 {
+        match self {
+            // Boxes and keypoints in pixels; scores and visibilities in [0, 1].
+            FixtureModel::Detector => 1e-2,
+            FixtureModel::Wilor => {
+                let _ = tensor;
+                1e-4
+            }
+        }
+    }
+}
+
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, FixtureError> {
+    let text = std::fs::read_to_string(path).map_err(|e| FixtureError::File {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| FixtureError::File {
+        path: path.into(),
+        reason: e.to_string(),
+    })
+}
+
+pub fn read_tensors(path: &Path) -> Result<HashMap<String, Array>, FixtureError> {
+    Array::load_safetensors(path).map_err(|e| FixtureError::File {
+        path: path.into(),
+        reason: e.to_string(),
+    })
+}
+
+fn take(io: &HashMap<String, Array>, name: &str) -> Result<Array, FixtureError> {
+    io.get(name)
+        .cloned()
+        .ok_or_else(|| FixtureError::MissingTensor(name.into()))
+}
+
+/// Runs `model` on the inputs of the fixture in `dir`.
+pub fn run(model: FixtureModel, dir: &Path) -> Result<Tensors, FixtureError> {
+    match model {
+        FixtureModel::Detector => run_detector(dir),
+        FixtureModel::Wilor => crate::wilor::run_fixture(dir),
+    }
+}
+
+fn run_detector(dir: &Path) -> Result<Tensors, FixtureError> {
+    let cfg: DetectorConfig = read_json(&dir.join("detector_config.json"))?;
+    let w = Weights::from_file(dir.join("detector_weights.safetensors"))?;
+    let net = HandDetector::new(cfg.clone(), &w)?;
+    w.finish()?;
+    let io = read_tensors(&FixtureModel::Detector.io_file(dir))?;
+    let image = take(&io, "input.image_letterboxed_f32")?;
+
+    let pred = net.forward(&image)?;
+    pred.eval()?;
+    let rows = cfg.output_rows();
+    let mut out = Tensors::new();
+    out.insert("output.raw".into(), pred.transpose_axes(&[0, 2, 1])?);
+
+    let first = pred.index(0);
+    let dets = hand_detector::select_detections(
+        first.as_slice::<f32>(),
+        rows as usize,
+        cfg.nc as usize,
+        cfg.conf_threshold,
+        cfg.iou_threshold,
+    );
+    let mut flat = Vec::with_capacity(dets.len() * rows as usize);
+    for d in &dets {
+        flat.extend_from_slice(&d.bbox);
+        flat.push(d.score);
+        flat.push(d.class as f32);
+        flat.extend(d.keypoints.iter().flatten());
+    }
+    out.insert(
+        "output.detections_xyxy_score_cls_kpts".into(),
+        Array::from_slice(&flat, &[dets.len() as i32, rows]),
+    );
+    Ok(out)
+}
+
+/// One compared tensor.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    pub name: String,
+    pub max_abs: f32,
+    pub mean_abs: f32,
+    pub tolerance: f32,
+    /// Set when the shapes differ (then the Δs are meaningless).
+    pub shape_mismatch: Option<(Vec<i32>, Vec<i32>)>,
+}
+
+impl Comparison {
+    pub fn passed(&self) -> bool {
+        self.shape_mismatch.is_none() && self.max_abs <= self.tolerance
+    }
+}
+
+impl fmt::Display for Comparison {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.shape_mismatch {
+            Some((got, want)) => write!(
+                f,
+                "{:<52} shape {got:?}, expected {want:?}   FAIL",
+                self.name
+            ),
+            None => write!(
+                f,
+                "{:<52} {:>10.3e} {:>10.3e} {:>9.0e}   {}",
+                self.name,
+                self.max_abs,
+                self.mean_abs,
+                self.tolerance,
+                if self.passed() { "ok" } else { "FAIL" }
+            ),
+        }
+    }
+}
+
+/// Compares every `output.*` and `intermediate.*` tensor of `expected` that
+/// `got` holds; outputs the runner did not produce count as failures.
+pub fn compare(
+    model: FixtureModel,
+    got: &Tensors,
+    expected: &HashMap<String, Array>,
+) -> Result<Vec<Comparison>, FixtureError> {
+    let mut names: Vec<&String> = expected
+        .keys()
+        .filter(|k| k.starts_with("output.") || k.starts_with("intermediate."))
+        .collect();
+    names.sort();
+    let mut rows = Vec::new();
+    for name in names {
+        let want = &expected[name];
+        let tolerance = model.tolerance(name);
+        let Some(g) = got.get(name) else {
+            if name.starts_with("output.") {
+                rows.push(Comparison {
+                    name: format!("{name} (not produced)"),
+                    max_abs: f32::INFINITY,
+                    mean_abs: f32::INFINITY,
+                    tolerance,
+                    shape_mismatch: None,
+                });
+            }
+            continue;
+        };
+        if g.shape() != want.shape() {
+            rows.push(Comparison {
+                name: name.clone(),
+                max_abs: f32::INFINITY,
+                mean_abs: f32::INFINITY,
+                tolerance,
+                shape_mismatch: Some((g.shape().to_vec(), want.shape().to_vec())),
+            });
+            continue;
+        }
+        let diff = g
+            .as_dtype(Dtype::Float32)?
+            .subtract(want.as_dtype(Dtype::Float32)?)?
+            .abs()?;
+        let max_abs = if diff.size() == 0 {
+            0.0
+        } else {
+            diff.max(None)?.item_exact::<f32>()
+        };
+        let mean_abs = if diff.size() == 0 {
+            0.0
+        } else {
+            diff.mean(None)?.item_exact::<f32>()
+        };
+        rows.push(Comparison {
+            name: name.clone(),
+            max_abs,
+            mean_abs,
+            tolerance,
+            shape_mismatch: None,
+        });
+    }
+    Ok(rows)
+}
+
+use mlx_rs::ops::indexing::IndexOp;

@@ -1,0 +1,222 @@
+//! `.npy` arrays inside a `.npz` (zip) archive, as NumPy's `savez` and
+//! `savez_compressed` write them. MLX's C++ core reads single `.npy` files
+//! only; MANO ships as an `.npz`.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NpzError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a zip archive: {0}")]
+    Zip(#[from] zip::result::ZipError),
+    #[error("{name}: {reason}")]
+    Npy { name: String, reason: String },
+}
+
+/// One array: its shape and its values widened to f64 (exact for every
+/// dtype MANO uses: f32, f64 and integers below 2^53).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NpyArray {
+    pub shape: Vec<usize>,
+    pub values: Vec<f64>,
+}
+
+impl NpyArray {
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.values.iter().map(|&v| v as f32).collect()
+    }
+
+    pub fn to_i32(&self) -> Vec<i32> {
+        self.values.iter().map(|&v| v as i32).collect()
+    }
+}
+
+/// Reads every `<name>.npy` member of the archive at `path`.
+pub fn read_npz(path: &Path) -> Result<HashMap<String, NpyArray>, NpzError> {
+    let file = std::fs::File::open(path)?;
+    let mut archive = zip::ZipArchive::new(file)?;
+    let mut out = HashMap::new();
+    for i in 0..archive.len() {
+        let mut member = archive.by_index(i)?;
+        let Some(name) = member.name().strip_suffix(".npy").map(str::to_owned) else {
+            continue;
+        };
+        let mut bytes = Vec::with_capacity(member.size() as usize);
+        member.read_to_end(&mut bytes)?;
+        let array = parse_npy(&bytes).map_err(|reason| NpzError::Npy {
+            name: name.clone(),
+            reason,
+        })?;
+        out.insert(name, array);
+    }
+    Ok(out)
+}
+
+/// Parses NPY format versions 1–3 (little- or big-endian numbers, C or
+/// Fortran order; Fortran arrays are returned in C order).
+pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err("not an .npy array (bad magic)".into());
+    }
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 => {
+            let b = bytes.get(8..12).ok_or("truncated header")?;
+            (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize, 12)
+        }
+        v => return Err(format!("unsupported .npy version {v}")),
+    };
+    let header = bytes
+        .get(start..start + header_len)
+        .ok_or("truncated header")?;
+    let header = std::str::from_utf8(header).map_err(|_| "header is not text")?;
+    let descr = dict_value(header, "descr").ok_or("header has no descr")?;
+    let descr = descr.trim_matches(|c| c == '\'' || c == '"');
+    let fortran = dict_value(header, "fortran_order").ok_or("header has no fortran_order")?;
+    let shape_text = dict_value(header, "shape").ok_or("header has no shape")?;
+    let shape: Vec<usize> = shape_text
+        .trim_matches(|c| c == '(' || c == ')')
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape {shape_text}")))
+        .collect::<Result<_, _>>()?;
+    let count: usize = shape.iter().product();
+
+    let data = &bytes[start + header_len..];
+    let (endian, kind) = descr.split_at(1);
+    let little = match endian {
+        "<" | "|" | "=" => true,
+        ">" => false,
+        _ => return Err(format!("unsupported dtype {descr}")),
+    };
+    let size: usize = kind[1..]
+        .parse()
+        .map_err(|_| format!("unsupported dtype {descr}"))?;
+    if data.len() < count * size {
+        return Err(format!(
+            "data holds {} bytes, shape {shape:?} of {descr} needs {}",
+            data.len(),
+            count * size
+        ));
+    }
+    let word = |chunk: &[u8]| -> [u8; 8] {
+        let mut w = [0u8; 8];
+        if little {
+            w[..size].copy_from_slice(chunk);
+        } else {
+            for (i, b) in chunk.iter().rev().enumerate() {
+                w[i] = *b;
+            }
+        }
+        w
+    };
+    let chunks = data[..count * size].chunks_exact(size).map(word);
+    let values: Vec<f64> = match (&kind[..1], size) {
+        ("f", 4) => chunks
+            .map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]]) as f64)
+            .collect(),
+        ("f", 8) => chunks.map(f64::from_le_bytes).collect(),
+        ("i", 1 | 2 | 4 | 8) => chunks
+            .map(|w| {
+                let shift = 64 - 8 * size as u32;
+                ((i64::from_le_bytes(w) << shift) >> shift) as f64
+            })
+            .collect(),
+        ("u", 1 | 2 | 4 | 8) | ("b", 1) => chunks.map(|w| u64::from_le_bytes(w) as f64).collect(),
+        _ => return Err(format!("unsupported dtype {descr}")),
+    };
+    let values = if fortran.trim() == "True" && shape.len() > 1 {
+        fortran_to_c(&values, &shape)
+    } else {
+        values
+    };
+    Ok(NpyArray { shape, values })
+}
+
+/// The text of `'key': value` in a Python dict literal (values here never
+/// contain a top-level comma outside parentheses).
+fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
+    let at = header.find(&format!("'{key}'"))?;
+    let rest = header[at + key.len() + 2..].trim_start().strip_prefix(':')?;
+    let mut depth = 0;
+    for (i, c) in rest.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' | '}' if depth == 0 => return Some(rest[..i].trim()),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn fortran_to_c(values: &[f64], shape: &[usize]) -> Vec<f64> {
+    let n = values.len();
+    let mut out = vec![0.0; n];
+    let mut index = vec![0usize; shape.len()];
+    for &v in values {
+        // `index` walks the array in Fortran order (first axis fastest).
+        let mut c = 0;
+        for (axis, &i) in index.iter().enumerate() {
+            c = c * shape[axis] + i;
+        }
+        out[c] = v;
+        for (axis, i) in index.iter_mut().enumerate() {
+            *i += 1;
+            if *i < shape[axis] {
+                break;
+            }
+            *i = 0;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn npy(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}", if fortran { "True" } else { "False" });
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend((header.len() as u16).to_le_bytes());
+        out.extend(header.as_bytes());
+        out.extend(data);
+        out
+    }
+
+    #[test]
+    fn reads_c_and_fortran_order_and_integer_widths() {
+        let data: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let c = parse_npy(&npy("<f4", false, "(2, 3)", &data)).unwrap();
+        assert_eq!(c.shape, [2, 3]);
+        assert_eq!(c.values, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        // The same bytes in Fortran order are the transpose's C order.
+        let f = parse_npy(&npy("<f4", true, "(2, 3)", &data)).unwrap();
+        assert_eq!(f.values, [1.0, 3.0, 5.0, 2.0, 4.0, 6.0]);
+        let ints: Vec<u8> = [-1i64, 744].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(parse_npy(&npy("<i8", false, "(2,)", &ints)).unwrap().values, [-1.0, 744.0]);
+        let big: Vec<u8> = [-2i32, 7].iter().flat_map(|v| v.to_be_bytes()).collect();
+        assert_eq!(parse_npy(&npy(">i4", false, "(2,)", &big)).unwrap().values, [-2.0, 7.0]);
+    }
+
+    #[test]
+    fn rejects_short_data_and_unknown_dtypes() {
+        let e = parse_npy(&npy("<f4", false, "(4,)", &[0u8; 8])).unwrap_err();
+        assert!(e.contains("needs 16"), "{e}");
+        let e = parse_npy(&npy("<c8", false, "(1,)", &[0u8; 8])).unwrap_err();
+        assert!(e.contains("unsupported dtype"), "{e}");
+    }
+}

@@ -1,0 +1,45 @@
+//! Parity with the PyTorch reference on the shrunk hand fixtures in
+//! `../shared/fixtures/hands` (README there): every output and intermediate
+//! within the stated tolerance, and the same post-NMS detections.
+
+use std::path::PathBuf;
+
+use posed_models::fixture::{self, FixtureModel};
+
+fn hands_dir() -> PathBuf {
+    let dir = std::env::var_os("POSED_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
+        .join("hands");
+    assert!(dir.is_dir(), "fixtures not found at {} (set POSED_FIXTURES)", dir.display());
+    dir
+}
+
+fn check(model: FixtureModel) -> Vec<fixture::Comparison> {
+    let dir = hands_dir();
+    let got = fixture::run(model, &dir).unwrap();
+    let expected = fixture::read_tensors(&model.io_file(&dir)).unwrap();
+    let rows = fixture::compare(model, &got, &expected).unwrap();
+    for r in &rows {
+        println!("{r}");
+    }
+    assert!(!rows.is_empty());
+    let failed: Vec<_> = rows.iter().filter(|r| !r.passed()).map(|r| r.name.clone()).collect();
+    assert!(failed.is_empty(), "over tolerance: {failed:?}");
+    rows
+}
+
+#[test]
+fn detector_matches_pytorch() {
+    let rows = check(FixtureModel::Detector);
+    assert!(rows.iter().any(|r| r.name == "output.raw"));
+    assert!(rows.iter().any(|r| r.name == "output.detections_xyxy_score_cls_kpts"));
+}
+
+#[test]
+fn wilor_matches_pytorch() {
+    let rows = check(FixtureModel::Wilor);
+    for name in ["output.pred_vertices", "output.pred_keypoints_3d", "output.hand_pose", "intermediate.backbone.vit_out"] {
+        assert!(rows.iter().any(|r| r.name == name), "{name} not compared");
+    }
+}
