@@ -288,9 +288,15 @@ impl HandDetector {
         let p5 = self.b9.forward(&self.b8.forward(&self.b7.forward(&p4)?)?)?;
 
         let cat = |a: &Array, b: &Array| ops::concatenate(&[a, b], -1);
-        let h12 = self.h12.forward(&cat(&nn::upsample_nearest_2x(&p5)?, &p4)?)?;
-        let out_small = self.h15.forward(&cat(&nn::upsample_nearest_2x(&h12)?, &p3)?)?;
-        let out_mid = self.h18.forward(&cat(&self.h16.forward(&out_small)?, &h12)?)?;
+        let h12 = self
+            .h12
+            .forward(&cat(&nn::upsample_nearest_2x(&p5)?, &p4)?)?;
+        let out_small = self
+            .h15
+            .forward(&cat(&nn::upsample_nearest_2x(&h12)?, &p3)?)?;
+        let out_mid = self
+            .h18
+            .forward(&cat(&self.h16.forward(&out_small)?, &h12)?)?;
         let out_large = self.h21.forward(&cat(&self.h19.forward(&out_mid)?, &p5)?)?;
 
         self.decode(&[out_small, out_mid, out_large])
@@ -396,11 +402,15 @@ pub fn select_detections(
     let mut candidates: Vec<Detection> = pred
         .chunks_exact(rows)
         .filter_map(|p| {
-            let (class, score) = p[4..4 + nc]
-                .iter()
-                .copied()
-                .enumerate()
-                .fold((0, f32::MIN), |best, (i, s)| if s > best.1 { (i, s) } else { best });
+            let (class, score) =
+                p[4..4 + nc]
+                    .iter()
+                    .copied()
+                    .enumerate()
+                    .fold(
+                        (0, f32::MIN),
+                        |best, (i, s)| if s > best.1 { (i, s) } else { best },
+                    );
             (score >= conf_threshold).then(|| {
                 let (cx, cy, w, h) = (p[0], p[1], p[2], p[3]);
                 Detection {

@@ -8,12 +8,15 @@
 //! - [`weights`], [`npz`]: loading with key and shape validation
 //! - [`fixture`]: parity runs against the PyTorch reference outputs
 
+pub mod camera;
 pub mod fixture;
 pub mod hand_detector;
+pub mod image;
 pub mod mano;
 pub mod nn;
 pub mod npz;
 pub mod rotation;
 pub mod runtime;
+pub mod synth;
 pub mod weights;
 pub mod wilor;

@@ -74,7 +74,10 @@ impl Mano {
     ) -> std::result::Result<Self, ManoError> {
         let mut problems = Vec::new();
         let v = a.get("v_template").map(|t| t.shape[0]).unwrap_or(778);
-        let nb = a.get("shapedirs").and_then(|t| t.shape.get(2).copied()).unwrap_or(10);
+        let nb = a
+            .get("shapedirs")
+            .and_then(|t| t.shape.get(2).copied())
+            .unwrap_or(10);
         let p = (JOINTS - 1) * 9;
         let mut get = |key: &str, shape: &[usize]| -> Option<&NpyArray> {
             match a.get(key) {
@@ -139,7 +142,10 @@ impl Mano {
         if let Some(bad) = tips.iter().find(|&&t| t < 0 || t as usize >= v) {
             problems.push(format!("extra_joints_idxs: vertex {bad} out of range"));
         }
-        if let Some(bad) = joint_map.iter().find(|&&j| j < 0 || j as usize >= JOINTS + 5) {
+        if let Some(bad) = joint_map
+            .iter()
+            .find(|&&j| j < 0 || j as usize >= JOINTS + 5)
+        {
             problems.push(format!("joint_map: joint {bad} out of range"));
         }
         let chain = KinematicChain::new(&parents).map_err(|e| {
@@ -251,7 +257,9 @@ impl KinematicChain {
         for i in 1..n {
             let p = parents[i];
             if p < 0 || p as usize >= i {
-                return Err(format!("parents: joint {i} has parent {p}; parents must precede children"));
+                return Err(format!(
+                    "parents: joint {i} has parent {p}; parents must precede children"
+                ));
             }
             depth[i] = depth[p as usize] + 1;
         }
@@ -294,8 +302,13 @@ impl KinematicChain {
         // Local transforms: rotation about the joint, offset from the parent.
         let parent_idx: Vec<i32> = self.parents.iter().map(|&p| p.max(0)).collect();
         let parent_joints = joints.take_axis(Array::from_slice(&parent_idx, &[j]), 1)?;
-        let root_mask: Vec<f32> = self.parents.iter().map(|&p| if p < 0 { 0.0 } else { 1.0 }).collect();
-        let rel = joints.subtract(parent_joints.multiply(Array::from_slice(&root_mask, &[1, j, 1]))?)?;
+        let root_mask: Vec<f32> = self
+            .parents
+            .iter()
+            .map(|&p| if p < 0 { 0.0 } else { 1.0 })
+            .collect();
+        let rel =
+            joints.subtract(parent_joints.multiply(Array::from_slice(&root_mask, &[1, j, 1]))?)?;
         let local3x4 = ops::concatenate(&[rotations.clone(), rel.reshape(&[b, j, 3, 1])?], -1)?;
         let bottom = ops::broadcast_to(
             Array::from_slice(&[0.0f32, 0.0, 0.0, 1.0], &[1, 1, 1, 4]),

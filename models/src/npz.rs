@@ -82,7 +82,10 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape {shape_text}")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad shape {shape_text}"))
+        })
         .collect::<Result<_, _>>()?;
     let count: usize = shape.iter().product();
 
@@ -141,7 +144,9 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
 /// contain a top-level comma outside parentheses).
 fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     let at = header.find(&format!("'{key}'"))?;
-    let rest = header[at + key.len() + 2..].trim_start().strip_prefix(':')?;
+    let rest = header[at + key.len() + 2..]
+        .trim_start()
+        .strip_prefix(':')?;
     let mut depth = 0;
     for (i, c) in rest.char_indices() {
         match c {
@@ -181,8 +186,10 @@ mod tests {
     use super::*;
 
     fn npy(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
-        let mut header =
-            format!("{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}", if fortran { "True" } else { "False" });
+        let mut header = format!(
+            "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
+            if fortran { "True" } else { "False" }
+        );
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
         }
@@ -207,9 +214,15 @@ mod tests {
         let f = parse_npy(&npy("<f4", true, "(2, 3)", &data)).unwrap();
         assert_eq!(f.values, [1.0, 3.0, 5.0, 2.0, 4.0, 6.0]);
         let ints: Vec<u8> = [-1i64, 744].iter().flat_map(|v| v.to_le_bytes()).collect();
-        assert_eq!(parse_npy(&npy("<i8", false, "(2,)", &ints)).unwrap().values, [-1.0, 744.0]);
+        assert_eq!(
+            parse_npy(&npy("<i8", false, "(2,)", &ints)).unwrap().values,
+            [-1.0, 744.0]
+        );
         let big: Vec<u8> = [-2i32, 7].iter().flat_map(|v| v.to_be_bytes()).collect();
-        assert_eq!(parse_npy(&npy(">i4", false, "(2,)", &big)).unwrap().values, [-2.0, 7.0]);
+        assert_eq!(
+            parse_npy(&npy(">i4", false, "(2,)", &big)).unwrap().values,
+            [-2.0, 7.0]
+        );
     }
 
     #[test]

@@ -27,9 +27,15 @@ pub fn rot6d_to_rotmat(x: &Array) -> Result<Array> {
 
 fn cross(a: &Array, b: &Array) -> Result<Array> {
     let c = |v: &Array, i: i32| v.index((.., i..i + 1));
-    let x = c(a, 1).multiply(c(b, 2))?.subtract(c(a, 2).multiply(c(b, 1))?)?;
-    let y = c(a, 2).multiply(c(b, 0))?.subtract(c(a, 0).multiply(c(b, 2))?)?;
-    let z = c(a, 0).multiply(c(b, 1))?.subtract(c(a, 1).multiply(c(b, 0))?)?;
+    let x = c(a, 1)
+        .multiply(c(b, 2))?
+        .subtract(c(a, 2).multiply(c(b, 1))?)?;
+    let y = c(a, 2)
+        .multiply(c(b, 0))?
+        .subtract(c(a, 0).multiply(c(b, 2))?)?;
+    let z = c(a, 0)
+        .multiply(c(b, 1))?
+        .subtract(c(a, 1).multiply(c(b, 0))?)?;
     ops::concatenate(&[x, y, z], -1)
 }
 
@@ -41,11 +47,11 @@ pub fn rotmat_to_rotvec(m: &[f32; 9]) -> [f32; 3] {
     let diag = [r(0, 0), r(1, 1), r(2, 2)];
     let trace = diag.iter().sum::<f64>();
     let mut q = [0.0f64; 4]; // x, y, z, w
-    let (best, best_val) = diag
-        .iter()
-        .copied()
-        .enumerate()
-        .fold((3, trace), |acc, (i, d)| if d > acc.1 { (i, d) } else { acc });
+    let (best, best_val) =
+        diag.iter().copied().enumerate().fold(
+            (3, trace),
+            |acc, (i, d)| if d > acc.1 { (i, d) } else { acc },
+        );
     let _ = best_val;
     if best == 3 {
         q[0] = r(2, 1) - r(1, 2);
@@ -139,7 +145,10 @@ mod tests {
                 assert!((got[i] as f64 - v[i]).abs() < 2e-4, "{v:?} -> {got:?}");
             }
         }
-        assert_eq!(rotmat_to_rotvec(&[1., 0., 0., 0., 1., 0., 0., 0., 1.]), [0.0; 3]);
+        assert_eq!(
+            rotmat_to_rotvec(&[1., 0., 0., 0., 1., 0., 0., 0., 1.]),
+            [0.0; 3]
+        );
     }
 
     #[test]

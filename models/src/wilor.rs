@@ -101,14 +101,7 @@ impl Attention {
             // (3, B, heads, N, head_dim): q, k, v split on the first axis
             .transpose_axes(&[2, 0, 3, 1, 4])?;
         let (q, k, v) = (qkv.index(0), qkv.index(1), qkv.index(2));
-        let o = fast::scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            (hd as f32).powf(-0.5),
-            None,
-            None,
-        )?;
+        let o = fast::scaled_dot_product_attention(q, k, v, (hd as f32).powf(-0.5), None, None)?;
         let o = o.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, n, d])?;
         self.proj.forward(&o)
     }
@@ -247,9 +240,7 @@ impl Backbone {
         let b = x.dim(0);
         let patches = self.patch_embed.forward(x)?;
         let d = patches.dim(3);
-        let patches = patches
-            .reshape(&[b, -1, d])?
-            .add(&self.pos_embed)?;
+        let patches = patches.reshape(&[b, -1, d])?.add(&self.pos_embed)?;
         let learned = ops::broadcast_to(&self.learned_tokens, &[b, LEARNED_TOKENS, d])?;
         let mut x = ops::concatenate(&[learned, patches], 1)?;
         for block in &self.blocks {
@@ -271,9 +262,9 @@ impl Backbone {
             .deccam
             .forward(&x.index((.., POSE_JOINTS + 1, ..)))?
             .add(&self.init_cam)?;
-        let features = x
-            .index((.., LEARNED_TOKENS.., ..))
-            .reshape(&[b, self.grid.0, self.grid.1, d])?;
+        let features =
+            x.index((.., LEARNED_TOKENS.., ..))
+                .reshape(&[b, self.grid.0, self.grid.1, d])?;
         Ok(BackboneOutput {
             hand_pose_6d,
             betas,
@@ -302,10 +293,19 @@ impl DeconvPyramid {
         let _ = w.pp("branch1_conv1").get_optional("bias", &[c3]);
         Ok(DeconvPyramid {
             first_conv: Conv2d::new(&w.pp("first_conv"), d, c1, 1, 1, 0, true),
-            branch0: (deconv("branch0_conv", c1, c2), BatchNorm::new(&w.pp("branch0_bn"), c2, eps)?),
+            branch0: (
+                deconv("branch0_conv", c1, c2),
+                BatchNorm::new(&w.pp("branch0_bn"), c2, eps)?,
+            ),
             branch1: [
-                (deconv("branch1_conv0", c1, c2), BatchNorm::new(&w.pp("branch1_bn0"), c2, eps)?),
-                (deconv("branch1_conv1", c2, c3), BatchNorm::new(&w.pp("branch1_bn1"), c3, eps)?),
+                (
+                    deconv("branch1_conv0", c1, c2),
+                    BatchNorm::new(&w.pp("branch1_bn0"), c2, eps)?,
+                ),
+                (
+                    deconv("branch1_conv1", c2, c3),
+                    BatchNorm::new(&w.pp("branch1_bn1"), c3, eps)?,
+                ),
             ],
         })
     }
@@ -353,8 +353,10 @@ impl RefineNet {
         for level in &pyramid {
             // Upstream scales camera depth and focal by the map's height only.
             let size = level.dim(1) as f32;
-            let tz = Array::from_f32(2.0 * self.focal_length)
-                .divide(s.multiply(Array::from_f32(size))?.add(Array::from_f32(1e-9))?)?;
+            let tz = Array::from_f32(2.0 * self.focal_length).divide(
+                s.multiply(Array::from_f32(size))?
+                    .add(Array::from_f32(1e-9))?,
+            )?;
             let translation = ops::concatenate(&[t_xy.clone(), tz], -1)?;
             let p = vertices.add(translation.expand_dims(1)?)?;
             let xy = p
@@ -397,7 +399,9 @@ pub fn grid_sample_zeros(map: &Array, xy: &Array) -> Result<Array> {
                 .logical_and(&xi.le(Array::from_f32((w - 1) as f32))?)?
                 .logical_and(&yi.ge(Array::from_f32(0.0))?)?
                 .logical_and(&yi.le(Array::from_f32((h - 1) as f32))?)?;
-            let weight = wx.multiply(&wy)?.multiply(inside.as_dtype(Dtype::Float32)?)?;
+            let weight = wx
+                .multiply(&wy)?
+                .multiply(inside.as_dtype(Dtype::Float32)?)?;
             let xc = ops::clip(&xi, (0.0, (w - 1) as f32))?;
             let yc = ops::clip(&yi, (0.0, (h - 1) as f32))?;
             let index = yc
@@ -479,7 +483,8 @@ impl Wilor {
         let x = x.index((.., .., margin..self.cfg.image_size - margin, ..));
 
         let bb = self.backbone.forward(&x)?;
-        let backbone_rotations = rotation::rot6d_to_rotmat(&bb.hand_pose_6d)?.reshape(&[b, POSE_JOINTS, 3, 3])?;
+        let backbone_rotations =
+            rotation::rot6d_to_rotmat(&bb.hand_pose_6d)?.reshape(&[b, POSE_JOINTS, 3, 3])?;
         let (temp_vertices, _) = self.mano.forward(&backbone_rotations, &bb.betas)?;
 
         let (pose, betas, cam) = self.refine_net.forward(&bb, &temp_vertices)?;
@@ -527,7 +532,10 @@ pub fn run_fixture(dir: &Path) -> std::result::Result<Tensors, FixtureError> {
     t.insert(format!("{p}.pred_cam"), bb.cam.clone());
     t.insert(format!("{p}.pred_mano_feats.cam"), bb.cam.clone());
     t.insert(format!("{p}.pred_mano_feats.betas"), bb.betas.clone());
-    t.insert(format!("{p}.pred_mano_feats.hand_pose"), bb.hand_pose_6d.clone());
+    t.insert(
+        format!("{p}.pred_mano_feats.hand_pose"),
+        bb.hand_pose_6d.clone(),
+    );
     t.insert(format!("{p}.temp_betas"), bb.betas.clone());
     t.insert(
         format!("{p}.temp_global_orient"),
@@ -538,7 +546,10 @@ pub fn run_fixture(dir: &Path) -> std::result::Result<Tensors, FixtureError> {
         out.backbone_rotations.index((.., 1.., .., ..)),
     );
     // Fixture stores the feature map channels-first.
-    t.insert(format!("{p}.vit_out"), bb.features.transpose_axes(&[0, 3, 1, 2])?);
+    t.insert(
+        format!("{p}.vit_out"),
+        bb.features.transpose_axes(&[0, 3, 1, 2])?,
+    );
     let _ = b;
     Ok(t)
 }

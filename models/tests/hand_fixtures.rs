@@ -11,7 +11,11 @@ fn hands_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
         .join("hands");
-    assert!(dir.is_dir(), "fixtures not found at {} (set POSED_FIXTURES)", dir.display());
+    assert!(
+        dir.is_dir(),
+        "fixtures not found at {} (set POSED_FIXTURES)",
+        dir.display()
+    );
     dir
 }
 
@@ -24,7 +28,11 @@ fn check(model: FixtureModel) -> Vec<fixture::Comparison> {
         println!("{r}");
     }
     assert!(!rows.is_empty());
-    let failed: Vec<_> = rows.iter().filter(|r| !r.passed()).map(|r| r.name.clone()).collect();
+    let failed: Vec<_> = rows
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| r.name.clone())
+        .collect();
     assert!(failed.is_empty(), "over tolerance: {failed:?}");
     rows
 }
@@ -33,13 +41,20 @@ fn check(model: FixtureModel) -> Vec<fixture::Comparison> {
 fn detector_matches_pytorch() {
     let rows = check(FixtureModel::Detector);
     assert!(rows.iter().any(|r| r.name == "output.raw"));
-    assert!(rows.iter().any(|r| r.name == "output.detections_xyxy_score_cls_kpts"));
+    assert!(rows
+        .iter()
+        .any(|r| r.name == "output.detections_xyxy_score_cls_kpts"));
 }
 
 #[test]
 fn wilor_matches_pytorch() {
     let rows = check(FixtureModel::Wilor);
-    for name in ["output.pred_vertices", "output.pred_keypoints_3d", "output.hand_pose", "intermediate.backbone.vit_out"] {
+    for name in [
+        "output.pred_vertices",
+        "output.pred_keypoints_3d",
+        "output.hand_pose",
+        "intermediate.backbone.vit_out",
+    ] {
         assert!(rows.iter().any(|r| r.name == name), "{name} not compared");
     }
 }

@@ -1,0 +1,139 @@
+//! Random weights in a published layout, from a key/shape manifest: for
+//! tests, demos and benchmarks on machines without the real downloads.
+//! Everything made here is marked synthetic in the file metadata.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use mlx_rs::{ops, Array, Dtype};
+use serde::Deserialize;
+
+use crate::nn::Result;
+use crate::weights::SYNTHETIC_METADATA_KEY;
+
+/// One tensor of a manifest (`*_keys.json`: name → {shape, dtype}).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct TensorSpec {
+    pub shape: Vec<i32>,
+    pub dtype: String,
+}
+
+pub type Manifest = BTreeMap<String, TensorSpec>;
+
+pub fn read_manifest(path: &Path) -> std::result::Result<Manifest, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Seeded random tensors for every manifest entry. Values are chosen so a
+/// forward pass stays finite and non-trivial: small weights (N(0, 0.02)),
+/// unit-ish norm scales, positive variances, ImageNet normalisation
+/// constants, and the mean pose of an open right hand (identity rotations,
+/// zero shape, camera scale 4).
+pub fn random_tensors(manifest: &Manifest, seed: u64) -> Result<HashMap<String, Array>> {
+    let mut out = HashMap::new();
+    let mut rng = SplitMix64(seed);
+    for (name, spec) in manifest {
+        let shape = spec.shape.as_slice();
+        let n: i32 = shape.iter().product();
+        let leaf = name.rsplit('.').next().unwrap_or(name);
+        let tensor = match (name.as_str(), leaf) {
+            ("IMAGE_MEAN", _) => Array::from_slice(&[0.485f32, 0.456, 0.406], shape),
+            ("IMAGE_STD", _) => Array::from_slice(&[0.229f32, 0.224, 0.225], shape),
+            (_, "init_hand_pose") => {
+                let pose: Vec<f32> = (0..n)
+                    .map(|i| [1.0, 0.0, 0.0, 0.0, 1.0, 0.0][(i % 6) as usize])
+                    .collect();
+                Array::from_slice(&pose, shape)
+            }
+            (_, "init_betas") => ops::zeros::<f32>(shape)?,
+            (_, "init_cam") => {
+                let cam: Vec<f32> = (0..n).map(|i| if i % 3 == 0 { 4.0 } else { 0.0 }).collect();
+                Array::from_slice(&cam, shape)
+            }
+            (_, "running_var") => rng.uniform(shape, 0.5, 1.5),
+            (_, "running_mean") => rng.centred(shape, 0.1),
+            (_, "stride") => Array::from_slice(&[8.0f32, 16.0, 32.0][..n as usize], shape),
+            _ if name.contains("norm") || name.contains(".bn") => {
+                if leaf == "weight" {
+                    rng.uniform(shape, 0.8, 1.2)
+                } else {
+                    rng.centred(shape, 0.05)
+                }
+            }
+            _ => rng.centred(shape, 0.02),
+        };
+        let tensor = match spec.dtype.as_str() {
+            "float16" => tensor.as_dtype(Dtype::Float16)?,
+            "bfloat16" => tensor.as_dtype(Dtype::Bfloat16)?,
+            _ => tensor,
+        };
+        out.insert(name.clone(), tensor);
+    }
+    Ok(out)
+}
+
+/// A small, fast, seeded generator: MLX's counter-based RNG is exact but
+/// slow on the CPU (tens of seconds for the 639 M values of WiLoR).
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_unit(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    fn uniform(&mut self, shape: &[i32], lo: f32, hi: f32) -> Array {
+        let n: i32 = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| lo + (hi - lo) * self.next_unit()).collect();
+        Array::from_slice(&v, shape)
+    }
+
+    /// Uniform with mean 0 and standard deviation `std`.
+    fn centred(&mut self, shape: &[i32], std: f32) -> Array {
+        let a = std * 3f32.sqrt();
+        self.uniform(shape, -a, a)
+    }
+}
+
+/// Replaces every 2-D `<prefix>.weight` that `select` accepts by MLX's 4-bit
+/// affine quantization with group size `group_size`: `<prefix>.weight`
+/// (uint32, 8 values per word), `<prefix>.scales` and `<prefix>.biases`
+/// (float32), which is how the published int4 file lays out its Linears.
+pub fn quantize_linears(
+    tensors: &mut HashMap<String, Array>,
+    group_size: i32,
+    select: impl Fn(&str) -> bool,
+) -> Result<usize> {
+    let names: Vec<String> = tensors
+        .iter()
+        .filter(|(k, v)| {
+            k.ends_with(".weight")
+                && v.ndim() == 2
+                && v.dim(1) % group_size == 0
+                && select(k.trim_end_matches(".weight"))
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    for name in &names {
+        let prefix = name.trim_end_matches(".weight");
+        let (packed, scales, biases) = ops::quantize(&tensors[name], group_size, 4)?;
+        tensors.insert(name.clone(), packed);
+        tensors.insert(format!("{prefix}.scales"), scales);
+        tensors.insert(format!("{prefix}.biases"), biases);
+    }
+    Ok(names.len())
+}
+
+/// Metadata that marks a file as synthetic.
+pub fn synthetic_metadata(what: &str, seed: u64) -> HashMap<String, String> {
+    HashMap::from([
+        (SYNTHETIC_METADATA_KEY.to_owned(), "true".to_owned()),
+        ("posed.synthetic.of".to_owned(), what.to_owned()),
+        ("posed.synthetic.seed".to_owned(), seed.to_string()),
+    ])
+}
