@@ -1,3 +1,4 @@
 //! posed: the pose daemon.
 
 pub mod doctor;
+pub mod fixture_cmd;

@@ -56,13 +56,42 @@ impl FixtureModel {
     /// Largest |Δ| accepted for a tensor of this model's fixture.
     pub fn tolerance(self, tensor: &str) -> f32 {
         match self {
-            // Boxes and keypoints in pixels; scores and visibilities in [0, 1].
+            // Boxes and keypoints in pixels (1e-2); scores and keypoint
+            // visibilities, which are probabilities, to 1e-5.
+            FixtureModel::Detector if tensor.ends_with("[scores]") => 1e-5,
             FixtureModel::Detector => 1e-2,
-            FixtureModel::Wilor => {
-                let _ = tensor;
-                1e-4
-            }
+            FixtureModel::Wilor => 1e-4,
         }
+    }
+
+    /// Views of a fixture tensor that carry their own tolerance: the
+    /// detector's probability rows, compared apart from its pixel rows.
+    fn derived(self, name: &str, t: &Array) -> Result<Vec<(String, Array)>, FixtureError> {
+        Ok(match (self, name) {
+            // (B, rows, A): class scores at rows 4..6, visibility every third row after.
+            (FixtureModel::Detector, "output.raw") => {
+                let rows = t.dim(1);
+                let mut idx: Vec<i32> = vec![4, 5];
+                idx.extend((8..rows).step_by(3));
+                let n = idx.len() as i32;
+                vec![(
+                    format!("{name}[scores]"),
+                    t.take_axis(Array::from_slice(&idx, &[n]), 1)?,
+                )]
+            }
+            // (N, 69): score at column 4, visibility every third column after 8.
+            (FixtureModel::Detector, "output.detections_xyxy_score_cls_kpts") => {
+                let cols = t.dim(1);
+                let mut idx: Vec<i32> = vec![4];
+                idx.extend((8..cols).step_by(3));
+                let n = idx.len() as i32;
+                vec![(
+                    format!("{name}[scores]"),
+                    t.take_axis(Array::from_slice(&idx, &[n]), 1)?,
+                )]
+            }
+            _ => Vec::new(),
+        })
     }
 }
 
@@ -187,8 +216,8 @@ pub fn compare(
     let mut rows = Vec::new();
     for name in names {
         let want = &expected[name];
-        let tolerance = model.tolerance(name);
         let Some(g) = got.get(name) else {
+            let tolerance = model.tolerance(name);
             if name.starts_with("output.") {
                 rows.push(Comparison {
                     name: format!("{name} (not produced)"),
@@ -200,15 +229,39 @@ pub fn compare(
             }
             continue;
         };
+        let mut pairs = vec![(name.clone(), g.clone(), want.clone())];
+        if g.shape() == want.shape() {
+            for ((n, gd), (_, wd)) in model
+                .derived(name, g)?
+                .into_iter()
+                .zip(model.derived(name, want)?)
+            {
+                pairs.push((n, gd, wd));
+            }
+        }
+        for (name, g, want) in pairs {
+            let tolerance = model.tolerance(&name);
+            rows.push(compare_one(name, &g, &want, tolerance)?);
+        }
+    }
+    Ok(rows)
+}
+
+fn compare_one(
+    name: String,
+    g: &Array,
+    want: &Array,
+    tolerance: f32,
+) -> Result<Comparison, FixtureError> {
+    {
         if g.shape() != want.shape() {
-            rows.push(Comparison {
-                name: name.clone(),
+            return Ok(Comparison {
+                name,
                 max_abs: f32::INFINITY,
                 mean_abs: f32::INFINITY,
                 tolerance,
                 shape_mismatch: Some((g.shape().to_vec(), want.shape().to_vec())),
             });
-            continue;
         }
         let diff = g
             .as_dtype(Dtype::Float32)?
@@ -224,15 +277,14 @@ pub fn compare(
         } else {
             diff.mean(None)?.item_exact::<f32>()
         };
-        rows.push(Comparison {
-            name: name.clone(),
+        Ok(Comparison {
+            name,
             max_abs,
             mean_abs,
             tolerance,
             shape_mismatch: None,
-        });
+        })
     }
-    Ok(rows)
 }
 
 use mlx_rs::ops::indexing::IndexOp;
