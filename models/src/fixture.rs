@@ -141,9 +141,9 @@ fn run_detector(dir: &Path) -> Result<Tensors, FixtureError> {
     let mut out = Tensors::new();
     out.insert("output.raw".into(), pred.transpose_axes(&[0, 2, 1])?);
 
-    let first = pred.index(0);
+    let first = crate::nn::host_f32(&pred.index(0))?;
     let dets = hand_detector::select_detections(
-        first.as_slice::<f32>(),
+        &first,
         rows as usize,
         cfg.nc as usize,
         cfg.conf_threshold,

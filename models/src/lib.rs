@@ -4,6 +4,8 @@
 //! - [`hand_detector`]: YOLOv8-pose hand detector (left/right, 21 keypoints)
 //! - [`wilor`]: WiLoR 3-D hand pose (ViT backbone + RefineNet)
 //! - [`mano`]: the MANO hand model WiLoR drives
+//! - [`hand_pipeline`]: detector → crops → WiLoR → image space, stage by stage
+//! - [`image`], [`camera`]: CPU crops, letterbox and camera conversion
 //! - [`nn`], [`rotation`]: blocks shared by the networks
 //! - [`weights`], [`npz`]: loading with key and shape validation
 //! - [`fixture`]: parity runs against the PyTorch reference outputs
@@ -11,6 +13,7 @@
 pub mod camera;
 pub mod fixture;
 pub mod hand_detector;
+pub mod hand_pipeline;
 pub mod image;
 pub mod mano;
 pub mod nn;

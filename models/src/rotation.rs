@@ -98,8 +98,14 @@ pub fn split_axis_angles(rotations: &Array) -> Result<(Array, Array)> {
         .chunks_exact(9)
         .flat_map(|m| rotmat_to_rotvec(m.try_into().expect("3x3")))
         .collect();
-    let all = Array::from_slice(&vecs, &[b, j, 3]);
-    Ok((all.index((.., 0..1, ..)), all.index((.., 1.., ..))))
+    let (global, rest): (Vec<_>, Vec<_>) = vecs
+        .chunks_exact(j as usize * 3)
+        .map(|hand| hand.split_at(3))
+        .unzip();
+    Ok((
+        Array::from_slice(&global.concat(), &[b, 1, 3]),
+        Array::from_slice(&rest.concat(), &[b, j - 1, 3]),
+    ))
 }
 
 use mlx_rs::ops::indexing::IndexOp;

@@ -1,0 +1,201 @@
+//! The hand route's model work, stage by stage: letterbox → detector → NMS
+//! → square crops (left hands mirrored) → WiLoR on all hands of the frame as
+//! one batch → outputs un-mirrored and placed in the full image.
+//!
+//! Each stage is its own call so the caller can time it and keep the CPU
+//! stages off the MLX thread.
+
+use mlx_rs::Array;
+
+use crate::camera;
+use crate::hand_detector::{self, HandDetector};
+use crate::image::{self, HandCrop, RgbImage};
+use crate::nn::{host_f32, Result};
+use crate::rotation;
+use crate::wilor::{Wilor, NUM_BETAS};
+
+/// Crop side = this × the longer box side (WiLoR's training rescale).
+pub const BOX_EXPAND: f32 = 2.5;
+
+/// A hand box in image pixels, from the detector or from the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandBox {
+    /// x1, y1, x2, y2.
+    pub bbox: [f32; 4],
+    pub is_right: bool,
+    /// Detector confidence (1 for client-provided boxes).
+    pub score: f32,
+    /// Detector keypoints (x, y, visibility) in image pixels; empty for
+    /// client-provided boxes.
+    pub keypoints_2d: Vec<[f32; 3]>,
+}
+
+/// One hand's 3-D estimate, in the user's frame (left hands un-mirrored).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandEstimate {
+    pub hand: HandBox,
+    /// 21 joints, metres, camera-aligned MANO frame relative to the root.
+    pub keypoints_3d: Vec<[f32; 3]>,
+    /// Mesh vertices, metres, same frame.
+    pub vertices: Vec<[f32; 3]>,
+    /// Translation of the hand in camera space (metres) for the full image.
+    pub cam_t: [f32; 3],
+    /// The 21 joints projected into the image (pixels).
+    pub keypoints_2d_projected: Vec<[f32; 2]>,
+    /// Axis-angle, radians.
+    pub global_orient: [f32; 3],
+    /// 15 × axis-angle, MANO joint order.
+    pub hand_pose: Vec<[f32; 3]>,
+    pub betas: Vec<f32>,
+    /// The crop's weak-perspective camera [s, tx, ty] (un-mirrored).
+    pub crop_cam: [f32; 3],
+}
+
+pub struct HandPipeline {
+    pub detector: HandDetector,
+    pub wilor: Wilor,
+}
+
+/// The letterboxed detector input and how to map back from it.
+pub struct DetectorInput {
+    pub pixels: Vec<f32>,
+    pub letterbox: image::Letterbox,
+}
+
+/// A batch of crops ready for WiLoR.
+pub struct CropBatch {
+    pub pixels: Vec<f32>,
+    pub crops: Vec<HandCrop>,
+    pub size: usize,
+}
+
+impl HandPipeline {
+    /// CPU: the detector's square input.
+    pub fn prepare_detector_input(&self, img: RgbImage) -> DetectorInput {
+        let (pixels, letterbox) = image::letterbox(img, self.detector.config().input_size as usize);
+        DetectorInput { pixels, letterbox }
+    }
+
+    /// MLX: detector forward, threshold and NMS; boxes in image pixels.
+    pub fn detect(&self, input: &DetectorInput) -> Result<Vec<HandBox>> {
+        let cfg = self.detector.config();
+        let s = input.letterbox.size as i32;
+        let x = Array::from_slice(&input.pixels, &[1, s, s, 3]);
+        let pred = self.detector.forward(&x)?;
+        let dets = hand_detector::select_detections(
+            &host_f32(&pred)?,
+            cfg.output_rows() as usize,
+            cfg.nc as usize,
+            cfg.conf_threshold,
+            cfg.iou_threshold,
+        );
+        let lb = &input.letterbox;
+        Ok(dets
+            .into_iter()
+            .map(|d| {
+                let [x1, y1] = lb.to_image(d.bbox[0], d.bbox[1]);
+                let [x2, y2] = lb.to_image(d.bbox[2], d.bbox[3]);
+                HandBox {
+                    bbox: [x1, y1, x2, y2],
+                    is_right: d.class == 1,
+                    score: d.score,
+                    keypoints_2d: d
+                        .keypoints
+                        .iter()
+                        .map(|k| {
+                            let [x, y] = lb.to_image(k[0], k[1]);
+                            [x, y, k[2]]
+                        })
+                        .collect(),
+                }
+            })
+            .collect())
+    }
+
+    /// CPU: one crop per hand, left hands mirrored.
+    pub fn prepare_crops(&self, img: RgbImage, hands: &[HandBox]) -> CropBatch {
+        let size = self.wilor.config().image_size as usize;
+        let crops: Vec<HandCrop> = hands
+            .iter()
+            .map(|h| HandCrop::from_box(h.bbox, h.is_right, BOX_EXPAND))
+            .collect();
+        let mut pixels = Vec::with_capacity(crops.len() * size * size * 3);
+        for c in &crops {
+            pixels.extend(image::crop_hand(img, c, size));
+        }
+        CropBatch {
+            pixels,
+            crops,
+            size,
+        }
+    }
+
+    /// MLX: WiLoR on every crop as one batch, then CPU: un-mirror and place
+    /// each hand in the full image of `width × height`.
+    pub fn estimate(
+        &self,
+        batch: &CropBatch,
+        hands: &[HandBox],
+        width: usize,
+        height: usize,
+    ) -> Result<Vec<HandEstimate>> {
+        let n = batch.crops.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let s = batch.size as i32;
+        let crops = Array::from_slice(&batch.pixels, &[n as i32, s, s, 3]);
+        let out = self.wilor.forward(&crops)?;
+        let (global, pose) = rotation::split_axis_angles(&out.rotations)?;
+        mlx_rs::transforms::eval([&out.keypoints_3d, &out.vertices, &out.cam, &out.betas])?;
+        let kp = host_f32(&out.keypoints_3d)?;
+        let verts = host_f32(&out.vertices)?;
+        let cams = host_f32(&out.cam)?;
+        let betas = host_f32(&out.betas)?;
+        let global = host_f32(&global)?;
+        let pose = host_f32(&pose)?;
+
+        let cfg = self.wilor.config();
+        let (w, h) = (width as f32, height as f32);
+        let focal = camera::full_image_focal(cfg.focal_length, cfg.image_size as f32, w, h);
+        let nv = self.wilor.mano().num_vertices as usize;
+        let mut estimates = Vec::with_capacity(n);
+        for (i, (crop, hand)) in batch.crops.iter().zip(hands).enumerate() {
+            // A left hand was mirrored into a right one: mirror back (x → −x;
+            // rotations (x, y, z) → (x, −y, −z); camera tx → −tx).
+            let sign = if crop.mirrored { -1.0 } else { 1.0 };
+            let point = |p: &[f32]| [sign * p[0], p[1], p[2]];
+            let rot = |r: &[f32]| [r[0], sign * r[1], sign * r[2]];
+            let keypoints_3d: Vec<[f32; 3]> = kp[i * 63..(i + 1) * 63]
+                .chunks_exact(3)
+                .map(point)
+                .collect();
+            let vertices = verts[i * nv * 3..(i + 1) * nv * 3]
+                .chunks_exact(3)
+                .map(point)
+                .collect();
+            let c = &cams[i * 3..i * 3 + 3];
+            let crop_cam = [c[0], sign * c[1], c[2]];
+            let cam_t = camera::cam_crop_to_full(crop_cam, crop.centre, crop.side, w, h, focal);
+            let keypoints_2d_projected = keypoints_3d
+                .iter()
+                .map(|&p| camera::project(p, cam_t, focal, w, h))
+                .collect();
+            estimates.push(HandEstimate {
+                hand: hand.clone(),
+                keypoints_3d,
+                vertices,
+                cam_t,
+                keypoints_2d_projected,
+                global_orient: rot(&global[i * 3..i * 3 + 3]),
+                hand_pose: pose[i * 45..(i + 1) * 45]
+                    .chunks_exact(3)
+                    .map(rot)
+                    .collect(),
+                betas: betas[i * NUM_BETAS as usize..(i + 1) * NUM_BETAS as usize].to_vec(),
+                crop_cam,
+            });
+        }
+        Ok(estimates)
+    }
+}

@@ -1,0 +1,154 @@
+//! The hand route's stages on the fixture weights: detections come back in
+//! image pixels, and a left hand is a mirrored right hand.
+
+use std::path::PathBuf;
+
+use posed_models::fixture::read_json;
+use posed_models::hand_detector::HandDetector;
+use posed_models::hand_pipeline::{HandBox, HandPipeline};
+use posed_models::image::RgbImage;
+use posed_models::mano::Mano;
+use posed_models::weights::Weights;
+use posed_models::wilor::Wilor;
+
+fn pipeline() -> HandPipeline {
+    let dir = std::env::var_os("POSED_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
+        .join("hands");
+    let dw = Weights::from_file(dir.join("detector_weights.safetensors")).unwrap();
+    let detector =
+        HandDetector::new(read_json(&dir.join("detector_config.json")).unwrap(), &dw).unwrap();
+    dw.finish().unwrap();
+    let ww = Weights::from_file(dir.join("wilor_weights.safetensors")).unwrap();
+    let mano = Mano::from_npz(&dir.join("mano.npz")).unwrap();
+    let wilor = Wilor::new(
+        read_json(&dir.join("wilor_config.json")).unwrap(),
+        &ww,
+        mano,
+    )
+    .unwrap();
+    ww.finish().unwrap();
+    HandPipeline { detector, wilor }
+}
+
+fn image(w: usize, h: usize) -> Vec<u8> {
+    (0..w * h * 3)
+        .map(|i| ((i * 2654435761usize) >> 11) as u8)
+        .collect()
+}
+
+fn mirror(data: &[u8], w: usize, h: usize) -> Vec<u8> {
+    let mut out = vec![0u8; data.len()];
+    for y in 0..h {
+        for x in 0..w {
+            let (s, d) = ((y * w + x) * 3, (y * w + (w - 1 - x)) * 3);
+            out[d..d + 3].copy_from_slice(&data[s..s + 3]);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_left_hand_is_the_mirror_image_of_a_right_hand() {
+    let p = pipeline();
+    let (w, h) = (200, 150);
+    let data = image(w, h);
+    let flipped = mirror(&data, w, h);
+    let img = RgbImage::new(w, h, &data).unwrap();
+    let img_flipped = RgbImage::new(w, h, &flipped).unwrap();
+
+    let left = HandBox {
+        bbox: [40.0, 30.0, 90.0, 100.0],
+        is_right: false,
+        score: 1.0,
+        keypoints_2d: vec![],
+    };
+    // The same pixels, seen in the mirrored image, around x' = W − 1 − x.
+    let wm = (w - 1) as f32;
+    let right = HandBox {
+        bbox: [wm - 90.0, 30.0, wm - 40.0, 100.0],
+        is_right: true,
+        ..left.clone()
+    };
+
+    let a = p
+        .estimate(&p.prepare_crops(img, &[left.clone()]), &[left], w, h)
+        .unwrap();
+    let b = p
+        .estimate(
+            &p.prepare_crops(img_flipped, &[right.clone()]),
+            &[right],
+            w,
+            h,
+        )
+        .unwrap();
+    let (l, r) = (&a[0], &b[0]);
+    assert_eq!(l.keypoints_3d.len(), 21);
+    assert_eq!(l.vertices.len(), 778);
+    for (pl, pr) in l.keypoints_3d.iter().zip(&r.keypoints_3d) {
+        assert_eq!(*pl, [-pr[0], pr[1], pr[2]]);
+    }
+    assert_eq!(
+        l.global_orient,
+        [r.global_orient[0], -r.global_orient[1], -r.global_orient[2]]
+    );
+    assert_eq!(l.crop_cam, [r.crop_cam[0], -r.crop_cam[1], r.crop_cam[2]]);
+    assert_eq!(l.betas, r.betas);
+}
+
+#[test]
+fn two_hands_run_as_one_batch_and_land_on_their_boxes() {
+    let p = pipeline();
+    let (w, h) = (320, 240);
+    let data = image(w, h);
+    let img = RgbImage::new(w, h, &data).unwrap();
+    let hands = vec![
+        HandBox {
+            bbox: [20.0, 40.0, 80.0, 120.0],
+            is_right: true,
+            score: 1.0,
+            keypoints_2d: vec![],
+        },
+        HandBox {
+            bbox: [200.0, 60.0, 260.0, 150.0],
+            is_right: false,
+            score: 1.0,
+            keypoints_2d: vec![],
+        },
+    ];
+    let batch = p.prepare_crops(img, &hands);
+    assert_eq!(batch.pixels.len(), 2 * 256 * 256 * 3);
+    let est = p.estimate(&batch, &hands, w, h).unwrap();
+    assert_eq!(est.len(), 2);
+    // Batched results equal one-at-a-time results.
+    let single = p
+        .estimate(&p.prepare_crops(img, &hands[1..]), &hands[1..], w, h)
+        .unwrap();
+    for (x, y) in est[1].vertices.iter().zip(&single[0].vertices) {
+        for k in 0..3 {
+            assert!((x[k] - y[k]).abs() < 1e-5);
+        }
+    }
+    for e in &est {
+        assert!(
+            e.cam_t[2] > 0.0,
+            "hand in front of the camera: {:?}",
+            e.cam_t
+        );
+        assert!(e
+            .keypoints_2d_projected
+            .iter()
+            .flatten()
+            .all(|v| v.is_finite()));
+    }
+
+    // Detection maps back to image pixels (few or no hands on noise, but
+    // every box that comes back lies on the image's scale).
+    let input = p.prepare_detector_input(img);
+    assert_eq!(input.letterbox.scale, 320.0 / 512.0);
+    for d in p.detect(&input).unwrap() {
+        assert!(d.bbox[0] < d.bbox[2] && d.bbox[1] < d.bbox[3]);
+        assert_eq!(d.keypoints_2d.len(), 21);
+    }
+}
