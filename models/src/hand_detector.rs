@@ -9,7 +9,7 @@
 use mlx_rs::{ops, Array};
 use serde::{Deserialize, Serialize};
 
-use crate::nn::{self, Conv2d, Result};
+use crate::nn::{self, C2f, Conv2d, ConvBnSilu, Result, Sppf};
 use crate::weights::Weights;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,107 +68,6 @@ impl DetectorConfig {
     /// Rows per anchor in the raw output: box (4), class scores, keypoints.
     pub fn output_rows(&self) -> i32 {
         4 + self.nc + self.kpt_shape[0] * self.kpt_shape[1]
-    }
-}
-
-/// Conv2d (no bias) → BatchNorm → SiLU: ultralytics' `Conv`.
-struct ConvBnSilu {
-    conv: Conv2d,
-    bn: nn::BatchNorm,
-}
-
-impl ConvBnSilu {
-    fn new(w: &Weights, c_in: i32, c_out: i32, k: i32, s: i32, eps: f32) -> Result<Self> {
-        Ok(ConvBnSilu {
-            conv: Conv2d::new(&w.pp("conv"), c_in, c_out, k, s, k / 2, false),
-            bn: nn::BatchNorm::new(&w.pp("bn"), c_out, eps)?,
-        })
-    }
-
-    fn forward(&self, x: &Array) -> Result<Array> {
-        nn::silu(&self.bn.forward(&self.conv.forward(x)?)?)
-    }
-}
-
-struct Bottleneck {
-    cv1: ConvBnSilu,
-    cv2: ConvBnSilu,
-    residual: bool,
-}
-
-impl Bottleneck {
-    fn forward(&self, x: &Array) -> Result<Array> {
-        let y = self.cv2.forward(&self.cv1.forward(x)?)?;
-        if self.residual {
-            x.add(&y)
-        } else {
-            Ok(y)
-        }
-    }
-}
-
-/// CSP bottleneck with two convolutions: split, run the bottlenecks on the
-/// second half keeping every intermediate, concatenate, fuse.
-struct C2f {
-    cv1: ConvBnSilu,
-    cv2: ConvBnSilu,
-    m: Vec<Bottleneck>,
-    hidden: i32,
-}
-
-impl C2f {
-    fn new(w: &Weights, c_in: i32, c_out: i32, n: i32, shortcut: bool, eps: f32) -> Result<Self> {
-        let c = c_out / 2;
-        let m = (0..n)
-            .map(|i| {
-                let wm = w.pp("m").pp(i);
-                Ok(Bottleneck {
-                    cv1: ConvBnSilu::new(&wm.pp("cv1"), c, c, 3, 1, eps)?,
-                    cv2: ConvBnSilu::new(&wm.pp("cv2"), c, c, 3, 1, eps)?,
-                    residual: shortcut,
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok(C2f {
-            cv1: ConvBnSilu::new(&w.pp("cv1"), c_in, 2 * c, 1, 1, eps)?,
-            cv2: ConvBnSilu::new(&w.pp("cv2"), (2 + n) * c, c_out, 1, 1, eps)?,
-            m,
-            hidden: c,
-        })
-    }
-
-    fn forward(&self, x: &Array) -> Result<Array> {
-        let y = self.cv1.forward(x)?;
-        let mut parts = y.split_axis_at(self.hidden)?;
-        for b in &self.m {
-            let next = b.forward(parts.last().expect("two halves"))?;
-            parts.push(next);
-        }
-        self.cv2.forward(&ops::concatenate(&parts, -1)?)
-    }
-}
-
-/// Spatial pyramid pooling, fast: three chained 5×5 max pools.
-struct Sppf {
-    cv1: ConvBnSilu,
-    cv2: ConvBnSilu,
-}
-
-impl Sppf {
-    fn new(w: &Weights, c_in: i32, c_out: i32, eps: f32) -> Result<Self> {
-        let c = c_in / 2;
-        Ok(Sppf {
-            cv1: ConvBnSilu::new(&w.pp("cv1"), c_in, c, 1, 1, eps)?,
-            cv2: ConvBnSilu::new(&w.pp("cv2"), 4 * c, c_out, 1, 1, eps)?,
-        })
-    }
-
-    fn forward(&self, x: &Array) -> Result<Array> {
-        let x = self.cv1.forward(x)?;
-        let y1 = nn::max_pool_same(&x, 5)?;
-        let y2 = nn::max_pool_same(&y1, 5)?;
-        let y3 = nn::max_pool_same(&y2, 5)?;
-        self.cv2.forward(&ops::concatenate(&[x, y1, y2, y3], -1)?)
     }
 }
 
@@ -361,20 +260,6 @@ impl HandDetector {
         let kp = ops::concatenate(&[xy, vis], -1)?.reshape(&[b, a, nk * 3])?;
 
         ops::concatenate(&[cxcywh, ops::sigmoid(&classes)?, kp], -1)
-    }
-}
-
-trait SplitAt {
-    fn split_axis_at(&self, index: i32) -> Result<Vec<Array>>;
-}
-
-impl SplitAt for Array {
-    /// `[x[..., :index], x[..., index:]]` on the channel axis.
-    fn split_axis_at(&self, index: i32) -> Result<Vec<Array>> {
-        Ok(vec![
-            self.index((.., .., .., ..index)),
-            self.index((.., .., .., index..)),
-        ])
     }
 }
 

@@ -262,8 +262,8 @@ impl Region {
                     continue;
                 }
                 let at = (ry as usize * self.w + rx as usize) * 3;
-                for c in 0..3 {
-                    out[c] += wx * wy * self.data[at + c];
+                for (o, v) in out.iter_mut().zip(&self.data[at..at + 3]) {
+                    *o += wx * wy * v;
                 }
             }
         }

@@ -1,5 +1,11 @@
 //! Blocks shared by the networks. All tensors are channels-last (NHWC), all
 //! convolution kernels OHWI, all Linear weights `(out, in)` as in PyTorch.
+//!
+//! - layers: [`Linear`] (dense or 4-bit), [`Conv2d`], [`ConvTranspose2d`],
+//!   [`BatchNorm`] (eval), [`LayerNorm`]; activations; upsampling, pooling
+//! - vision transformer: [`VitBlock`] (LayerNorm, fused SDPA, GELU MLP)
+//! - YOLO: [`ConvBnSilu`], [`Bottleneck`], [`C2f`], [`Sppf`]
+//! - sampling: [`grid_sample_zeros`]; host read-back: [`host_f32`]
 
 use mlx_rs::error::Exception;
 use mlx_rs::{fast, ops, Array, Dtype};
@@ -266,6 +272,230 @@ pub fn max_pool_same(x: &Array, kernel: i32) -> Result<Array> {
     }
     debug_assert_eq!(out.shape(), [n, h, w, c]);
     Ok(out)
+}
+
+// ---- Vision transformer blocks ----
+
+/// Multi-head self-attention with a fused qkv projection.
+pub struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    heads: i32,
+}
+
+impl Attention {
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        let (b, n, d) = (x.dim(0), x.dim(1), x.dim(2));
+        let hd = d / self.heads;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape(&[b, n, 3, self.heads, hd])?
+            // (3, B, heads, N, head_dim): q, k, v split on the first axis
+            .transpose_axes(&[2, 0, 3, 1, 4])?;
+        let (q, k, v) = (qkv.index(0), qkv.index(1), qkv.index(2));
+        let o = fast::scaled_dot_product_attention(q, k, v, (hd as f32).powf(-0.5), None, None)?;
+        let o = o.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, n, d])?;
+        self.proj.forward(&o)
+    }
+}
+
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+/// Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)) with
+/// exact GELU (timm's ViT block without DropPath or LayerScale).
+pub struct VitBlock {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl VitBlock {
+    pub fn new(w: &Weights, d: i32, heads: i32, mlp_ratio: i32, eps: f32) -> Self {
+        let hidden = d * mlp_ratio;
+        VitBlock {
+            norm1: LayerNorm::new(&w.pp("norm1"), d, eps),
+            attn: Attention {
+                qkv: Linear::new(&w.pp("attn.qkv"), d, 3 * d),
+                proj: Linear::new(&w.pp("attn.proj"), d, d),
+                heads,
+            },
+            norm2: LayerNorm::new(&w.pp("norm2"), d, eps),
+            mlp: Mlp {
+                fc1: Linear::new(&w.pp("mlp.fc1"), d, hidden),
+                fc2: Linear::new(&w.pp("mlp.fc2"), hidden, d),
+            },
+        }
+    }
+
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        let x = x.add(self.attn.forward(&self.norm1.forward(x)?)?)?;
+        let h = gelu(&self.mlp.fc1.forward(&self.norm2.forward(&x)?)?)?;
+        x.add(self.mlp.fc2.forward(&h)?)
+    }
+}
+
+// ---- YOLO (ultralytics) blocks ----
+
+/// Conv2d (no bias) → BatchNorm → SiLU: ultralytics' `Conv`.
+pub struct ConvBnSilu {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+impl ConvBnSilu {
+    pub fn new(w: &Weights, c_in: i32, c_out: i32, k: i32, s: i32, eps: f32) -> Result<Self> {
+        Ok(ConvBnSilu {
+            conv: Conv2d::new(&w.pp("conv"), c_in, c_out, k, s, k / 2, false),
+            bn: BatchNorm::new(&w.pp("bn"), c_out, eps)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        silu(&self.bn.forward(&self.conv.forward(x)?)?)
+    }
+}
+
+pub struct Bottleneck {
+    cv1: ConvBnSilu,
+    cv2: ConvBnSilu,
+    residual: bool,
+}
+
+impl Bottleneck {
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        let y = self.cv2.forward(&self.cv1.forward(x)?)?;
+        if self.residual {
+            x.add(&y)
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+/// CSP bottleneck with two convolutions: split, run the bottlenecks on the
+/// second half keeping every intermediate, concatenate, fuse.
+pub struct C2f {
+    cv1: ConvBnSilu,
+    cv2: ConvBnSilu,
+    m: Vec<Bottleneck>,
+    hidden: i32,
+}
+
+impl C2f {
+    pub fn new(
+        w: &Weights,
+        c_in: i32,
+        c_out: i32,
+        n: i32,
+        shortcut: bool,
+        eps: f32,
+    ) -> Result<Self> {
+        let c = c_out / 2;
+        let m = (0..n)
+            .map(|i| {
+                let wm = w.pp("m").pp(i);
+                Ok(Bottleneck {
+                    cv1: ConvBnSilu::new(&wm.pp("cv1"), c, c, 3, 1, eps)?,
+                    cv2: ConvBnSilu::new(&wm.pp("cv2"), c, c, 3, 1, eps)?,
+                    residual: shortcut,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(C2f {
+            cv1: ConvBnSilu::new(&w.pp("cv1"), c_in, 2 * c, 1, 1, eps)?,
+            cv2: ConvBnSilu::new(&w.pp("cv2"), (2 + n) * c, c_out, 1, 1, eps)?,
+            m,
+            hidden: c,
+        })
+    }
+
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        let y = self.cv1.forward(x)?;
+        let mut parts = vec![
+            y.index((.., .., .., ..self.hidden)),
+            y.index((.., .., .., self.hidden..)),
+        ];
+        for b in &self.m {
+            let next = b.forward(parts.last().expect("two halves"))?;
+            parts.push(next);
+        }
+        self.cv2.forward(&ops::concatenate(&parts, -1)?)
+    }
+}
+
+/// Spatial pyramid pooling, fast: three chained 5×5 max pools.
+pub struct Sppf {
+    cv1: ConvBnSilu,
+    cv2: ConvBnSilu,
+}
+
+impl Sppf {
+    pub fn new(w: &Weights, c_in: i32, c_out: i32, eps: f32) -> Result<Self> {
+        let c = c_in / 2;
+        Ok(Sppf {
+            cv1: ConvBnSilu::new(&w.pp("cv1"), c_in, c, 1, 1, eps)?,
+            cv2: ConvBnSilu::new(&w.pp("cv2"), 4 * c, c_out, 1, 1, eps)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        let x = self.cv1.forward(x)?;
+        let y1 = max_pool_same(&x, 5)?;
+        let y2 = max_pool_same(&y1, 5)?;
+        let y3 = max_pool_same(&y2, 5)?;
+        self.cv2.forward(&ops::concatenate(&[x, y1, y2, y3], -1)?)
+    }
+}
+
+/// Bilinear sampling of `map` (B, H, W, C) at pixel positions `xy` (B, P, 2)
+/// (pixel k's centre at k), with zeros outside the map: PyTorch's
+/// `grid_sample(align_corners=True, padding_mode="zeros")` after its
+/// normalisation round trip. Returns (B, P, C).
+pub fn grid_sample_zeros(map: &Array, xy: &Array) -> Result<Array> {
+    let (b, h, w, c) = (map.dim(0), map.dim(1), map.dim(2), map.dim(3));
+    let p = xy.dim(1);
+    let flat = map.reshape(&[b, h * w, c])?;
+    let x = xy.index((.., .., 0));
+    let y = xy.index((.., .., 1));
+    let x0 = ops::floor(&x)?;
+    let y0 = ops::floor(&y)?;
+    let fx = x.subtract(&x0)?;
+    let fy = y.subtract(&y0)?;
+    let one = Array::from_f32(1.0);
+    let mut acc: Option<Array> = None;
+    for (dy, wy) in [(0.0f32, one.subtract(&fy)?), (1.0, fy.clone())] {
+        for (dx, wx) in [(0.0f32, one.subtract(&fx)?), (1.0, fx.clone())] {
+            let xi = x0.add(Array::from_f32(dx))?;
+            let yi = y0.add(Array::from_f32(dy))?;
+            let inside = xi
+                .ge(Array::from_f32(0.0))?
+                .logical_and(&xi.le(Array::from_f32((w - 1) as f32))?)?
+                .logical_and(&yi.ge(Array::from_f32(0.0))?)?
+                .logical_and(&yi.le(Array::from_f32((h - 1) as f32))?)?;
+            let weight = wx
+                .multiply(&wy)?
+                .multiply(inside.as_dtype(Dtype::Float32)?)?;
+            let xc = ops::clip(&xi, (0.0, (w - 1) as f32))?;
+            let yc = ops::clip(&yi, (0.0, (h - 1) as f32))?;
+            let index = yc
+                .multiply(Array::from_f32(w as f32))?
+                .add(&xc)?
+                .as_dtype(Dtype::Int32)?
+                .reshape(&[b, p, 1])?;
+            let tap = flat.take_along_axis(&index, 1)?; // (B, P, C)
+            let term = tap.multiply(weight.reshape(&[b, p, 1])?)?;
+            acc = Some(match acc {
+                None => term,
+                Some(a) => a.add(&term)?,
+            });
+        }
+    }
+    Ok(acc.expect("four taps"))
 }
 
 use mlx_rs::ops::indexing::IndexOp;

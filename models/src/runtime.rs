@@ -178,7 +178,7 @@ pub fn self_check() -> Result<(), String> {
                             continue;
                         }
                         for c in 0..2 {
-                            want += x[((iy * 4 + ix) * 2 + c as i32) as usize]
+                            want += x[((iy * 4 + ix) * 2 + c) as usize]
                                 * w[((o * 3 + ky as usize) * 3 + kx as usize) * 2 + c as usize];
                         }
                     }

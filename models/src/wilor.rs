@@ -9,12 +9,12 @@
 
 use std::path::Path;
 
-use mlx_rs::{fast, ops, Array, Dtype};
+use mlx_rs::{ops, Array, Dtype};
 use serde::{Deserialize, Serialize};
 
 use crate::fixture::{self, FixtureError, Tensors};
 use crate::mano::Mano;
-use crate::nn::{self, BatchNorm, Conv2d, ConvTranspose2d, LayerNorm, Linear, Result};
+use crate::nn::{self, BatchNorm, Conv2d, ConvTranspose2d, LayerNorm, Linear, Result, VitBlock};
 use crate::rotation;
 use crate::weights::Weights;
 
@@ -84,67 +84,6 @@ impl WilorConfig {
     }
 }
 
-struct Attention {
-    qkv: Linear,
-    proj: Linear,
-    heads: i32,
-}
-
-impl Attention {
-    fn forward(&self, x: &Array) -> Result<Array> {
-        let (b, n, d) = (x.dim(0), x.dim(1), x.dim(2));
-        let hd = d / self.heads;
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape(&[b, n, 3, self.heads, hd])?
-            // (3, B, heads, N, head_dim): q, k, v split on the first axis
-            .transpose_axes(&[2, 0, 3, 1, 4])?;
-        let (q, k, v) = (qkv.index(0), qkv.index(1), qkv.index(2));
-        let o = fast::scaled_dot_product_attention(q, k, v, (hd as f32).powf(-0.5), None, None)?;
-        let o = o.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, n, d])?;
-        self.proj.forward(&o)
-    }
-}
-
-struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
-}
-
-struct Block {
-    norm1: LayerNorm,
-    attn: Attention,
-    norm2: LayerNorm,
-    mlp: Mlp,
-}
-
-impl Block {
-    fn new(w: &Weights, cfg: &WilorConfig) -> Self {
-        let d = cfg.embed_dim;
-        let hidden = d * cfg.mlp_ratio;
-        Block {
-            norm1: LayerNorm::new(&w.pp("norm1"), d, cfg.layer_norm_eps),
-            attn: Attention {
-                qkv: Linear::new(&w.pp("attn.qkv"), d, 3 * d),
-                proj: Linear::new(&w.pp("attn.proj"), d, d),
-                heads: cfg.num_heads,
-            },
-            norm2: LayerNorm::new(&w.pp("norm2"), d, cfg.layer_norm_eps),
-            mlp: Mlp {
-                fc1: Linear::new(&w.pp("mlp.fc1"), d, hidden),
-                fc2: Linear::new(&w.pp("mlp.fc2"), hidden, d),
-            },
-        }
-    }
-
-    fn forward(&self, x: &Array) -> Result<Array> {
-        let x = x.add(self.attn.forward(&self.norm1.forward(x)?)?)?;
-        let h = nn::gelu(&self.mlp.fc1.forward(&self.norm2.forward(&x)?)?)?;
-        x.add(self.mlp.fc2.forward(&h)?)
-    }
-}
-
 /// What the backbone regresses before refinement.
 pub struct BackboneOutput {
     /// (B, 96): 16 joints × 6-D rotation.
@@ -162,7 +101,7 @@ struct Backbone {
     pos_embed: Array,
     /// The 18 learned tokens are input-independent: computed once at load.
     learned_tokens: Array,
-    blocks: Vec<Block>,
+    blocks: Vec<VitBlock>,
     last_norm: LayerNorm,
     decpose: Linear,
     decshape: Linear,
@@ -222,7 +161,15 @@ impl Backbone {
             pos_embed,
             learned_tokens,
             blocks: (0..cfg.depth)
-                .map(|i| Block::new(&w.pp("blocks").pp(i), cfg))
+                .map(|i| {
+                    VitBlock::new(
+                        &w.pp("blocks").pp(i),
+                        d,
+                        cfg.num_heads,
+                        cfg.mlp_ratio,
+                        cfg.layer_norm_eps,
+                    )
+                })
                 .collect(),
             last_norm: LayerNorm::new(&w.pp("last_norm"), d, cfg.layer_norm_eps),
             decpose: Linear::new(&w.pp("decpose"), d, 6),
@@ -363,7 +310,7 @@ impl RefineNet {
                 .index((.., .., 0..2))
                 .divide(p.index((.., .., 2..3)))?
                 .multiply(Array::from_f32(self.focal_length / size))?;
-            let sampled = grid_sample_zeros(level, &xy)?; // (B, V, C)
+            let sampled = nn::grid_sample_zeros(level, &xy)?; // (B, V, C)
             pooled.push(sampled.max_axis(1, None)?);
         }
         let f = ops::concatenate(&pooled, -1)?;
@@ -372,52 +319,6 @@ impl RefineNet {
         let cam = bb.cam.add(self.dec_cam.forward(&f)?)?;
         Ok((pose, betas, cam))
     }
-}
-
-/// Bilinear sampling of `map` (B, H, W, C) at pixel positions `xy` (B, P, 2)
-/// (pixel k's centre at k), with zeros outside the map: PyTorch's
-/// `grid_sample(align_corners=True, padding_mode="zeros")` after its
-/// normalisation round trip. Returns (B, P, C).
-pub fn grid_sample_zeros(map: &Array, xy: &Array) -> Result<Array> {
-    let (b, h, w, c) = (map.dim(0), map.dim(1), map.dim(2), map.dim(3));
-    let p = xy.dim(1);
-    let flat = map.reshape(&[b, h * w, c])?;
-    let x = xy.index((.., .., 0));
-    let y = xy.index((.., .., 1));
-    let x0 = ops::floor(&x)?;
-    let y0 = ops::floor(&y)?;
-    let fx = x.subtract(&x0)?;
-    let fy = y.subtract(&y0)?;
-    let one = Array::from_f32(1.0);
-    let mut acc: Option<Array> = None;
-    for (dy, wy) in [(0.0f32, one.subtract(&fy)?), (1.0, fy.clone())] {
-        for (dx, wx) in [(0.0f32, one.subtract(&fx)?), (1.0, fx.clone())] {
-            let xi = x0.add(Array::from_f32(dx))?;
-            let yi = y0.add(Array::from_f32(dy))?;
-            let inside = xi
-                .ge(Array::from_f32(0.0))?
-                .logical_and(&xi.le(Array::from_f32((w - 1) as f32))?)?
-                .logical_and(&yi.ge(Array::from_f32(0.0))?)?
-                .logical_and(&yi.le(Array::from_f32((h - 1) as f32))?)?;
-            let weight = wx
-                .multiply(&wy)?
-                .multiply(inside.as_dtype(Dtype::Float32)?)?;
-            let xc = ops::clip(&xi, (0.0, (w - 1) as f32))?;
-            let yc = ops::clip(&yi, (0.0, (h - 1) as f32))?;
-            let index = yc
-                .multiply(Array::from_f32(w as f32))?
-                .add(&xc)?
-                .as_dtype(Dtype::Int32)?
-                .reshape(&[b, p, 1])?;
-            let tap = flat.take_along_axis(&index, 1)?; // (B, P, C)
-            let term = tap.multiply(weight.reshape(&[b, p, 1])?)?;
-            acc = Some(match acc {
-                None => term,
-                Some(a) => a.add(&term)?,
-            });
-        }
-    }
-    Ok(acc.expect("four taps"))
 }
 
 /// Everything WiLoR predicts for a batch of crops, in the crops' frame

@@ -73,11 +73,16 @@ fn a_left_hand_is_the_mirror_image_of_a_right_hand() {
     };
 
     let a = p
-        .estimate(&p.prepare_crops(img, &[left.clone()]), &[left], w, h)
+        .estimate(
+            &p.prepare_crops(img, std::slice::from_ref(&left)),
+            &[left],
+            w,
+            h,
+        )
         .unwrap();
     let b = p
         .estimate(
-            &p.prepare_crops(img_flipped, &[right.clone()]),
+            &p.prepare_crops(img_flipped, std::slice::from_ref(&right)),
             &[right],
             w,
             h,
