@@ -18,10 +18,13 @@ release: setup
 doctor: release
 	target/release/posed doctor
 
-# The main job: report the runtime, then run the real models once.
+FIXTURES ?= ../shared/fixtures
+
+# The main job (for now): report the runtime, then run the real hand models
+# on the parity fixtures and compare them with the PyTorch reference.
 run: release
 	target/release/posed doctor
-	target/release/posed demo
+	target/release/posed fixture check --dir $(FIXTURES)/hands
 
 # Every test, after installing what they need.
 test: setup
