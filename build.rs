@@ -1,9 +1,12 @@
 #[path = "models/link_mlx.rs"]
 mod link_mlx;
 
+use std::path::PathBuf;
+
 fn main() {
     link_mlx::link_mlx_runtime();
     record_rustc_version();
+    compile_protos();
 }
 
 /// `posed doctor` reports the compiler that built it.
@@ -17,4 +20,22 @@ fn record_rustc_version() {
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=POSED_RUSTC_VERSION={version}");
+}
+
+/// gRPC code for `proto/posed/v1`, plus the descriptor set that server
+/// reflection serves. protoc comes from the protoc-bin-vendored crate unless
+/// PROTOC names another, so no system package is needed.
+fn compile_protos() {
+    println!("cargo:rerun-if-env-changed=PROTOC");
+    let protoc = match std::env::var_os("PROTOC") {
+        Some(p) => PathBuf::from(p),
+        None => protoc_bin_vendored::protoc_bin_path().expect("vendored protoc for this platform"),
+    };
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("posed_v1_descriptor.bin"))
+        .compile_with_config(config, &["proto/posed/v1/posed.proto"], &["proto"])
+        .expect("compiling proto/posed/v1/posed.proto");
 }

@@ -69,7 +69,7 @@ fn main() {
     );
     let det = HandDetector::new(DetectorConfig::yolov8m(), &w).unwrap();
     w.finish().unwrap();
-    let px: Vec<f32> = (0..512 * 512 * 3)
+    let px: Vec<f32> = (0..512 * 512 * 3usize)
         .map(|i| ((i * 7919) % 256) as f32 / 255.0)
         .collect();
     let image = Array::from_slice(&px, &[1, 512, 512, 3]);

@@ -1,4 +1,12 @@
 //! posed: the pose daemon.
+//!
+//! - [`doctor`], [`fixture_cmd`]: the `posed doctor` and `posed fixture` commands
+//! - [`proto`]: the generated `posed.v1` gRPC types
+//! - [`fanout`]: one producer, many subscribers, drop-oldest per subscriber
+//! - [`telemetry`]: per-stage HDR histograms and their exports
 
 pub mod doctor;
+pub mod fanout;
 pub mod fixture_cmd;
+pub mod proto;
+pub mod telemetry;

@@ -499,3 +499,85 @@ pub fn grid_sample_zeros(map: &Array, xy: &Array) -> Result<Array> {
 }
 
 use mlx_rs::ops::indexing::IndexOp;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn weights(pairs: Vec<(&str, Array)>) -> Weights {
+        let map: HashMap<String, Array> = pairs.into_iter().map(|(k, v)| (k.into(), v)).collect();
+        Weights::from_tensors("test", map, Default::default())
+    }
+
+    fn ramp(n: i32, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * scale)
+            .collect()
+    }
+
+    #[test]
+    fn int4_linear_equals_its_dequantized_dense_form() {
+        let (inp, out) = (64, 24);
+        let w = Array::from_slice(&ramp(inp * out, 0.01), &[out, inp]);
+        let bias = Array::from_slice(&ramp(out, 0.1), &[out]);
+        let (packed, scales, biases) = ops::quantize(&w, 32, 4).unwrap();
+        let dense = ops::dequantize(&packed, &scales, &biases, 32, 4).unwrap();
+        assert_eq!(scales.shape(), [out, 2], "group size 32 → 2 groups per row");
+
+        let q = weights(vec![
+            ("l.weight", packed),
+            ("l.scales", scales),
+            ("l.biases", biases),
+            ("l.bias", bias.clone()),
+        ]);
+        let quantized = Linear::new(&q.pp("l"), inp, out);
+        q.finish().unwrap();
+        assert!(quantized.is_quantized());
+
+        let d = weights(vec![("l.weight", dense), ("l.bias", bias)]);
+        let reference = Linear::new(&d.pp("l"), inp, out);
+        d.finish().unwrap();
+        assert!(!reference.is_quantized());
+
+        let x = Array::from_slice(&ramp(3 * inp, 0.02), &[3, inp]);
+        let a = quantized.forward(&x).unwrap();
+        let b = reference.forward(&x).unwrap();
+        let diff = a.subtract(&b).unwrap().abs().unwrap().max(None).unwrap();
+        assert!(diff.item_exact::<f32>() < 1e-4);
+    }
+
+    #[test]
+    fn float_policy_casts_weights_but_not_packed_words() {
+        let w = weights(vec![(
+            "a.weight",
+            Array::from_slice(&[1.0f32, 2.0], &[1, 2]),
+        )])
+        .with_float_dtype(Dtype::Bfloat16);
+        let l = Linear::no_bias(&w.pp("a"), 2, 1);
+        w.finish().unwrap();
+        let y = l
+            .forward(
+                &Array::from_slice(&[1.0f32, 1.0], &[1, 2])
+                    .as_dtype(Dtype::Bfloat16)
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(y.dtype(), Dtype::Bfloat16);
+        assert_eq!(y.as_dtype(Dtype::Float32).unwrap().item_exact::<f32>(), 3.0);
+    }
+
+    #[test]
+    fn grid_sample_is_bilinear_inside_and_zero_outside() {
+        // 2×3 single-channel map: value = 10·row + col.
+        let map = Array::from_slice(&[0.0f32, 1.0, 2.0, 10.0, 11.0, 12.0], &[1, 2, 3, 1]);
+        let xy = Array::from_slice(&[0.5f32, 0.5, 2.0, 1.0, -0.5, 0.0, 2.5, 1.0], &[1, 4, 2]);
+        let s = grid_sample_zeros(&map, &xy).unwrap();
+        let got = host_f32(&s).unwrap();
+        assert_eq!(got[0], 5.5); // centre of the four top-left pixels
+        assert_eq!(got[1], 12.0); // exactly on the last pixel
+        assert_eq!(got[2], 0.0); // half a pixel left of (0,0): 0.5·0 + 0.5·(outside = 0)
+        assert_eq!(got[3], 6.0); // half a pixel right of (2,1): 0.5·12 + 0.5·0
+    }
+}
