@@ -2,10 +2,12 @@
 //!
 //! - [`doctor`], [`fixture_cmd`]: the `posed doctor` and `posed fixture` commands
 //! - [`proto`]: the generated `posed.v1` gRPC types
+//! - [`engine`]: the MLX thread, its latest-wins frame gate, and readiness
 //! - [`fanout`]: one producer, many subscribers, drop-oldest per subscriber
 //! - [`telemetry`]: per-stage HDR histograms and their exports
 
 pub mod doctor;
+pub mod engine;
 pub mod fanout;
 pub mod fixture_cmd;
 pub mod proto;

@@ -199,3 +199,39 @@ impl HandPipeline {
         Ok(estimates)
     }
 }
+
+/// Where the hand route's files are.
+#[derive(Debug, Clone)]
+pub struct HandModelFiles {
+    pub detector_config: crate::hand_detector::DetectorConfig,
+    pub detector_weights: std::path::PathBuf,
+    pub wilor_config: crate::wilor::WilorConfig,
+    pub wilor_weights: std::path::PathBuf,
+    pub mano: std::path::PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Weights(#[from] crate::weights::WeightError),
+    #[error(transparent)]
+    Mano(#[from] crate::mano::ManoError),
+    #[error("MLX: {0}")]
+    Mlx(#[from] mlx_rs::error::Exception),
+}
+
+impl HandPipeline {
+    /// Loads and validates both networks and MANO. `synthetic` in the result
+    /// says whether any weight file is marked as random.
+    pub fn load(files: &HandModelFiles) -> std::result::Result<(Self, bool), LoadError> {
+        let dw = crate::weights::Weights::from_file(&files.detector_weights)?;
+        let detector = HandDetector::new(files.detector_config.clone(), &dw)?;
+        dw.finish()?;
+        let ww = crate::weights::Weights::from_file(&files.wilor_weights)?;
+        let mano = crate::mano::Mano::from_npz(&files.mano)?;
+        let wilor = Wilor::new(files.wilor_config.clone(), &ww, mano)?;
+        ww.finish()?;
+        let synthetic = dw.is_synthetic() || ww.is_synthetic();
+        Ok((HandPipeline { detector, wilor }, synthetic))
+    }
+}

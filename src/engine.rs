@@ -1,0 +1,409 @@
+//! The MLX thread: one `std::thread` owns every model and MLX array. Frames
+//! reach it through a latest-wins gate, results leave it as plain Rust data.
+//!
+//! Why a gate and not a queue: an input device must show the newest frame,
+//! not work through a backlog. A frame still waiting when a newer one arrives
+//! is replaced and counted as dropped; the count rides on the next result.
+//! Frames whose sender waits for an answer (`PushImage` with `wait`) are
+//! never replaced: they wait in a short FIFO of their own, and when that is
+//! full the sender is told so at once.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use posed_models::hand_pipeline::{HandBox, HandEstimate, HandPipeline};
+use posed_models::image::RgbImage;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// A decoded RGB frame and where it came from.
+#[derive(Debug)]
+pub struct Frame {
+    pub id: u64,
+    pub source_id: String,
+    pub client_frame_id: u64,
+    pub captured: SystemTime,
+    /// When the daemon got it (start of the end-to-end clock).
+    pub received: Instant,
+    pub width: usize,
+    pub height: usize,
+    /// width × height × 3 bytes.
+    pub rgb: Vec<u8>,
+}
+
+/// What the caller of a waiting push gets back.
+pub type Reply = oneshot::Sender<Result<Arc<HandsResult>, EngineError>>;
+
+pub struct FrameJob {
+    pub frame: Arc<Frame>,
+    /// Boxes the client already knows: the detector is skipped.
+    pub hand_boxes: Option<Vec<HandBox>>,
+    pub reply: Option<Reply>,
+}
+
+/// The hand route's answer for one frame.
+#[derive(Debug)]
+pub struct HandsResult {
+    pub frame: Arc<Frame>,
+    pub hands: Vec<HandEstimate>,
+    /// (stage, time) in pipeline order.
+    pub timings: Vec<(&'static str, Duration)>,
+    /// Frames replaced in the gate since the previous result.
+    pub dropped_before: u64,
+}
+
+/// What leaves the MLX thread: a result or an error, and the reply channel
+/// of a waiting push, which post-processing answers.
+pub struct EngineOutput {
+    pub frame: Arc<Frame>,
+    pub result: Result<Arc<HandsResult>, EngineError>,
+    pub reply: Option<Reply>,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum EngineError {
+    #[error("models failed to load: {0}")]
+    Load(String),
+    #[error("the hand route failed on frame {frame}: {message}")]
+    Route { frame: u64, message: String },
+    #[error("{0} frames already wait for an answer; try again")]
+    Busy(usize),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+/// Health of the route as the server reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Loading,
+    Serving,
+    /// Loading failed, or the last frame failed; the message says why.
+    Failed(String),
+}
+
+#[derive(Default)]
+struct Pending {
+    latest: Option<FrameJob>,
+    dropped: u64,
+    waiting: VecDeque<FrameJob>,
+    closed: bool,
+}
+
+struct Gate {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    max_waiting: usize,
+}
+
+impl Gate {
+    fn offer(&self, job: FrameJob) -> Result<(), (FrameJob, EngineError)> {
+        let mut p = self.pending.lock().expect("gate lock");
+        if p.closed {
+            return Err((job, EngineError::Stopped));
+        }
+        if job.reply.is_some() {
+            if p.waiting.len() >= self.max_waiting {
+                return Err((job, EngineError::Busy(self.max_waiting)));
+            }
+            p.waiting.push_back(job);
+        } else if p.latest.replace(job).is_some() {
+            p.dropped += 1;
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The next job (waiting ones first) and the drops before it; `None`
+    /// once closed and drained.
+    fn take(&self) -> Option<(FrameJob, u64)> {
+        let mut p = self.pending.lock().expect("gate lock");
+        loop {
+            if let Some(job) = p.waiting.pop_front() {
+                return Some((job, std::mem::take(&mut p.dropped)));
+            }
+            if let Some(job) = p.latest.take() {
+                return Some((job, std::mem::take(&mut p.dropped)));
+            }
+            if p.closed {
+                return None;
+            }
+            p = self.wake.wait(p).expect("gate lock");
+        }
+    }
+
+    fn close(&self) {
+        self.pending.lock().expect("gate lock").closed = true;
+        self.wake.notify_all();
+    }
+}
+
+/// Handle to the MLX thread.
+pub struct Engine {
+    gate: Arc<Gate>,
+    thread: Option<JoinHandle<()>>,
+    readiness: watch::Receiver<Readiness>,
+}
+
+impl Engine {
+    /// Starts the MLX thread: `load` builds the models there (MLX state must
+    /// not cross threads), one warm-up frame runs, then readiness turns
+    /// `Serving`. Results go to `output`.
+    pub fn start<F>(
+        load: F,
+        output: mpsc::UnboundedSender<EngineOutput>,
+        max_waiting: usize,
+    ) -> Self
+    where
+        F: FnOnce() -> anyhow::Result<HandPipeline> + Send + 'static,
+    {
+        let gate = Arc::new(Gate {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            max_waiting,
+        });
+        let (ready_tx, readiness) = watch::channel(Readiness::Loading);
+        let thread_gate = gate.clone();
+        let thread = std::thread::Builder::new()
+            .name("posed-mlx".into())
+            .spawn(move || mlx_thread(load, &thread_gate, &output, &ready_tx))
+            .expect("spawning the MLX thread");
+        Engine {
+            gate,
+            thread: Some(thread),
+            readiness,
+        }
+    }
+
+    pub fn readiness(&self) -> watch::Receiver<Readiness> {
+        self.readiness.clone()
+    }
+
+    /// Queues a frame; a job with a reply gets its error back through it when
+    /// it cannot be queued.
+    pub fn submit(&self, job: FrameJob) -> Result<(), EngineError> {
+        self.gate.offer(job).map_err(|(job, err)| {
+            if let Some(reply) = job.reply {
+                let _ = reply.send(Err(err.clone()));
+            }
+            err
+        })
+    }
+
+    /// Stops taking frames, lets the thread finish what it holds, and joins it.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.gate.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn mlx_thread<F>(
+    load: F,
+    gate: &Gate,
+    output: &mpsc::UnboundedSender<EngineOutput>,
+    ready: &watch::Sender<Readiness>,
+) where
+    F: FnOnce() -> anyhow::Result<HandPipeline>,
+{
+    let pipeline = match catch_unwind(AssertUnwindSafe(load)) {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return fail_all(gate, output, ready, format!("{e:#}")),
+        Err(panic) => return fail_all(gate, output, ready, panic_message(&panic)),
+    };
+    if let Err(e) = warm_up(&pipeline) {
+        return fail_all(gate, output, ready, format!("warm-up: {e}"));
+    }
+    tracing::info!("hand route loaded and warm");
+    let _ = ready.send(Readiness::Serving);
+
+    while let Some((job, dropped)) = gate.take() {
+        let frame = job.frame.clone();
+        let result = catch_unwind(AssertUnwindSafe(|| run_hands(&pipeline, &job, dropped)))
+            .unwrap_or_else(|panic| Err(panic_message(&panic)))
+            .map_err(|message| EngineError::Route {
+                frame: frame.id,
+                message,
+            });
+        // A failing frame marks the route unhealthy until one succeeds again.
+        match &result {
+            Ok(_) => {
+                ready.send_if_modified(|r| {
+                    let changed = *r != Readiness::Serving;
+                    *r = Readiness::Serving;
+                    changed
+                });
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                let _ = ready.send(Readiness::Failed(e.to_string()));
+            }
+        }
+        let out = EngineOutput {
+            frame,
+            result: result.map(Arc::new),
+            reply: job.reply,
+        };
+        if output.send(out).is_err() {
+            break;
+        }
+    }
+}
+
+/// Loading failed: say so, and answer every frame that still arrives.
+fn fail_all(
+    gate: &Gate,
+    output: &mpsc::UnboundedSender<EngineOutput>,
+    ready: &watch::Sender<Readiness>,
+    message: String,
+) {
+    tracing::error!("hand route failed to load: {message}");
+    let _ = ready.send(Readiness::Failed(message.clone()));
+    while let Some((job, _)) = gate.take() {
+        let out = EngineOutput {
+            frame: job.frame,
+            result: Err(EngineError::Load(message.clone())),
+            reply: job.reply,
+        };
+        if output.send(out).is_err() {
+            break;
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .map(|m| format!("panic: {m}"))
+        .unwrap_or_else(|| "panic".into())
+}
+
+/// One frame through every stage, so the first real frame pays no
+/// first-run costs.
+fn warm_up(p: &HandPipeline) -> Result<(), String> {
+    let (w, h) = (320, 240);
+    let rgb = vec![128u8; w * h * 3];
+    let img = RgbImage::new(w, h, &rgb).expect("valid size");
+    let input = p.prepare_detector_input(img);
+    p.detect(&input).map_err(|e| e.to_string())?;
+    let hand = HandBox {
+        bbox: [100.0, 80.0, 160.0, 150.0],
+        is_right: true,
+        score: 1.0,
+        keypoints_2d: Vec::new(),
+    };
+    let crops = p.prepare_crops(img, std::slice::from_ref(&hand));
+    p.estimate(&crops, &[hand], w, h)
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn run_hands(p: &HandPipeline, job: &FrameJob, dropped: u64) -> Result<HandsResult, String> {
+    let f = &job.frame;
+    let img = RgbImage::new(f.width, f.height, &f.rgb)
+        .ok_or_else(|| format!("frame is not {}x{} RGB", f.width, f.height))?;
+    let mut timings = Vec::with_capacity(4);
+    let mut timed = |stage: &'static str, t: Instant| timings.push((stage, t.elapsed()));
+
+    let hands = match &job.hand_boxes {
+        Some(boxes) => boxes.clone(),
+        None => {
+            let t = Instant::now();
+            let input = p.prepare_detector_input(img);
+            timed("preprocess", t);
+            let t = Instant::now();
+            let hands = p.detect(&input).map_err(|e| e.to_string())?;
+            timed("detect", t);
+            hands
+        }
+    };
+    let t = Instant::now();
+    let crops = p.prepare_crops(img, &hands);
+    timed("crop", t);
+    let t = Instant::now();
+    let estimates = p
+        .estimate(&crops, &hands, f.width, f.height)
+        .map_err(|e| e.to_string())?;
+    timed("pose", t);
+    Ok(HandsResult {
+        frame: f.clone(),
+        hands: estimates,
+        timings,
+        dropped_before: dropped,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: u64, reply: Option<Reply>) -> FrameJob {
+        FrameJob {
+            frame: Arc::new(Frame {
+                id,
+                source_id: "test".into(),
+                client_frame_id: 0,
+                captured: SystemTime::now(),
+                received: Instant::now(),
+                width: 1,
+                height: 1,
+                rgb: vec![0; 3],
+            }),
+            hand_boxes: None,
+            reply,
+        }
+    }
+
+    #[test]
+    fn the_gate_keeps_the_newest_frame_and_every_waiting_one() {
+        let gate = Gate {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            max_waiting: 2,
+        };
+        for id in 0..5 {
+            gate.offer(job(id, None)).map_err(|(_, e)| e).unwrap();
+        }
+        let (a, _) = oneshot::channel();
+        let (b, _) = oneshot::channel();
+        let (c, _) = oneshot::channel();
+        gate.offer(job(10, Some(a))).map_err(|(_, e)| e).unwrap();
+        gate.offer(job(11, Some(b))).map_err(|(_, e)| e).unwrap();
+        let err = gate
+            .offer(job(12, Some(c)))
+            .map_err(|(_, e)| e)
+            .unwrap_err();
+        assert_eq!(err, EngineError::Busy(2));
+
+        // Waiting frames first, in order; then the newest camera frame with
+        // the four it replaced.
+        let order: Vec<(u64, u64)> = std::iter::from_fn(|| {
+            let p = gate.pending.lock().unwrap();
+            let empty = p.latest.is_none() && p.waiting.is_empty();
+            drop(p);
+            (!empty).then(|| gate.take().map(|(j, d)| (j.frame.id, d)).unwrap())
+        })
+        .collect();
+        assert_eq!(order, [(10, 4), (11, 0), (4, 0)]);
+        gate.close();
+        assert!(gate.take().is_none());
+        assert!(matches!(
+            gate.offer(job(20, None)),
+            Err((_, EngineError::Stopped))
+        ));
+    }
+}

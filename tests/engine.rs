@@ -1,0 +1,144 @@
+//! The MLX thread with the real hand models (fixture weights): it loads and
+//! warms before reporting ready, answers waiting pushes, and survives a
+//! failing frame and a failing load.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use posed::engine::{Engine, EngineError, Frame, FrameJob, Readiness};
+use posed_models::fixture::read_json;
+use posed_models::hand_pipeline::{HandBox, HandModelFiles, HandPipeline};
+use tokio::sync::{mpsc, oneshot};
+
+fn files() -> HandModelFiles {
+    let dir = std::env::var_os("POSED_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
+        .join("hands");
+    HandModelFiles {
+        detector_config: read_json(&dir.join("detector_config.json")).unwrap(),
+        detector_weights: dir.join("detector_weights.safetensors"),
+        wilor_config: read_json(&dir.join("wilor_config.json")).unwrap(),
+        wilor_weights: dir.join("wilor_weights.safetensors"),
+        mano: dir.join("mano.npz"),
+    }
+}
+
+fn frame(id: u64, width: usize, height: usize) -> Arc<Frame> {
+    Arc::new(Frame {
+        id,
+        source_id: "test".into(),
+        client_frame_id: id,
+        captured: SystemTime::now(),
+        received: Instant::now(),
+        width,
+        height,
+        rgb: (0..width * height * 3)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect(),
+    })
+}
+
+async fn wait_ready(engine: &Engine) -> Readiness {
+    let mut r = engine.readiness();
+    loop {
+        let now = r.borrow_and_update().clone();
+        if now != Readiness::Loading {
+            return now;
+        }
+        r.changed().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn serves_after_warm_up_and_answers_waiting_pushes() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let files = files();
+    let engine = Engine::start(move || Ok(HandPipeline::load(&files)?.0), tx, 4);
+    assert_eq!(wait_ready(&engine).await, Readiness::Serving);
+
+    let (reply, answer) = oneshot::channel();
+    let hand = HandBox {
+        bbox: [40.0, 40.0, 100.0, 110.0],
+        is_right: false,
+        score: 1.0,
+        keypoints_2d: vec![],
+    };
+    engine
+        .submit(FrameJob {
+            frame: frame(7, 200, 160),
+            hand_boxes: Some(vec![hand]),
+            reply: Some(reply),
+        })
+        .unwrap();
+    // Post-processing answers the reply; here the test plays that part.
+    let out = rx.recv().await.unwrap();
+    let result = out.result.clone().unwrap();
+    assert_eq!(result.frame.id, 7);
+    assert_eq!(result.hands.len(), 1);
+    assert_eq!(result.hands[0].keypoints_3d.len(), 21);
+    let stages: Vec<_> = result.timings.iter().map(|(s, _)| *s).collect();
+    assert_eq!(stages, ["crop", "pose"], "client boxes skip the detector");
+    out.reply.unwrap().send(out.result).unwrap();
+    assert_eq!(answer.await.unwrap().unwrap().frame.id, 7);
+
+    // A frame the route cannot take is an error for that frame only.
+    let mut bad = Frame {
+        ..Arc::try_unwrap(frame(8, 10, 10)).unwrap()
+    };
+    bad.rgb.truncate(5);
+    engine
+        .submit(FrameJob {
+            frame: Arc::new(bad),
+            hand_boxes: None,
+            reply: None,
+        })
+        .unwrap();
+    let out = rx.recv().await.unwrap();
+    assert!(
+        matches!(out.result, Err(EngineError::Route { frame: 8, .. })),
+        "{:?}",
+        out.result.err()
+    );
+    assert!(matches!(*engine.readiness().borrow(), Readiness::Failed(_)));
+
+    // ...and the next good frame brings the route back.
+    engine
+        .submit(FrameJob {
+            frame: frame(9, 64, 48),
+            hand_boxes: None,
+            reply: None,
+        })
+        .unwrap();
+    let out = rx.recv().await.unwrap();
+    let result = out.result.unwrap();
+    assert_eq!(result.frame.id, 9);
+    assert_eq!(result.timings[0].0, "preprocess");
+    assert_eq!(*engine.readiness().borrow(), Readiness::Serving);
+    engine.shutdown();
+}
+
+#[tokio::test]
+async fn a_failed_load_is_reported_and_every_frame_answered() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut files = files();
+    files.wilor_weights = PathBuf::from("/nonexistent/wilor.safetensors");
+    let engine = Engine::start(move || Ok(HandPipeline::load(&files)?.0), tx, 4);
+    match wait_ready(&engine).await {
+        Readiness::Failed(msg) => assert!(msg.contains("/nonexistent/wilor.safetensors"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    let (reply, answer) = oneshot::channel();
+    engine
+        .submit(FrameJob {
+            frame: frame(1, 8, 8),
+            hand_boxes: None,
+            reply: Some(reply),
+        })
+        .unwrap();
+    let out = rx.recv().await.unwrap();
+    assert!(matches!(out.result, Err(EngineError::Load(_))));
+    out.reply.unwrap().send(out.result).unwrap();
+    assert!(answer.await.unwrap().is_err());
+}
