@@ -33,8 +33,9 @@ pub struct Frame {
     pub rgb: Vec<u8>,
 }
 
-/// What the caller of a waiting push gets back.
-pub type Reply = oneshot::Sender<Result<Arc<HandsResult>, EngineError>>;
+/// What the caller of a waiting push gets back: the event post-processing
+/// made of its frame, or why there is none.
+pub type Reply = oneshot::Sender<Result<crate::proto::Event, EngineError>>;
 
 pub struct FrameJob {
     pub frame: Arc<Frame>,

@@ -6,9 +6,11 @@
 //! - [`fanout`]: one producer, many subscribers, drop-oldest per subscriber
 //! - [`telemetry`]: per-stage HDR histograms and their exports
 
+pub mod decode;
 pub mod doctor;
 pub mod engine;
 pub mod fanout;
 pub mod fixture_cmd;
+pub mod post;
 pub mod proto;
 pub mod telemetry;

@@ -49,6 +49,8 @@ pub struct HandEstimate {
     pub betas: Vec<f32>,
     /// The crop's weak-perspective camera [s, tx, ty] (un-mirrored).
     pub crop_cam: [f32; 3],
+    /// Focal length (pixels) of the full-image camera `cam_t` assumes.
+    pub focal_length: f32,
 }
 
 pub struct HandPipeline {
@@ -194,6 +196,7 @@ impl HandPipeline {
                     .collect(),
                 betas: betas[i * NUM_BETAS as usize..(i + 1) * NUM_BETAS as usize].to_vec(),
                 crop_cam,
+                focal_length: focal,
             });
         }
         Ok(estimates)

@@ -1,0 +1,233 @@
+//! Post-processing on the tokio side: stable track ids, mirroring for selfie
+//! cameras, and the conversion of route results into `posed.v1` events.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use posed_models::hand_detector::iou;
+use posed_models::hand_pipeline::HandEstimate;
+
+use crate::engine::HandsResult;
+use crate::proto;
+
+/// Boxes must overlap at least this much to continue a track.
+const TRACK_IOU: f32 = 0.3;
+
+/// Stable hand ids across frames of a source, by greedy IoU association with
+/// the previous frame's hands of the same side.
+#[derive(Default)]
+pub struct HandTracker {
+    next_id: u32,
+    last: HashMap<String, Vec<(u32, [f32; 4], bool)>>,
+}
+
+impl HandTracker {
+    pub fn assign(&mut self, source: &str, hands: &[HandEstimate]) -> Vec<u32> {
+        let previous = self.last.remove(source).unwrap_or_default();
+        let mut taken = vec![false; previous.len()];
+        // Strongest overlaps first, so two hands never fight over one track.
+        let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
+        for (i, h) in hands.iter().enumerate() {
+            for (j, (_, bbox, right)) in previous.iter().enumerate() {
+                let o = iou(&h.hand.bbox, bbox);
+                if *right == h.hand.is_right && o >= TRACK_IOU {
+                    pairs.push((o, i, j));
+                }
+            }
+        }
+        pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut ids: Vec<Option<u32>> = vec![None; hands.len()];
+        for (_, i, j) in pairs {
+            if ids[i].is_none() && !taken[j] {
+                ids[i] = Some(previous[j].0);
+                taken[j] = true;
+            }
+        }
+        let ids: Vec<u32> = ids
+            .into_iter()
+            .map(|id| {
+                id.unwrap_or_else(|| {
+                    self.next_id += 1;
+                    self.next_id
+                })
+            })
+            .collect();
+        self.last.insert(
+            source.to_owned(),
+            hands
+                .iter()
+                .zip(&ids)
+                .map(|(h, &id)| (id, h.hand.bbox, h.hand.is_right))
+                .collect(),
+        );
+        ids
+    }
+}
+
+pub fn unix_ns(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn hand_pose(h: &HandEstimate, track_id: u32, mirror: bool) -> proto::HandPose {
+    // With `mirror`, the camera shows the user mirrored: the hand the
+    // detector calls right is the user's left.
+    let right = h.hand.is_right != mirror;
+    let [x1, y1, x2, y2] = h.hand.bbox;
+    let t = h.cam_t;
+    proto::HandPose {
+        track_id,
+        side: if right {
+            proto::HandSide::Right
+        } else {
+            proto::HandSide::Left
+        } as i32,
+        confidence: h.hand.score,
+        bbox: Some(proto::Box2D { x1, y1, x2, y2 }),
+        keypoints_2d: h.keypoints_2d_projected.iter().flatten().copied().collect(),
+        keypoints_3d: h.keypoints_3d.iter().flatten().copied().collect(),
+        camera_translation: t.to_vec(),
+        focal_length_px: h.focal_length,
+        vertices: h.vertices.iter().flatten().copied().collect(),
+        mano_pose: h
+            .global_orient
+            .iter()
+            .chain(h.hand_pose.iter().flatten())
+            .copied()
+            .collect(),
+        mano_betas: h.betas.clone(),
+        detector_keypoints: h.hand.keypoints_2d.iter().flatten().copied().collect(),
+    }
+}
+
+/// The event for one hand-route result.
+pub fn hands_event(
+    result: &HandsResult,
+    track_ids: &[u32],
+    mirror: bool,
+    post_time: Duration,
+) -> proto::Event {
+    let f = &result.frame;
+    let mut timings: Vec<proto::StageTiming> = result
+        .timings
+        .iter()
+        .map(|(stage, d)| timing(stage, *d))
+        .collect();
+    timings.push(timing("post", post_time));
+    let hands = result
+        .hands
+        .iter()
+        .zip(track_ids)
+        .map(|(h, &id)| hand_pose(h, id, mirror))
+        .collect();
+    proto::Event {
+        frame_id: f.id,
+        source_id: f.source_id.clone(),
+        client_frame_id: f.client_frame_id,
+        route: proto::Route::Hands as i32,
+        capture_unix_ns: unix_ns(f.captured),
+        emit_unix_ns: unix_ns(SystemTime::now()),
+        timings,
+        dropped_frames: result.dropped_before,
+        dropped_for_subscriber: 0,
+        image_width: f.width as u32,
+        image_height: f.height as u32,
+        mirrored: mirror,
+        payload: Some(proto::event::Payload::Hands(proto::Hands { hands })),
+    }
+}
+
+pub fn timing(stage: &str, d: Duration) -> proto::StageTiming {
+    proto::StageTiming {
+        stage: stage.to_owned(),
+        duration_ns: u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+    }
+}
+
+/// A copy of `event` without the heavy fields a subscriber did not ask for.
+pub fn without_vertices(event: &proto::Event) -> proto::Event {
+    let mut e = event.clone();
+    if let Some(proto::event::Payload::Hands(h)) = &mut e.payload {
+        for hand in &mut h.hands {
+            hand.vertices = Vec::new();
+        }
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use posed_models::hand_pipeline::HandBox;
+
+    use super::*;
+
+    fn est(bbox: [f32; 4], is_right: bool) -> HandEstimate {
+        HandEstimate {
+            hand: HandBox {
+                bbox,
+                is_right,
+                score: 0.9,
+                keypoints_2d: vec![],
+            },
+            keypoints_3d: vec![],
+            vertices: vec![[1.0, 2.0, 3.0]],
+            cam_t: [0.0, 0.0, 1.0],
+            keypoints_2d_projected: vec![],
+            global_orient: [0.0; 3],
+            hand_pose: vec![],
+            betas: vec![],
+            crop_cam: [1.0, 0.0, 0.0],
+            focal_length: 1000.0,
+        }
+    }
+
+    #[test]
+    fn tracks_follow_overlapping_boxes_of_the_same_side() {
+        let mut t = HandTracker::default();
+        let a = t.assign(
+            "cam",
+            &[
+                est([0., 0., 10., 10.], true),
+                est([50., 0., 60., 10.], false),
+            ],
+        );
+        assert_eq!(a, [1, 2]);
+        // Moved a little, order swapped: ids follow the boxes.
+        let b = t.assign(
+            "cam",
+            &[
+                est([51., 1., 61., 11.], false),
+                est([1., 1., 11., 11.], true),
+            ],
+        );
+        assert_eq!(b, [2, 1]);
+        // Same place but the other side: a new hand.
+        let c = t.assign("cam", &[est([1., 1., 11., 11.], false)]);
+        assert_eq!(c, [3]);
+        // Another source has its own tracks.
+        assert_eq!(t.assign("push", &[est([1., 1., 11., 11.], false)]), [4]);
+    }
+
+    #[test]
+    fn mirror_swaps_sides_and_vertices_are_opt_in() {
+        let h = est([0., 0., 10., 10.], true);
+        assert_eq!(hand_pose(&h, 1, false).side, proto::HandSide::Right as i32);
+        assert_eq!(hand_pose(&h, 1, true).side, proto::HandSide::Left as i32);
+        let e = proto::Event {
+            payload: Some(proto::event::Payload::Hands(proto::Hands {
+                hands: vec![hand_pose(&h, 1, false)],
+            })),
+            ..Default::default()
+        };
+        let stripped = without_vertices(&e);
+        let Some(proto::event::Payload::Hands(hs)) = stripped.payload else {
+            panic!()
+        };
+        assert!(hs.hands[0].vertices.is_empty());
+        let Some(proto::event::Payload::Hands(hs)) = e.payload else {
+            panic!()
+        };
+        assert_eq!(hs.hands[0].vertices, [1.0, 2.0, 3.0]);
+    }
+}
