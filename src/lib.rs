@@ -13,4 +13,5 @@ pub mod fanout;
 pub mod fixture_cmd;
 pub mod post;
 pub mod proto;
+pub mod server;
 pub mod telemetry;

@@ -1,0 +1,720 @@
+//! The gRPC server: `posed.v1.PoseService`, `grpc.health.v1` and server
+//! reflection, on loopback TCP and/or a Unix socket.
+//!
+//! Shape (after mini-redis): [`run`] owns the listeners and the shutdown
+//! signal; [`PoseServer`] handles requests against [`Shared`] state; one
+//! post-processing task turns the MLX thread's results into events and hands
+//! them to the fan-out and to waiting pushers. Shutdown is one `watch`
+//! flag that every stream task listens to, so streams end cleanly before
+//! tonic stops accepting.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use tonic_health::ServingStatus;
+
+use crate::decode;
+use crate::engine::{Engine, EngineError, EngineOutput, Frame, FrameJob, Readiness};
+use crate::fanout::FanOut;
+use crate::post::{self, HandTracker};
+use crate::proto::{self, pose_service_server::PoseServiceServer};
+use crate::telemetry::{self, Telemetry};
+use posed_models::hand_pipeline::HandBox;
+
+/// The gRPC service name health reports for the whole daemon.
+pub const SERVICE_NAME: &str = "posed.v1.PoseService";
+/// Per-route health service names.
+pub const HANDS_HEALTH_NAME: &str = "posed.v1.PoseService/hands";
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub max_pixels: u64,
+    /// Swap left/right so they are the user's (selfie cameras).
+    pub mirror: bool,
+    /// How far a subscriber may fall behind before it loses events.
+    pub subscriber_queue: usize,
+    /// Pushes with `wait` that may queue at the MLX thread.
+    pub max_waiting: usize,
+    /// Hard limit for a clean shutdown after the signal.
+    pub shutdown_deadline: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            max_pixels: decode::DEFAULT_MAX_PIXELS,
+            mirror: false,
+            subscriber_queue: 64,
+            max_waiting: 8,
+            shutdown_deadline: Duration::from_millis(1500),
+        }
+    }
+}
+
+/// Facts for `GetStatus` that do not change while serving.
+#[derive(Debug, Clone, Default)]
+pub struct StaticStatus {
+    pub device: String,
+    pub mlx_version: String,
+    pub models: Vec<proto::ModelStatus>,
+    pub synthetic_weights: bool,
+}
+
+pub struct Shared {
+    engine: Engine,
+    fanout: FanOut<proto::Event>,
+    telemetry: Arc<Telemetry>,
+    next_frame_id: AtomicU64,
+    options: ServeOptions,
+    status: StaticStatus,
+    shutdown: watch::Receiver<bool>,
+    pushed: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct PoseServer {
+    shared: Arc<Shared>,
+}
+
+/// Where to listen. Either or both.
+pub struct Listeners {
+    pub tcp: Option<TcpListener>,
+    pub uds: Option<(UnixListener, PathBuf)>,
+}
+
+/// Serves until `shutdown` resolves, then ends every stream and returns
+/// within `options.shutdown_deadline`.
+pub async fn run(
+    listeners: Listeners,
+    engine: Engine,
+    engine_output: mpsc::UnboundedReceiver<EngineOutput>,
+    telemetry: Arc<Telemetry>,
+    status: StaticStatus,
+    options: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let fanout = FanOut::new(options.subscriber_queue);
+    let readiness = engine.readiness();
+    let shared = Arc::new(Shared {
+        engine,
+        fanout: fanout.clone(),
+        telemetry: telemetry.clone(),
+        next_frame_id: AtomicU64::new(1),
+        options: options.clone(),
+        status,
+        shutdown: stop_rx.clone(),
+        pushed: AtomicU64::new(0),
+    });
+    let post = tokio::spawn(post_loop(engine_output, fanout, telemetry, options.mirror));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(HANDS_HEALTH_NAME, ServingStatus::NotServing)
+        .await;
+    tokio::spawn(follow_readiness(readiness, health));
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let service = PoseServiceServer::new(PoseServer {
+        shared: shared.clone(),
+    });
+    let router = || {
+        tonic::transport::Server::builder()
+            .add_service(health_service.clone())
+            .add_service(reflection.clone())
+            .add_service(service.clone())
+    };
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let mut servers = Vec::new();
+    if let Some(tcp) = listeners.tcp {
+        tracing::info!("listening on {}", tcp.local_addr()?);
+        servers.push(tokio::spawn(router().serve_with_incoming_shutdown(
+            TcpListenerStream::new(tcp),
+            stopped(stop_rx.clone()),
+        )));
+    }
+    let mut socket_path = None;
+    if let Some((uds, path)) = listeners.uds {
+        tracing::info!("listening on unix:{}", path.display());
+        socket_path = Some(path);
+        servers.push(tokio::spawn(router().serve_with_incoming_shutdown(
+            UnixListenerStream::new(uds),
+            stopped(stop_rx.clone()),
+        )));
+    }
+    anyhow::ensure!(!servers.is_empty(), "nothing to listen on");
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let deadline = options.shutdown_deadline;
+    let drained = tokio::time::timeout(deadline, async {
+        for s in servers {
+            let _ = s.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("streams did not end within {deadline:?}; closing anyway");
+    }
+    post.abort();
+    if let Some(path) = socket_path {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+/// Health follows the MLX thread: NOT_SERVING until the models are warm,
+/// and while the last frame failed.
+async fn follow_readiness(
+    mut readiness: watch::Receiver<Readiness>,
+    health: tonic_health::server::HealthReporter,
+) {
+    loop {
+        let status = match &*readiness.borrow_and_update() {
+            Readiness::Serving => ServingStatus::Serving,
+            _ => ServingStatus::NotServing,
+        };
+        health.set_service_status(SERVICE_NAME, status).await;
+        health.set_service_status(HANDS_HEALTH_NAME, status).await;
+        if readiness.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Results → events: track ids, telemetry, fan-out, and the answer to a
+/// waiting push. Runs as one task, so tracking state needs no lock.
+async fn post_loop(
+    mut results: mpsc::UnboundedReceiver<EngineOutput>,
+    fanout: FanOut<proto::Event>,
+    telemetry: Arc<Telemetry>,
+    mirror: bool,
+) {
+    let mut tracker = HandTracker::default();
+    while let Some(out) = results.recv().await {
+        let event = match &out.result {
+            Ok(result) => {
+                let t = Instant::now();
+                let ids = tracker.assign(&result.frame.source_id, &result.hands);
+                let event = post::hands_event(result, &ids, mirror, t.elapsed());
+                for (stage, d) in &result.timings {
+                    telemetry.record(&format!("hands.{stage}"), *d);
+                }
+                telemetry.record("hands.post", t.elapsed());
+                if result.dropped_before > 0 {
+                    telemetry.record_dropped("hands.gate", result.dropped_before);
+                }
+                Ok(event)
+            }
+            Err(e) => Err(e.clone()),
+        };
+        let event = match event {
+            Ok(ev) => ev,
+            Err(e) => error_event(&out.frame, &e),
+        };
+        let t = Instant::now();
+        fanout.publish(event.clone());
+        telemetry.record("hands.fanout", t.elapsed());
+        telemetry.record("hands.end_to_end", out.frame.received.elapsed());
+        if let Some(reply) = out.reply {
+            let _ = reply.send(out.result.map(|_| event));
+        }
+    }
+}
+
+fn error_event(frame: &Frame, e: &EngineError) -> proto::Event {
+    let status = engine_status(e);
+    proto::Event {
+        frame_id: frame.id,
+        source_id: frame.source_id.clone(),
+        client_frame_id: frame.client_frame_id,
+        route: proto::Route::Hands as i32,
+        capture_unix_ns: post::unix_ns(frame.captured),
+        emit_unix_ns: post::unix_ns(SystemTime::now()),
+        image_width: frame.width as u32,
+        image_height: frame.height as u32,
+        payload: Some(proto::event::Payload::Error(proto::EventError {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+        })),
+        ..Default::default()
+    }
+}
+
+fn engine_status(e: &EngineError) -> Status {
+    match e {
+        EngineError::Busy(_) => Status::resource_exhausted(e.to_string()),
+        EngineError::Stopped | EngineError::Load(_) => Status::unavailable(e.to_string()),
+        EngineError::Route { .. } => Status::internal(e.to_string()),
+    }
+}
+
+impl PoseServer {
+    /// Checks the request, decodes its image (off the async workers) and
+    /// makes the frame job.
+    async fn frame_job(
+        &self,
+        req: proto::PushImageRequest,
+        reply: Option<crate::engine::Reply>,
+    ) -> Result<FrameJob, Status> {
+        for &r in &req.routes {
+            match proto::Route::try_from(r) {
+                Ok(proto::Route::Hands) => {}
+                Ok(proto::Route::Unspecified) | Err(_) => {
+                    return Err(Status::invalid_argument(format!("unknown route {r}")))
+                }
+                Ok(other) => {
+                    return Err(Status::failed_precondition(format!(
+                        "route {} is not enabled on this daemon",
+                        other.as_str_name()
+                    )))
+                }
+            }
+        }
+        let received = Instant::now();
+        let max_pixels = self.shared.options.max_pixels;
+        let image = req.image;
+        let rgb = tokio::task::spawn_blocking(move || decode::decode(image.as_ref(), max_pixels))
+            .await
+            .map_err(|e| Status::internal(format!("decoder failed: {e}")))??;
+        self.shared
+            .telemetry
+            .record("hands.decode", received.elapsed());
+        let hand_boxes = if req.hand_boxes.is_empty() {
+            None
+        } else {
+            Some(hand_boxes(&req.hand_boxes, rgb.width, rgb.height)?)
+        };
+        let id = self.shared.next_frame_id.fetch_add(1, Ordering::Relaxed);
+        let captured = if req.capture_unix_ns > 0 {
+            SystemTime::UNIX_EPOCH + Duration::from_nanos(req.capture_unix_ns as u64)
+        } else {
+            SystemTime::now()
+        };
+        self.shared.pushed.fetch_add(1, Ordering::Relaxed);
+        Ok(FrameJob {
+            frame: Arc::new(Frame {
+                id,
+                source_id: if req.source_id.is_empty() {
+                    "push".into()
+                } else {
+                    req.source_id
+                },
+                client_frame_id: req.client_frame_id,
+                captured,
+                received,
+                width: rgb.width,
+                height: rgb.height,
+                rgb: rgb.data,
+            }),
+            hand_boxes,
+            reply,
+        })
+    }
+
+    /// Submits and waits for the event (with vertices only if asked).
+    async fn run_and_wait(&self, req: proto::PushImageRequest) -> Result<proto::Event, Status> {
+        let include_vertices = req.include_vertices;
+        let (tx, rx) = oneshot::channel();
+        let job = self.frame_job(req, Some(tx)).await?;
+        self.shared
+            .engine
+            .submit(job)
+            .map_err(|e| engine_status(&e))?;
+        let event = rx
+            .await
+            .map_err(|_| Status::unavailable("the engine stopped before answering"))?
+            .map_err(|e| engine_status(&e))?;
+        Ok(if include_vertices {
+            event
+        } else {
+            post::without_vertices(&event)
+        })
+    }
+}
+
+fn hand_boxes(
+    boxes: &[proto::HandBox],
+    width: usize,
+    height: usize,
+) -> Result<Vec<HandBox>, Status> {
+    boxes
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let r = b
+                .r#box
+                .as_ref()
+                .ok_or_else(|| Status::invalid_argument(format!("hand_boxes[{i}] has no box")))?;
+            let v = [r.x1, r.y1, r.x2, r.y2];
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(Status::invalid_argument(format!(
+                    "hand_boxes[{i}] is not finite: {v:?}"
+                )));
+            }
+            if r.x2 <= r.x1 || r.y2 <= r.y1 {
+                return Err(Status::invalid_argument(format!(
+                    "hand_boxes[{i}] is empty or inverted: {v:?} (want x1 < x2, y1 < y2)"
+                )));
+            }
+            if r.x2 <= 0.0 || r.y2 <= 0.0 || r.x1 >= width as f32 || r.y1 >= height as f32 {
+                return Err(Status::invalid_argument(format!(
+                    "hand_boxes[{i}] {v:?} lies outside the {width}x{height} image"
+                )));
+            }
+            let is_right = match proto::HandSide::try_from(b.side) {
+                Ok(proto::HandSide::Left) => false,
+                Ok(proto::HandSide::Right) => true,
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "hand_boxes[{i}] needs side LEFT or RIGHT"
+                    )))
+                }
+            };
+            Ok(HandBox {
+                bbox: v,
+                is_right,
+                score: 1.0,
+                keypoints_2d: Vec::new(),
+            })
+        })
+        .collect()
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::pose_service_server::PoseService for PoseServer {
+    type SubscribeStream = EventStream;
+    type PushStreamStream = EventStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let req = request.into_inner();
+        for &r in &req.routes {
+            if proto::Route::try_from(r).map_or(true, |r| r == proto::Route::Unspecified) {
+                return Err(Status::invalid_argument(format!("unknown route {r}")));
+            }
+        }
+        if !(req.max_rate_hz >= 0.0 && req.max_rate_hz.is_finite()) {
+            return Err(Status::invalid_argument(
+                "max_rate_hz must be a finite number ≥ 0",
+            ));
+        }
+        let mut subscription = self.shared.fanout.subscribe();
+        let mut shutdown = self.shared.shutdown.clone();
+        let telemetry = self.shared.telemetry.clone();
+        let (tx, rx) = mpsc::channel(4);
+        let min_gap =
+            (req.max_rate_hz > 0.0).then(|| Duration::from_secs_f32(1.0 / req.max_rate_hz));
+        tokio::spawn(async move {
+            let mut last_sent: HashMap<(i32, String), Instant> = HashMap::new();
+            let mut lost_here = 0u64;
+            loop {
+                let next = tokio::select! {
+                    next = subscription.next() => next,
+                    _ = shutdown.wait_for(|s| *s) => None,
+                    _ = tx.closed() => None,
+                };
+                let Some((event, lost)) = next else { break };
+                if lost > 0 {
+                    telemetry.record_dropped("subscriber", lost);
+                }
+                lost_here += lost;
+                if !req.routes.is_empty() && !req.routes.contains(&event.route) {
+                    continue;
+                }
+                if !req.source_ids.is_empty() && !req.source_ids.contains(&event.source_id) {
+                    continue;
+                }
+                if let Some(gap) = min_gap {
+                    let key = (event.route, event.source_id.clone());
+                    let now = Instant::now();
+                    if last_sent
+                        .get(&key)
+                        .is_some_and(|t| now.duration_since(*t) < gap)
+                    {
+                        continue;
+                    }
+                    last_sent.insert(key, now);
+                }
+                let mut out = if req.include_vertices {
+                    (*event).clone()
+                } else {
+                    post::without_vertices(&event)
+                };
+                out.dropped_for_subscriber = std::mem::take(&mut lost_here);
+                if tx.send(Ok(out)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn push_image(
+        &self,
+        request: Request<proto::PushImageRequest>,
+    ) -> Result<Response<proto::PushImageReply>, Status> {
+        let req = request.into_inner();
+        if req.wait {
+            let event = self.run_and_wait(req).await?;
+            return Ok(Response::new(proto::PushImageReply {
+                frame_id: event.frame_id,
+                events: vec![event],
+            }));
+        }
+        let job = self.frame_job(req, None).await?;
+        let frame_id = job.frame.id;
+        self.shared
+            .engine
+            .submit(job)
+            .map_err(|e| engine_status(&e))?;
+        Ok(Response::new(proto::PushImageReply {
+            frame_id,
+            events: Vec::new(),
+        }))
+    }
+
+    async fn push_stream(
+        &self,
+        request: Request<Streaming<proto::PushImageRequest>>,
+    ) -> Result<Response<Self::PushStreamStream>, Status> {
+        let mut incoming = request.into_inner();
+        let (tx, rx) = mpsc::channel(8);
+        // Latest-wins between the reader and the worker: a frame that
+        // arrives while another waits replaces it, and the replaced one is
+        // answered at once as skipped.
+        let slot = Arc::new(PushSlot::default());
+        let reader_slot = slot.clone();
+        let reader_tx = tx.clone();
+        let mut shutdown = self.shared.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = incoming.next() => m,
+                    _ = shutdown.wait_for(|s| *s) => None,
+                };
+                match msg {
+                    Some(Ok(req)) => {
+                        if let Some(old) = reader_slot.put(req) {
+                            let skipped = proto::Event {
+                                client_frame_id: old.client_frame_id,
+                                source_id: old.source_id,
+                                route: proto::Route::Hands as i32,
+                                emit_unix_ns: post::unix_ns(SystemTime::now()),
+                                payload: Some(proto::event::Payload::Skipped(proto::Skipped {})),
+                                ..Default::default()
+                            };
+                            if reader_tx.send(Ok(skipped)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Some(Err(status)) => {
+                        let _ = reader_tx.send(Err(status)).await;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            reader_slot.finish();
+        });
+        let server = self.clone();
+        tokio::spawn(async move {
+            while let Some(req) = slot.next().await {
+                if tx.send(server.answer(req).await).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_telemetry(
+        &self,
+        request: Request<proto::GetTelemetryRequest>,
+    ) -> Result<Response<proto::Telemetry>, Status> {
+        let with = request.into_inner().include_histograms;
+        let t = &self.shared.telemetry;
+        let stages = t
+            .snapshot(with)
+            .into_iter()
+            .map(|s| proto::StageStats {
+                histogram_v2: s
+                    .histogram
+                    .as_ref()
+                    .map(telemetry::encode_v2)
+                    .unwrap_or_default(),
+                name: s.name,
+                count: s.count,
+                dropped: s.dropped,
+                p50_ns: s.p50_ns,
+                p90_ns: s.p90_ns,
+                p99_ns: s.p99_ns,
+                p999_ns: s.p999_ns,
+                max_ns: s.max_ns,
+                mean_ns: s.mean_ns,
+            })
+            .collect();
+        Ok(Response::new(proto::Telemetry {
+            uptime_ns: t.uptime().as_nanos() as u64,
+            stages,
+        }))
+    }
+
+    async fn get_status(
+        &self,
+        _: Request<proto::GetStatusRequest>,
+    ) -> Result<Response<proto::Status>, Status> {
+        let s = &self.shared;
+        let readiness = s.engine.readiness().borrow().clone();
+        let models = s
+            .status
+            .models
+            .iter()
+            .cloned()
+            .map(|mut m| {
+                m.ready = readiness == Readiness::Serving;
+                if let Readiness::Failed(e) = &readiness {
+                    m.error = e.clone();
+                }
+                m
+            })
+            .collect();
+        Ok(Response::new(proto::Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            device: s.status.device.clone(),
+            mlx_version: s.status.mlx_version.clone(),
+            models,
+            sources: vec![proto::SourceStatus {
+                id: "push".into(),
+                kind: "push".into(),
+                state: "running".into(),
+                frames: s.pushed.load(Ordering::Relaxed),
+                dropped: 0,
+                detail: String::new(),
+            }],
+            subscribers: s.fanout.subscribers() as u32,
+            synthetic_weights: s.status.synthetic_weights,
+            body_keypoint_names: Vec::new(),
+        }))
+    }
+}
+
+impl PoseServer {
+    /// One PushStream frame's event: the result, or an error event naming it.
+    async fn answer(&self, req: proto::PushImageRequest) -> Result<proto::Event, Status> {
+        let client_frame_id = req.client_frame_id;
+        let source_id = req.source_id.clone();
+        Ok(self
+            .run_and_wait(req)
+            .await
+            .unwrap_or_else(|status| proto::Event {
+                client_frame_id,
+                source_id,
+                route: proto::Route::Hands as i32,
+                emit_unix_ns: post::unix_ns(SystemTime::now()),
+                payload: Some(proto::event::Payload::Error(proto::EventError {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                })),
+                ..Default::default()
+            }))
+    }
+}
+
+/// The one frame of a PushStream waiting for the worker.
+#[derive(Default)]
+struct PushSlot {
+    pending: std::sync::Mutex<(Option<proto::PushImageRequest>, bool)>,
+    wake: tokio::sync::Notify,
+}
+
+impl PushSlot {
+    /// Stores `req`; returns the frame it replaced.
+    fn put(&self, req: proto::PushImageRequest) -> Option<proto::PushImageRequest> {
+        let old = self.pending.lock().expect("slot lock").0.replace(req);
+        self.wake.notify_one();
+        old
+    }
+
+    /// No more frames will come.
+    fn finish(&self) {
+        self.pending.lock().expect("slot lock").1 = true;
+        self.wake.notify_one();
+    }
+
+    /// The waiting frame; `None` once finished and empty.
+    async fn next(&self) -> Option<proto::PushImageRequest> {
+        loop {
+            {
+                let mut p = self.pending.lock().expect("slot lock");
+                if let Some(req) = p.0.take() {
+                    return Some(req);
+                }
+                if p.1 {
+                    return None;
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
+/// Binds the configured addresses; refuses non-loopback TCP unless allowed.
+pub async fn bind(
+    tcp: Option<SocketAddr>,
+    uds: Option<PathBuf>,
+    allow_non_loopback: bool,
+) -> anyhow::Result<Listeners> {
+    let tcp = match tcp {
+        Some(addr) => {
+            anyhow::ensure!(
+                addr.ip().is_loopback() || allow_non_loopback,
+                "refusing to listen on {addr}: not a loopback address (set allow_remote to expose the daemon)"
+            );
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?,
+            )
+        }
+        None => None,
+    };
+    let uds = match uds {
+        Some(path) => {
+            // A socket file left by a previous run would make bind fail.
+            if path.exists() {
+                std::fs::remove_file(&path)?;
+            }
+            let l = UnixListener::bind(&path)
+                .map_err(|e| anyhow::anyhow!("cannot listen on unix:{}: {e}", path.display()))?;
+            Some((l, path))
+        }
+        None => None,
+    };
+    Ok(Listeners { tcp, uds })
+}

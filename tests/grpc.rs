@@ -1,0 +1,614 @@
+//! The daemon over real gRPC: a tonic client on loopback TCP and on a Unix
+//! socket, the real hand models on the fixture weights.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use image::ImageEncoder;
+use posed::engine::Engine;
+use posed::proto::pose_service_client::PoseServiceClient;
+use posed::proto::{self, push_image_request::Image};
+use posed::server::{self, ServeOptions, StaticStatus};
+use posed::telemetry::Telemetry;
+use posed_models::fixture::read_json;
+use posed_models::hand_pipeline::{HandModelFiles, HandPipeline};
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+fn files() -> HandModelFiles {
+    let dir = std::env::var_os("POSED_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
+        .join("hands");
+    HandModelFiles {
+        detector_config: read_json(&dir.join("detector_config.json")).unwrap(),
+        detector_weights: dir.join("detector_weights.safetensors"),
+        wilor_config: read_json(&dir.join("wilor_config.json")).unwrap(),
+        wilor_weights: dir.join("wilor_weights.safetensors"),
+        mano: dir.join("mano.npz"),
+    }
+}
+
+struct Daemon {
+    addr: std::net::SocketAddr,
+    socket: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts a daemon; the models load once `release` fires.
+    async fn start(
+        options: ServeOptions,
+        release: Option<std::sync::mpsc::Receiver<()>>,
+    ) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("posed.sock");
+        let listeners = server::bind(
+            Some("127.0.0.1:0".parse().unwrap()),
+            Some(socket.clone()),
+            false,
+        )
+        .await
+        .unwrap();
+        let addr = listeners.tcp.as_ref().unwrap().local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let files = files();
+        let engine = Engine::start(
+            move || {
+                if let Some(r) = release {
+                    let _ = r.recv();
+                }
+                Ok(HandPipeline::load(&files)?.0)
+            },
+            tx,
+            options.max_waiting,
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let status = StaticStatus {
+            device: "cpu".into(),
+            mlx_version: "test".into(),
+            ..Default::default()
+        };
+        let done = tokio::spawn(server::run(
+            listeners,
+            engine,
+            rx,
+            Arc::new(Telemetry::new()),
+            status,
+            options,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Daemon {
+            addr,
+            socket,
+            stop: Some(stop),
+            done,
+            _dir: dir,
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn client(&self) -> PoseServiceClient<Channel> {
+        PoseServiceClient::new(self.channel().await)
+    }
+
+    async fn unix_client(&self) -> PoseServiceClient<Channel> {
+        let path = self.socket.clone();
+        let channel = Endpoint::try_from("http://[::]:50051")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await
+            .unwrap();
+        PoseServiceClient::new(channel)
+    }
+
+    async fn wait_serving(&self) {
+        let mut health = HealthClient::new(self.channel().await);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = health
+                .check(HealthCheckRequest {
+                    service: server::SERVICE_NAME.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            if s == ServingStatus::Serving as i32 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never became SERVING");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the daemon; returns how long the shutdown took.
+    async fn stop(mut self) -> Duration {
+        let t = Instant::now();
+        let _ = self.stop.take().unwrap().send(());
+        self.done.await.unwrap().unwrap();
+        t.elapsed()
+    }
+}
+
+fn jpeg(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 3) as u8, (y * 5) as u8, ((x + y) * 7) as u8])
+    });
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
+        .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    out
+}
+
+fn hand_box(x1: f32, y1: f32, x2: f32, y2: f32, right: bool) -> proto::HandBox {
+    proto::HandBox {
+        r#box: Some(proto::Box2D { x1, y1, x2, y2 }),
+        side: if right {
+            proto::HandSide::Right
+        } else {
+            proto::HandSide::Left
+        } as i32,
+    }
+}
+
+fn push(image: Vec<u8>, boxes: Vec<proto::HandBox>, wait: bool) -> proto::PushImageRequest {
+    proto::PushImageRequest {
+        image: Some(Image::Encoded(image)),
+        hand_boxes: boxes,
+        wait,
+        ..Default::default()
+    }
+}
+
+fn hands_of(e: &proto::Event) -> &[proto::HandPose] {
+    match &e.payload {
+        Some(proto::event::Payload::Hands(h)) => &h.hands,
+        other => panic!("not a hands event: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_serving_after_warm_up_and_pushes_return_real_hands() {
+    let (release, gate) = std::sync::mpsc::channel();
+    let d = Daemon::start(ServeOptions::default(), Some(gate)).await;
+    let mut health = HealthClient::new(d.channel().await);
+    for service in [server::SERVICE_NAME, server::HANDS_HEALTH_NAME] {
+        let s = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            s.status,
+            ServingStatus::NotServing as i32,
+            "{service} before load"
+        );
+    }
+    release.send(()).unwrap();
+    d.wait_serving().await;
+
+    let mut c = d.client().await;
+    let reply = c
+        .push_image(push(
+            jpeg(320, 240),
+            vec![
+                hand_box(60., 50., 130., 140., true),
+                hand_box(200., 60., 260., 150., false),
+            ],
+            true,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let event = &reply.events[0];
+    let hands = hands_of(event);
+    assert_eq!(hands.len(), 2);
+    assert_eq!((event.image_width, event.image_height), (320, 240));
+    for h in hands {
+        assert_eq!(h.keypoints_2d.len(), 42);
+        assert_eq!(h.keypoints_3d.len(), 63);
+        assert_eq!(h.mano_pose.len(), 48);
+        assert_eq!(h.camera_translation.len(), 3);
+        assert!(h.vertices.is_empty(), "vertices are opt-in");
+    }
+    assert_eq!(hands[0].side, proto::HandSide::Right as i32);
+    assert_eq!(hands[1].side, proto::HandSide::Left as i32);
+    let stages: Vec<_> = event.timings.iter().map(|t| t.stage.as_str()).collect();
+    assert_eq!(stages, ["crop", "pose", "post"]);
+
+    // The same frame again continues both tracks; vertices when asked.
+    let mut req = push(
+        jpeg(320, 240),
+        vec![
+            hand_box(62., 52., 132., 142., true),
+            hand_box(200., 60., 260., 150., false),
+        ],
+        true,
+    );
+    req.include_vertices = true;
+    let again = c.push_image(req).await.unwrap().into_inner();
+    let again = hands_of(&again.events[0]);
+    assert_eq!(
+        [again[0].track_id, again[1].track_id],
+        [hands[0].track_id, hands[1].track_id]
+    );
+    assert_eq!(again[0].vertices.len(), 778 * 3);
+
+    // Without boxes the detector runs; without wait the frame id comes back.
+    let detected = c
+        .push_image(push(jpeg(320, 240), vec![], true))
+        .await
+        .unwrap()
+        .into_inner();
+    let stages: Vec<_> = detected.events[0]
+        .timings
+        .iter()
+        .map(|t| t.stage.as_str())
+        .collect();
+    assert_eq!(stages, ["preprocess", "detect", "crop", "pose", "post"]);
+    let queued = c
+        .push_image(push(jpeg(64, 48), vec![], false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(queued.frame_id > detected.frame_id && queued.events.is_empty());
+
+    let status = c
+        .get_status(proto::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.sources[0].frames, 4);
+    let t = c
+        .get_telemetry(proto::GetTelemetryRequest {
+            include_histograms: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = t.stages.iter().map(|s| s.name.as_str()).collect();
+    for stage in [
+        "hands.decode",
+        "hands.detect",
+        "hands.crop",
+        "hands.pose",
+        "hands.post",
+        "hands.fanout",
+        "hands.end_to_end",
+    ] {
+        assert!(names.contains(&stage), "{stage} missing from {names:?}");
+    }
+    let pose = t.stages.iter().find(|s| s.name == "hands.pose").unwrap();
+    assert!(
+        pose.count >= 3
+            && pose.p50_ns > 0
+            && pose.p99_ns >= pose.p50_ns
+            && !pose.histogram_v2.is_empty()
+    );
+
+    assert!(d.stop().await < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_status_and_the_daemon_keeps_serving() {
+    let options = ServeOptions {
+        max_pixels: 1000 * 1000,
+        ..Default::default()
+    };
+    let d = Daemon::start(options, None).await;
+    d.wait_serving().await;
+    let mut c = d.client().await;
+    let expect = |code: Code, needle: &'static str| (code, needle);
+    let mut truncated = jpeg(320, 240);
+    truncated.truncate(400);
+    let cases: Vec<(proto::PushImageRequest, (Code, &str))> = vec![
+        (
+            push(truncated, vec![], true),
+            expect(Code::InvalidArgument, "cannot decode Jpeg"),
+        ),
+        (
+            push(b"\x89PNG\r\n\x1a\nnot really".to_vec(), vec![], true),
+            expect(Code::InvalidArgument, "cannot decode Png"),
+        ),
+        (
+            push(jpeg(1200, 1000), vec![], true),
+            expect(Code::ResourceExhausted, "over the limit"),
+        ),
+        (
+            proto::PushImageRequest {
+                image: Some(Image::RawRgb(proto::RawImage {
+                    width: 10,
+                    height: 10,
+                    data: vec![0; 299],
+                })),
+                wait: true,
+                ..Default::default()
+            },
+            expect(Code::InvalidArgument, "needs 300"),
+        ),
+        (
+            proto::PushImageRequest {
+                image: Some(Image::RawRgb(proto::RawImage {
+                    width: 0,
+                    height: 0,
+                    data: vec![],
+                })),
+                ..Default::default()
+            },
+            expect(Code::InvalidArgument, "at least 1 pixel"),
+        ),
+        (
+            push(
+                jpeg(64, 64),
+                vec![hand_box(f32::NAN, 0., 10., 10., true)],
+                true,
+            ),
+            expect(Code::InvalidArgument, "not finite"),
+        ),
+        (
+            push(
+                jpeg(64, 64),
+                vec![hand_box(100., 100., 120., 120., true)],
+                true,
+            ),
+            expect(Code::InvalidArgument, "outside the 64x64 image"),
+        ),
+        (
+            push(jpeg(64, 64), vec![hand_box(10., 10., 5., 20., true)], true),
+            expect(Code::InvalidArgument, "inverted"),
+        ),
+        (
+            proto::PushImageRequest {
+                routes: vec![42],
+                ..push(jpeg(8, 8), vec![], true)
+            },
+            expect(Code::InvalidArgument, "unknown route 42"),
+        ),
+        (
+            proto::PushImageRequest {
+                routes: vec![proto::Route::Matte as i32],
+                ..push(jpeg(8, 8), vec![], true)
+            },
+            expect(Code::FailedPrecondition, "ROUTE_MATTE is not enabled"),
+        ),
+        (
+            proto::PushImageRequest {
+                wait: true,
+                ..Default::default()
+            },
+            expect(Code::InvalidArgument, "no image"),
+        ),
+    ];
+    for (req, (code, needle)) in cases {
+        let s = c.push_image(req).await.unwrap_err();
+        assert_eq!(s.code(), code, "{}", s.message());
+        assert!(
+            s.message().contains(needle),
+            "{needle:?} not in {:?}",
+            s.message()
+        );
+    }
+    let s = c
+        .subscribe(proto::SubscribeRequest {
+            routes: vec![9],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument);
+
+    // Still serving everyone, over both transports.
+    let ok = c
+        .push_image(push(
+            jpeg(160, 120),
+            vec![hand_box(40., 30., 90., 100., true)],
+            true,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(hands_of(&ok.into_inner().events[0]).len(), 1);
+    let mut u = d.unix_client().await;
+    let ok = u
+        .push_image(push(
+            jpeg(160, 120),
+            vec![hand_box(40., 30., 90., 100., false)],
+            true,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(hands_of(&ok.into_inner().events[0]).len(), 1);
+    assert!(d.stop().await < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subscriber_gets_every_event_and_a_stalled_one_loses_only_its_own() {
+    let options = ServeOptions {
+        subscriber_queue: 8,
+        ..Default::default()
+    };
+    let d = Daemon::start(options, None).await;
+    d.wait_serving().await;
+
+    let mut readers = Vec::new();
+    for _ in 0..32 {
+        let mut c = d.client().await;
+        let mut stream = c
+            .subscribe(proto::SubscribeRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        readers.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            while let Some(e) = stream.message().await.unwrap() {
+                assert_eq!(e.dropped_for_subscriber, 0);
+                ids.push(e.frame_id);
+            }
+            ids
+        }));
+    }
+    // A client with small HTTP/2 windows, so its unread events back up
+    // into the daemon quickly.
+    let small = Endpoint::from_shared(format!("http://{}", d.addr))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let mut stalled_client = PoseServiceClient::new(small);
+    // Heavy events (with vertices) so that transport buffers fill quickly.
+    let heavy = proto::SubscribeRequest {
+        include_vertices: true,
+        ..Default::default()
+    };
+    let mut stalled = stalled_client.subscribe(heavy).await.unwrap().into_inner();
+    let mut c = d.client().await;
+    let status = c
+        .get_status(proto::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.subscribers, 33);
+
+    let n = 120;
+    let mut pushed = Vec::new();
+    let raw = proto::RawImage {
+        width: 96,
+        height: 72,
+        data: vec![90; 96 * 72 * 3],
+    };
+    for i in 0..n {
+        let req = proto::PushImageRequest {
+            image: Some(Image::RawRgb(raw.clone())),
+            hand_boxes: vec![hand_box(20., 20., 60., 60., i % 2 == 0)],
+            wait: true,
+            ..Default::default()
+        };
+        pushed.push(c.push_image(req).await.unwrap().into_inner().frame_id);
+    }
+    // The stalled subscriber wakes up: what it gets plus what it is told it
+    // lost is everything, and it did lose some.
+    let (mut seen, mut lost) = (0u64, 0u64);
+    loop {
+        let e = stalled.message().await.unwrap().unwrap();
+        seen += 1;
+        lost += e.dropped_for_subscriber;
+        if e.frame_id == *pushed.last().unwrap() {
+            break;
+        }
+    }
+    assert!(lost > 0, "stalled subscriber lost nothing");
+    assert_eq!(seen + lost, n as u64);
+
+    // Shutdown ends every stream; each reader saw every event in order.
+    let took = d.stop().await;
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    for r in readers {
+        assert_eq!(r.await.unwrap(), pushed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_stream_answers_every_frame_and_survives_a_client_that_leaves() {
+    let d = Daemon::start(ServeOptions::default(), None).await;
+    d.wait_serving().await;
+    let mut c = d.client().await;
+    let (tx, rx) = mpsc::channel(16);
+    let mut events = c
+        .push_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    // One frame alone runs; a burst behind a running frame is latest-wins.
+    let mut first = push(
+        jpeg(120, 90),
+        vec![hand_box(20., 20., 70., 80., true)],
+        false,
+    );
+    first.client_frame_id = 1;
+    tx.send(first).await.unwrap();
+    let e = events.message().await.unwrap().unwrap();
+    assert_eq!(e.client_frame_id, 1);
+    assert_eq!(hands_of(&e).len(), 1);
+    let mut answered = vec![(1, "hands")];
+    for i in 2..=5u64 {
+        let mut req = push(
+            jpeg(120, 90),
+            vec![hand_box(20., 20., 70., 80., true)],
+            false,
+        );
+        req.client_frame_id = i;
+        tx.send(req).await.unwrap();
+    }
+    let mut bad = push(b"garbage".to_vec(), vec![], false);
+    bad.client_frame_id = 6;
+    tx.send(bad).await.unwrap();
+    drop(tx);
+    while let Some(e) = events.message().await.unwrap() {
+        let kind = match &e.payload {
+            Some(proto::event::Payload::Hands(_)) => "hands",
+            Some(proto::event::Payload::Skipped(_)) => "skipped",
+            Some(proto::event::Payload::Error(err)) => {
+                assert_eq!(err.code, Code::InvalidArgument as i32);
+                "error"
+            }
+            other => panic!("{other:?}"),
+        };
+        answered.push((e.client_frame_id, kind));
+    }
+    answered.sort();
+    let ids: Vec<u64> = answered.iter().map(|a| a.0).collect();
+    assert_eq!(
+        ids,
+        [1, 2, 3, 4, 5, 6],
+        "one answer per frame: {answered:?}"
+    );
+    assert_eq!(answered[5], (6, "error"));
+
+    // A client that leaves mid-stream costs the daemon nothing.
+    let (tx, rx) = mpsc::channel(4);
+    let stream = c
+        .push_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap();
+    tx.send(push(jpeg(120, 90), vec![], false)).await.unwrap();
+    drop(stream);
+    drop(tx);
+    let ok = c
+        .push_image(push(
+            jpeg(120, 90),
+            vec![hand_box(20., 20., 70., 80., true)],
+            true,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(hands_of(&ok.into_inner().events[0]).len(), 1);
+    assert!(d.stop().await < Duration::from_secs(2));
+}
