@@ -6,6 +6,8 @@
 //! - [`fanout`]: one producer, many subscribers, drop-oldest per subscriber
 //! - [`telemetry`]: per-stage HDR histograms and their exports
 
+pub mod client;
+pub mod config;
 pub mod decode;
 pub mod doctor;
 pub mod engine;
@@ -13,5 +15,6 @@ pub mod fanout;
 pub mod fixture_cmd;
 pub mod post;
 pub mod proto;
+pub mod serve;
 pub mod server;
 pub mod telemetry;

@@ -1,7 +1,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use posed::client::{self, SubscribeArgs, Target};
+use posed::config::Config;
+use posed::proto::Route;
 
 #[derive(Parser)]
 #[command(
@@ -16,12 +20,90 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon.
+    Serve(ServeArgs),
+    /// Print a running daemon's events and its latency table.
+    Subscribe {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Routes to receive (hands, body, matte); all when omitted.
+        #[arg(long = "route")]
+        routes: Vec<String>,
+        /// Sources to receive; all when omitted.
+        #[arg(long = "source")]
+        sources: Vec<String>,
+        /// Ask for MANO vertices too.
+        #[arg(long)]
+        vertices: bool,
+        /// At most this many events per second per route and source.
+        #[arg(long, default_value_t = 0.0)]
+        max_rate: f32,
+        /// Stop after this many events.
+        #[arg(long, default_value_t = 0)]
+        count: usize,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<f64>,
+    },
+    /// Push JPEG/PNG files to a running daemon and print their events.
+    Push {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long)]
+        vertices: bool,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Report the MLX runtime (version, device, BLAS) and check a few real ops.
     Doctor,
     /// Parity fixtures: run a model on a fixture folder, or check it against
     /// the PyTorch reference outputs stored there.
     #[command(subcommand)]
     Fixture(FixtureCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config (defaults, then this file, then POSED_* variables, then flags).
+    #[arg(long, env = "POSED_CONFIG")]
+    config: Option<PathBuf>,
+    /// gRPC TCP address (server.listen); "" disables TCP.
+    #[arg(long)]
+    listen: Option<String>,
+    /// gRPC Unix socket (server.socket).
+    #[arg(long)]
+    socket: Option<String>,
+    /// Prometheus /metrics address (server.metrics); "" disables it.
+    #[arg(long)]
+    metrics: Option<String>,
+    /// Hand route model folder (hands.models_dir).
+    #[arg(long)]
+    models_dir: Option<String>,
+    /// Report sides as the user's for a selfie camera (hands.mirror).
+    #[arg(long)]
+    mirror: bool,
+    /// One JSON object per log line (log.format = "json").
+    #[arg(long)]
+    json_logs: bool,
+}
+
+#[derive(Args)]
+struct TargetArgs {
+    /// Daemon address (host:port or http://host:port).
+    #[arg(long, default_value = "127.0.0.1:50151", env = "POSED_ADDR")]
+    addr: String,
+    /// Connect over this Unix socket instead of TCP.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    fn target(&self) -> Target {
+        match &self.socket {
+            Some(p) => Target::Unix(p.clone()),
+            None => Target::Tcp(self.addr.clone()),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -45,10 +127,86 @@ enum FixtureCommand {
     },
 }
 
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut overrides: Vec<(&str, String)> = Vec::new();
+    let flags = [
+        ("server.listen", args.listen),
+        ("server.socket", args.socket),
+        ("server.metrics", args.metrics),
+        ("hands.models_dir", args.models_dir),
+    ];
+    for (key, value) in flags {
+        if let Some(v) = value {
+            overrides.push((key, v));
+        }
+    }
+    if args.mirror {
+        overrides.push(("hands.mirror", "true".into()));
+    }
+    if args.json_logs {
+        overrides.push(("log.format", "json".into()));
+    }
+    let config = Config::load(
+        args.config.as_deref(),
+        |k| std::env::var(k).ok(),
+        &overrides,
+    )?;
+    posed::serve::init_logging(config.log.format == "json");
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(posed::serve::run(config))
+}
+
+fn parse_routes(names: &[String]) -> anyhow::Result<Vec<Route>> {
+    names
+        .iter()
+        .map(|n| match n.as_str() {
+            "hands" => Ok(Route::Hands),
+            "body" => Ok(Route::Body),
+            "matte" => Ok(Route::Matte),
+            other => anyhow::bail!("unknown route {other:?} (hands, body, matte)"),
+        })
+        .collect()
+}
+
+fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Doctor => return posed::doctor::run(),
+        Command::Serve(args) => serve(args),
+        Command::Subscribe {
+            target,
+            routes,
+            sources,
+            vertices,
+            max_rate,
+            count,
+            seconds,
+        } => parse_routes(&routes).and_then(|routes| {
+            let args = SubscribeArgs {
+                routes,
+                sources,
+                vertices,
+                max_rate_hz: max_rate,
+                count,
+                duration: seconds.map(Duration::from_secs_f64),
+            };
+            client_runtime()?.block_on(client::subscribe(&target.target(), args))
+        }),
+        Command::Push {
+            target,
+            vertices,
+            files,
+        } => client_runtime()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(client::push(&target.target(), &files, vertices))),
         Command::Fixture(FixtureCommand::Run { model, dir, out }) => {
             posed::fixture_cmd::run(&model, &dir, &out)
         }

@@ -1,0 +1,216 @@
+//! `posed subscribe` and `posed push`: command-line clients of a running
+//! daemon, over TCP or a Unix socket.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::pose_service_client::PoseServiceClient;
+use crate::proto::{self, push_image_request::Image};
+
+/// Where the daemon listens: `http://host:port` or a Unix socket path.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+pub async fn connect(target: &Target) -> Result<PoseServiceClient<Channel>> {
+    let channel = match target {
+        Target::Tcp(addr) => {
+            let url = if addr.contains("://") {
+                addr.clone()
+            } else {
+                format!("http://{addr}")
+            };
+            Endpoint::from_shared(url.clone())?
+                .connect_timeout(Duration::from_secs(3))
+                .connect()
+                .await
+                .with_context(|| format!("cannot reach posed at {url}"))?
+        }
+        Target::Unix(path) => {
+            let p = path.clone();
+            Endpoint::try_from("http://[::]:50151")?
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let p = p.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                            tokio::net::UnixStream::connect(p).await?,
+                        ))
+                    }
+                }))
+                .await
+                .with_context(|| format!("cannot reach posed at unix:{}", path.display()))?
+        }
+    };
+    Ok(PoseServiceClient::new(channel))
+}
+
+fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+/// One line per event.
+pub fn describe(e: &proto::Event) -> String {
+    let latency = if e.capture_unix_ns > 0 && e.emit_unix_ns >= e.capture_unix_ns {
+        format!(
+            "{:.1} ms",
+            (e.emit_unix_ns - e.capture_unix_ns) as f64 / 1e6
+        )
+    } else {
+        "-".into()
+    };
+    let what = match &e.payload {
+        Some(proto::event::Payload::Hands(h)) => {
+            let hands: Vec<String> = h
+                .hands
+                .iter()
+                .map(|p| {
+                    let side = if p.side == proto::HandSide::Left as i32 {
+                        "L"
+                    } else {
+                        "R"
+                    };
+                    let t = &p.camera_translation;
+                    let z = t.get(2).copied().unwrap_or(0.0);
+                    format!("#{} {side} {:.2} z={z:.2}m", p.track_id, p.confidence)
+                })
+                .collect();
+            format!("{} hand(s) [{}]", h.hands.len(), hands.join(", "))
+        }
+        Some(proto::event::Payload::Error(err)) => format!("error {}: {}", err.code, err.message),
+        Some(proto::event::Payload::Skipped(_)) => "skipped (a newer frame replaced it)".into(),
+        Some(other) => format!("{other:?}"),
+        None => "empty".into(),
+    };
+    let dropped = if e.dropped_frames + e.dropped_for_subscriber > 0 {
+        format!(" dropped {}+{}", e.dropped_frames, e.dropped_for_subscriber)
+    } else {
+        String::new()
+    };
+    format!(
+        "frame {} {} {}x{} {what} e2e {latency}{dropped}",
+        e.frame_id, e.source_id, e.image_width, e.image_height
+    )
+}
+
+/// The daemon's per-stage table.
+pub fn latency_table(t: &proto::Telemetry) -> String {
+    let mut out = format!(
+        "{:<22} {:>7} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
+        "stage", "count", "p50 ms", "p90 ms", "p99 ms", "max ms", "dropped"
+    );
+    for s in &t.stages {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        out.push_str(&format!(
+            "{:<22} {:>7} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7}\n",
+            s.name,
+            s.count,
+            ms(s.p50_ns),
+            ms(s.p90_ns),
+            ms(s.p99_ns),
+            ms(s.max_ns),
+            s.dropped
+        ));
+    }
+    out
+}
+
+pub struct SubscribeArgs {
+    pub routes: Vec<proto::Route>,
+    pub sources: Vec<String>,
+    pub vertices: bool,
+    pub max_rate_hz: f32,
+    /// Stop after this many events (0 = never).
+    pub count: usize,
+    /// Stop after this long (None = never).
+    pub duration: Option<Duration>,
+}
+
+pub async fn subscribe(target: &Target, args: SubscribeArgs) -> Result<()> {
+    let mut client = connect(target).await?;
+    let mut stream = client
+        .subscribe(proto::SubscribeRequest {
+            routes: args.routes.iter().map(|r| *r as i32).collect(),
+            source_ids: args.sources,
+            include_vertices: args.vertices,
+            max_rate_hz: args.max_rate_hz,
+            ..Default::default()
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let started = Instant::now();
+    let mut table_at = Instant::now() + Duration::from_secs(2);
+    let mut seen = 0usize;
+    loop {
+        let remaining = args
+            .duration
+            .map(|d| d.saturating_sub(started.elapsed()))
+            .unwrap_or(Duration::from_secs(3600));
+        let next = match tokio::time::timeout(remaining, stream.message()).await {
+            Err(_) => break,
+            // A daemon that shuts down ends the stream this way.
+            Ok(Err(s)) if matches!(s.code(), tonic::Code::Cancelled | tonic::Code::Unavailable) => {
+                println!("the daemon ended the stream ({})", s.message());
+                println!("{seen} events in {:.1} s", started.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            Ok(m) => m.map_err(status_error)?,
+        };
+        let Some(event) = next else { break };
+        println!("{}", describe(&event));
+        seen += 1;
+        if Instant::now() >= table_at {
+            print_table(&mut client).await?;
+            table_at = Instant::now() + Duration::from_secs(2);
+        }
+        if args.count > 0 && seen >= args.count {
+            break;
+        }
+    }
+    print_table(&mut client).await?;
+    println!("{seen} events in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+async fn print_table(client: &mut PoseServiceClient<Channel>) -> Result<()> {
+    let t = client
+        .get_telemetry(proto::GetTelemetryRequest::default())
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print!("{}", latency_table(&t));
+    Ok(())
+}
+
+/// Pushes each file (JPEG or PNG) and prints the event computed for it.
+pub async fn push(target: &Target, files: &[PathBuf], vertices: bool) -> Result<()> {
+    let mut client = connect(target).await?;
+    for file in files {
+        let bytes = read(file)?;
+        let reply = client
+            .push_image(proto::PushImageRequest {
+                image: Some(Image::Encoded(bytes)),
+                wait: true,
+                include_vertices: vertices,
+                capture_unix_ns: crate::post::unix_ns(SystemTime::now()),
+                source_id: "cli".into(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}: {}", file.display(), status_error(s)))?
+            .into_inner();
+        for e in &reply.events {
+            println!("{}: {}", file.display(), describe(e));
+        }
+    }
+    Ok(())
+}
+
+fn read(file: &Path) -> Result<Vec<u8>> {
+    std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))
+}

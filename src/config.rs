@@ -1,0 +1,367 @@
+//! Configuration: built-in defaults, then a TOML file, then `POSED_*`
+//! environment variables, then command-line flags. Every error names the
+//! key, where its value came from, and why it is wrong.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub hands: HandsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC on TCP; empty to disable.
+    pub listen: String,
+    /// gRPC on a Unix socket; empty to disable.
+    pub socket: String,
+    /// Allow `listen` on a non-loopback address.
+    pub allow_remote: bool,
+    /// Prometheus `/metrics` over HTTP; empty to disable.
+    pub metrics: String,
+    pub max_image_pixels: u64,
+    pub subscriber_queue: usize,
+    pub max_waiting_pushes: usize,
+    pub shutdown_deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HandsConfig {
+    /// Folder with `detector_weights.safetensors`, `wilor_weights.safetensors`
+    /// and `mano.npz` (and optionally `detector_config.json`,
+    /// `wilor_config.json`; the published sizes otherwise).
+    pub models_dir: String,
+    /// Report sides as the user's for a mirrored (selfie) camera.
+    pub mirror: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// "text" or "json".
+    pub format: String,
+    /// Seconds between telemetry log lines; 0 turns them off.
+    pub telemetry_interval_s: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:50151".into(),
+            socket: String::new(),
+            allow_remote: false,
+            metrics: "127.0.0.1:9464".into(),
+            max_image_pixels: crate::decode::DEFAULT_MAX_PIXELS,
+            subscriber_queue: 64,
+            max_waiting_pushes: 8,
+            shutdown_deadline_ms: 1500,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".into(),
+            telemetry_interval_s: 10,
+        }
+    }
+}
+
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{origin}: {}{reason}", if key.is_empty() { String::new() } else { format!("{key}: ") })]
+pub struct ConfigError {
+    pub origin: String,
+    pub key: String,
+    pub reason: String,
+}
+
+type Setter = fn(&mut Config, &str) -> Result<(), String>;
+
+/// Every key that environment variables and flags may set.
+const KEYS: &[(&str, Setter)] = &[
+    ("server.listen", |c, v| set_string(&mut c.server.listen, v)),
+    ("server.socket", |c, v| set_string(&mut c.server.socket, v)),
+    ("server.allow_remote", |c, v| {
+        set_bool(&mut c.server.allow_remote, v)
+    }),
+    ("server.metrics", |c, v| {
+        set_string(&mut c.server.metrics, v)
+    }),
+    ("server.max_image_pixels", |c, v| {
+        set_num(&mut c.server.max_image_pixels, v)
+    }),
+    ("server.subscriber_queue", |c, v| {
+        set_num(&mut c.server.subscriber_queue, v)
+    }),
+    ("server.max_waiting_pushes", |c, v| {
+        set_num(&mut c.server.max_waiting_pushes, v)
+    }),
+    ("server.shutdown_deadline_ms", |c, v| {
+        set_num(&mut c.server.shutdown_deadline_ms, v)
+    }),
+    ("hands.models_dir", |c, v| {
+        set_string(&mut c.hands.models_dir, v)
+    }),
+    ("hands.mirror", |c, v| set_bool(&mut c.hands.mirror, v)),
+    ("log.format", |c, v| set_string(&mut c.log.format, v)),
+    ("log.telemetry_interval_s", |c, v| {
+        set_num(&mut c.log.telemetry_interval_s, v)
+    }),
+];
+
+fn set_string(slot: &mut String, v: &str) -> Result<(), String> {
+    *slot = v.to_owned();
+    Ok(())
+}
+
+fn set_bool(slot: &mut bool, v: &str) -> Result<(), String> {
+    *slot = match v {
+        "true" | "1" | "yes" | "on" => true,
+        "false" | "0" | "no" | "off" => false,
+        _ => return Err(format!("{v:?} is not a boolean (true/false)")),
+    };
+    Ok(())
+}
+
+fn set_num<T: std::str::FromStr>(slot: &mut T, v: &str) -> Result<(), String> {
+    *slot = v
+        .parse()
+        .map_err(|_| format!("{v:?} is not a non-negative integer"))?;
+    Ok(())
+}
+
+/// The environment variable for a key: `server.listen` → `POSED_SERVER_LISTEN`.
+pub fn env_name(key: &str) -> String {
+    format!("POSED_{}", key.replace('.', "_").to_uppercase())
+}
+
+impl Config {
+    /// Defaults, overlaid with `file` (if any), the environment (`env` is
+    /// consulted for each key's variable) and `overrides` (key, value) from
+    /// command-line flags; then validated.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        overrides: &[(&str, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => Self::from_file(path)?,
+            None => Config::default(),
+        };
+        for (key, set) in KEYS {
+            let var = env_name(key);
+            if let Some(value) = env(&var) {
+                set(&mut config, &value).map_err(|reason| ConfigError {
+                    origin: format!("environment {var}"),
+                    key: (*key).into(),
+                    reason,
+                })?;
+            }
+        }
+        for (key, value) in overrides {
+            let (_, set) = KEYS
+                .iter()
+                .find(|(k, _)| k == key)
+                .expect("flags map to known keys");
+            set(&mut config, value).map_err(|reason| ConfigError {
+                origin: "command line".into(),
+                key: (*key).into(),
+                reason,
+            })?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let origin = format!("config file {}", path.display());
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            origin: origin.clone(),
+            key: String::new(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            ConfigError {
+                origin: format!("{origin}{at}"),
+                key: String::new(),
+                reason: e.message().to_owned(),
+            }
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: String| ConfigError {
+            origin: "configuration".into(),
+            key: key.into(),
+            reason,
+        };
+        let addr = |key: &str, v: &str| -> Result<Option<SocketAddr>, ConfigError> {
+            if v.is_empty() {
+                return Ok(None);
+            }
+            v.parse()
+                .map(Some)
+                .map_err(|_| bad(key, format!("{v:?} is not an address like 127.0.0.1:50151")))
+        };
+        let listen = addr("server.listen", &self.server.listen)?;
+        if let Some(a) = listen {
+            if !a.ip().is_loopback() && !self.server.allow_remote {
+                return Err(bad(
+                    "server.listen",
+                    format!("{a} is not a loopback address; set server.allow_remote = true to expose the daemon"),
+                ));
+            }
+        }
+        addr("server.metrics", &self.server.metrics)?;
+        if listen.is_none() && self.server.socket.is_empty() {
+            return Err(bad(
+                "server.listen",
+                "both server.listen and server.socket are empty: nothing to serve on".into(),
+            ));
+        }
+        if self.server.max_image_pixels == 0 {
+            return Err(bad("server.max_image_pixels", "must be at least 1".into()));
+        }
+        if self.server.subscriber_queue == 0 {
+            return Err(bad("server.subscriber_queue", "must be at least 1".into()));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(bad(
+                "log.format",
+                format!("{:?} is neither \"text\" nor \"json\"", self.log.format),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn listen(&self) -> Option<SocketAddr> {
+        self.server.listen.parse().ok()
+    }
+
+    pub fn socket(&self) -> Option<PathBuf> {
+        (!self.server.socket.is_empty()).then(|| PathBuf::from(&self.server.socket))
+    }
+
+    pub fn metrics(&self) -> Option<SocketAddr> {
+        self.server.metrics.parse().ok()
+    }
+
+    pub fn shutdown_deadline(&self) -> Duration {
+        Duration::from_millis(self.server.shutdown_deadline_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn the_shipped_default_file_parses_to_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/posed.toml");
+        assert_eq!(
+            Config::load(Some(&path), no_env, &[]).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(
+            &file,
+            "[server]\nlisten = \"127.0.0.1:7000\"\nsubscriber_queue = 5\n[hands]\nmirror = true\n",
+        )
+        .unwrap();
+        let env: HashMap<String, String> = [
+            (
+                "POSED_SERVER_LISTEN".to_string(),
+                "127.0.0.1:7001".to_string(),
+            ),
+            ("POSED_LOG_FORMAT".to_string(), "json".to_string()),
+        ]
+        .into();
+        let c = Config::load(
+            Some(&file),
+            |k| env.get(k).cloned(),
+            &[("server.listen", "127.0.0.1:7002".into())],
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:7002");
+        assert_eq!(c.server.subscriber_queue, 5);
+        assert!(c.hands.mirror);
+        assert_eq!(c.log.format, "json");
+    }
+
+    #[test]
+    fn errors_name_the_key_and_where_the_value_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:1\"\nlisen = \"x\"\n").unwrap();
+        let e = Config::load(Some(&file), no_env, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("p.toml (line 3)") && e.contains("unknown field `lisen`"),
+            "{e}"
+        );
+
+        std::fs::write(&file, "[server]\nsubscriber_queue = \"many\"\n").unwrap();
+        let e = Config::load(Some(&file), no_env, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("invalid type"), "{e}");
+
+        let e = Config::load(
+            None,
+            |k| (k == "POSED_HANDS_MIRROR").then(|| "maybe".into()),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "environment POSED_HANDS_MIRROR: hands.mirror: \"maybe\" is not a boolean (true/false)"
+        );
+
+        let e =
+            Config::load(None, no_env, &[("server.listen", "0.0.0.0:50151".into())]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("server.listen: 0.0.0.0:50151 is not a loopback address"),
+            "{e}"
+        );
+        let ok = Config::load(
+            None,
+            |k| (k == "POSED_SERVER_ALLOW_REMOTE").then(|| "true".into()),
+            &[("server.listen", "0.0.0.0:50151".into())],
+        );
+        assert!(ok.is_ok());
+
+        let e = Config::load(None, no_env, &[("log.format", "xml".into())]).unwrap_err();
+        assert_eq!(e.key, "log.format");
+    }
+}

@@ -1,0 +1,228 @@
+//! `posed serve`: load the config and the models, serve gRPC and
+//! `/metrics`, log telemetry, and stop cleanly on SIGTERM/SIGINT.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use posed_models::hand_detector::DetectorConfig;
+use posed_models::hand_pipeline::{HandModelFiles, HandPipeline};
+use posed_models::wilor::WilorConfig;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::proto;
+use crate::server::{self, ServeOptions, StaticStatus};
+use crate::telemetry::{self, Telemetry};
+
+/// The hand route's files in `dir`; configs default to the published sizes.
+pub fn hand_model_files(dir: &Path) -> Result<HandModelFiles> {
+    if dir.as_os_str().is_empty() {
+        bail!("hands.models_dir is not set: point it (config, POSED_HANDS_MODELS_DIR or --models-dir) at a folder with detector_weights.safetensors, wilor_weights.safetensors and mano.npz");
+    }
+    let need = |name: &str| -> Result<PathBuf> {
+        let p = dir.join(name);
+        anyhow::ensure!(p.is_file(), "{} is missing", p.display());
+        Ok(p)
+    };
+    let config = |name: &str| -> Result<Option<String>> {
+        let p = dir.join(name);
+        Ok(if p.is_file() {
+            Some(std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)
+        } else {
+            None
+        })
+    };
+    let detector_config = match config("detector_config.json")? {
+        Some(t) => serde_json::from_str(&t).context("detector_config.json")?,
+        None => DetectorConfig::yolov8m(),
+    };
+    let wilor_config = match config("wilor_config.json")? {
+        Some(t) => serde_json::from_str(&t).context("wilor_config.json")?,
+        None => WilorConfig::vit_h(),
+    };
+    Ok(HandModelFiles {
+        detector_config,
+        detector_weights: need("detector_weights.safetensors")?,
+        wilor_config,
+        wilor_weights: need("wilor_weights.safetensors")?,
+        mano: need("mano.npz")?,
+    })
+}
+
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+pub async fn run(config: Config) -> Result<()> {
+    let files = hand_model_files(Path::new(&config.hands.models_dir))?;
+    let device = posed_models::runtime::default_device();
+    let device_name = match device.name() {
+        Some(n) => format!("{} ({n})", device.kind),
+        None => device.kind.to_owned(),
+    };
+    tracing::info!(device = %device_name, mlx = %posed_models::runtime::mlx_version(), "starting");
+
+    let listeners =
+        server::bind(config.listen(), config.socket(), config.server.allow_remote).await?;
+    let telemetry = Arc::new(Telemetry::new());
+
+    // The loader runs on the MLX thread; whether the weights are synthetic
+    // comes back through this channel for the status.
+    let (synthetic_tx, synthetic_rx) = std::sync::mpsc::channel();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let load_files = files.clone();
+    let engine = Engine::start(
+        move || {
+            let (pipeline, synthetic) = HandPipeline::load(&load_files)?;
+            let _ = synthetic_tx.send(synthetic);
+            Ok(pipeline)
+        },
+        out_tx,
+        config.server.max_waiting_pushes,
+    );
+
+    let models = vec![
+        model_status("hand-detector", &files.detector_weights),
+        model_status("wilor", &files.wilor_weights),
+    ];
+    let mut status = StaticStatus {
+        device: device_name,
+        mlx_version: posed_models::runtime::mlx_version(),
+        models,
+        synthetic_weights: false,
+    };
+    // Loading is fast next to serving; wait for the verdict so the status is right.
+    let mut readiness = engine.readiness();
+    let _ = readiness
+        .wait_for(|r| *r != crate::engine::Readiness::Loading)
+        .await;
+    if let Ok(synthetic) = synthetic_rx.try_recv() {
+        status.synthetic_weights = synthetic;
+        for m in &mut status.models {
+            m.synthetic = synthetic;
+        }
+        if synthetic {
+            tracing::warn!("RUNNING ON SYNTHETIC (RANDOM) WEIGHTS: poses are meaningless");
+        }
+    }
+    if let crate::engine::Readiness::Failed(e) = &*readiness.borrow() {
+        tracing::error!("the hand route is not serving: {e}");
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    let metrics = match config.metrics() {
+        Some(addr) => Some(tokio::spawn(serve_metrics(addr, telemetry.clone()).await?)),
+        None => None,
+    };
+    let log_every = config.log.telemetry_interval_s;
+    let logger = (log_every > 0).then(|| {
+        let t = telemetry.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(log_every));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let line = telemetry::summary_line(&t.snapshot(false));
+                if !line.is_empty() {
+                    tracing::info!(target: "posed::telemetry", "p50/p99 {line}");
+                }
+            }
+        })
+    });
+    let watchdog = watchdog();
+
+    let options = ServeOptions {
+        max_pixels: config.server.max_image_pixels,
+        mirror: config.hands.mirror,
+        subscriber_queue: config.server.subscriber_queue,
+        max_waiting: config.server.max_waiting_pushes,
+        shutdown_deadline: config.shutdown_deadline(),
+    };
+    server::run(
+        listeners,
+        engine,
+        out_rx,
+        telemetry,
+        status,
+        options,
+        shutdown_signal(),
+    )
+    .await?;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    for task in [metrics, logger, watchdog].into_iter().flatten() {
+        task.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn model_status(name: &str, weights: &Path) -> proto::ModelStatus {
+    proto::ModelStatus {
+        name: name.into(),
+        route: proto::Route::Hands as i32,
+        weights: weights.display().to_string(),
+        dtype: "float32".into(),
+        ..Default::default()
+    }
+}
+
+/// SIGTERM (launchd, systemd) or SIGINT (a terminal).
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// systemd's watchdog: ping at half the interval it asks for.
+fn watchdog() -> Option<tokio::task::JoinHandle<()>> {
+    let interval = sd_notify::watchdog_enabled()?;
+    let every = (interval / 2).max(Duration::from_millis(100));
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+    }))
+}
+
+/// Prometheus text at `GET /metrics` on `addr`.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    telemetry: Arc<Telemetry>,
+) -> Result<impl std::future::Future<Output = ()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    tracing::info!("metrics on http://{addr}/metrics");
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let t = telemetry.clone();
+            async move {
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    telemetry::prometheus_text(&t.snapshot(false), t.uptime()),
+                )
+            }
+        }),
+    );
+    Ok(async move {
+        let _ = axum::serve(listener, app).await;
+    })
+}
