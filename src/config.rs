@@ -13,7 +13,55 @@ use serde::Deserialize;
 pub struct Config {
     pub server: ServerConfig,
     pub hands: HandsConfig,
+    pub replay: ReplayConfig,
+    pub camera: CameraConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayConfig {
+    /// Folder of PNG/JPEG images or a recording; empty = no replay.
+    pub dir: String,
+    /// "original" (recorded timestamps, else `fps`) or "fast".
+    pub pace: String,
+    pub fps: f64,
+    /// Start over at the end.
+    pub repeat: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CameraConfig {
+    pub enabled: bool,
+    /// Index ("0") or part of the device name.
+    pub device: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        ReplayConfig {
+            dir: String::new(),
+            pace: "original".into(),
+            fps: 30.0,
+            repeat: false,
+        }
+    }
+}
+
+impl Default for CameraConfig {
+    fn default() -> Self {
+        CameraConfig {
+            enabled: false,
+            device: "0".into(),
+            width: 640,
+            height: 480,
+            fps: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -77,7 +125,6 @@ impl Default for LogConfig {
     }
 }
 
-
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("{origin}: {}{reason}", if key.is_empty() { String::new() } else { format!("{key}: ") })]
 pub struct ConfigError {
@@ -114,6 +161,15 @@ const KEYS: &[(&str, Setter)] = &[
         set_string(&mut c.hands.models_dir, v)
     }),
     ("hands.mirror", |c, v| set_bool(&mut c.hands.mirror, v)),
+    ("replay.dir", |c, v| set_string(&mut c.replay.dir, v)),
+    ("replay.pace", |c, v| set_string(&mut c.replay.pace, v)),
+    ("replay.fps", |c, v| set_float(&mut c.replay.fps, v)),
+    ("replay.repeat", |c, v| set_bool(&mut c.replay.repeat, v)),
+    ("camera.enabled", |c, v| set_bool(&mut c.camera.enabled, v)),
+    ("camera.device", |c, v| set_string(&mut c.camera.device, v)),
+    ("camera.width", |c, v| set_num(&mut c.camera.width, v)),
+    ("camera.height", |c, v| set_num(&mut c.camera.height, v)),
+    ("camera.fps", |c, v| set_num(&mut c.camera.fps, v)),
     ("log.format", |c, v| set_string(&mut c.log.format, v)),
     ("log.telemetry_interval_s", |c, v| {
         set_num(&mut c.log.telemetry_interval_s, v)
@@ -131,6 +187,11 @@ fn set_bool(slot: &mut bool, v: &str) -> Result<(), String> {
         "false" | "0" | "no" | "off" => false,
         _ => return Err(format!("{v:?} is not a boolean (true/false)")),
     };
+    Ok(())
+}
+
+fn set_float(slot: &mut f64, v: &str) -> Result<(), String> {
+    *slot = v.parse().map_err(|_| format!("{v:?} is not a number"))?;
     Ok(())
 }
 
@@ -242,6 +303,18 @@ impl Config {
         }
         if self.server.subscriber_queue == 0 {
             return Err(bad("server.subscriber_queue", "must be at least 1".into()));
+        }
+        if !matches!(self.replay.pace.as_str(), "original" | "fast") {
+            return Err(bad(
+                "replay.pace",
+                format!(
+                    "{:?} is neither \"original\" nor \"fast\"",
+                    self.replay.pace
+                ),
+            ));
+        }
+        if !(self.replay.fps > 0.0 && self.replay.fps.is_finite()) {
+            return Err(bad("replay.fps", "must be a positive number".into()));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(bad(

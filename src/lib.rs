@@ -17,4 +17,5 @@ pub mod post;
 pub mod proto;
 pub mod serve;
 pub mod server;
+pub mod sources;
 pub mod telemetry;

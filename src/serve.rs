@@ -156,6 +156,7 @@ pub async fn run(config: Config) -> Result<()> {
         out_rx,
         telemetry,
         status,
+        source_specs(&config),
         options,
         shutdown_signal(),
     )
@@ -166,6 +167,46 @@ pub async fn run(config: Config) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The replay and camera sources the config turns on.
+fn source_specs(config: &Config) -> Vec<server::SourceSpec> {
+    let mut specs = Vec::new();
+    if !config.replay.dir.is_empty() {
+        specs.push(server::SourceSpec::Replay {
+            id: "replay".into(),
+            config: crate::sources::ReplayConfig {
+                dir: config.replay.dir.clone().into(),
+                pace: if config.replay.pace == "fast" {
+                    crate::sources::Pace::Fast
+                } else {
+                    crate::sources::Pace::Original {
+                        fps: config.replay.fps,
+                    }
+                },
+                repeat: config.replay.repeat,
+            },
+        });
+    }
+    #[cfg(feature = "camera")]
+    if config.camera.enabled {
+        specs.push(server::SourceSpec::Camera {
+            id: "camera".into(),
+            config: crate::sources::camera::CameraConfig {
+                device: config.camera.device.clone(),
+                width: config.camera.width,
+                height: config.camera.height,
+                fps: config.camera.fps,
+            },
+        });
+    }
+    #[cfg(not(feature = "camera"))]
+    if config.camera.enabled {
+        tracing::error!(
+            "camera.enabled is set but this build has no camera support (cargo feature `camera`)"
+        );
+    }
+    specs
 }
 
 fn model_status(name: &str, weights: &Path) -> proto::ModelStatus {

@@ -28,6 +28,7 @@ use crate::engine::{Engine, EngineError, EngineOutput, Frame, FrameJob, Readines
 use crate::fanout::FanOut;
 use crate::post::{self, HandTracker};
 use crate::proto::{self, pose_service_server::PoseServiceServer};
+use crate::sources::{self, FrameSubmitter, ReplayConfig, SourceState};
 use crate::telemetry::{self, Telemetry};
 use posed_models::hand_pipeline::HandBox;
 
@@ -71,10 +72,11 @@ pub struct StaticStatus {
 }
 
 pub struct Shared {
-    engine: Engine,
+    engine: Arc<Engine>,
     fanout: FanOut<proto::Event>,
     telemetry: Arc<Telemetry>,
-    next_frame_id: AtomicU64,
+    next_frame_id: Arc<AtomicU64>,
+    sources: Vec<Arc<SourceState>>,
     options: ServeOptions,
     status: StaticStatus,
     shutdown: watch::Receiver<bool>,
@@ -84,6 +86,20 @@ pub struct Shared {
 #[derive(Clone)]
 pub struct PoseServer {
     shared: Arc<Shared>,
+}
+
+/// A source of frames that runs inside the daemon.
+#[derive(Debug, Clone)]
+pub enum SourceSpec {
+    Replay {
+        id: String,
+        config: ReplayConfig,
+    },
+    #[cfg(feature = "camera")]
+    Camera {
+        id: String,
+        config: crate::sources::camera::CameraConfig,
+    },
 }
 
 /// Where to listen. Either or both.
@@ -100,17 +116,26 @@ pub async fn run(
     engine_output: mpsc::UnboundedReceiver<EngineOutput>,
     telemetry: Arc<Telemetry>,
     status: StaticStatus,
+    sources: Vec<SourceSpec>,
     options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let fanout = FanOut::new(options.subscriber_queue);
     let readiness = engine.readiness();
+    let engine = Arc::new(engine);
+    let next_frame_id = Arc::new(AtomicU64::new(1));
+    let submitter = FrameSubmitter {
+        engine: engine.clone(),
+        next_id: next_frame_id.clone(),
+    };
+    let source_states = start_sources(sources, &submitter, &stop_rx, options.max_pixels);
     let shared = Arc::new(Shared {
         engine,
         fanout: fanout.clone(),
         telemetry: telemetry.clone(),
-        next_frame_id: AtomicU64::new(1),
+        next_frame_id,
+        sources: source_states,
         options: options.clone(),
         status,
         shutdown: stop_rx.clone(),
@@ -181,6 +206,47 @@ pub async fn run(
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+fn start_sources(
+    specs: Vec<SourceSpec>,
+    submitter: &FrameSubmitter,
+    shutdown: &watch::Receiver<bool>,
+    max_pixels: u64,
+) -> Vec<Arc<SourceState>> {
+    specs
+        .into_iter()
+        .map(|spec| match spec {
+            SourceSpec::Replay { id, config } => {
+                let state = SourceState::new(id, "replay");
+                tokio::spawn(sources::run_replay(
+                    config,
+                    state.clone(),
+                    submitter.clone(),
+                    shutdown.clone(),
+                    max_pixels,
+                ));
+                state
+            }
+            #[cfg(feature = "camera")]
+            SourceSpec::Camera { id, config } => {
+                let state = SourceState::new(id, "camera");
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let mut signal = shutdown.clone();
+                let flag = stop.clone();
+                tokio::spawn(async move {
+                    let _ = signal.wait_for(|s| *s).await;
+                    flag.store(true, Ordering::Relaxed);
+                });
+                let (s, sub) = (state.clone(), submitter.clone());
+                std::thread::Builder::new()
+                    .name("posed-camera".into())
+                    .spawn(move || sources::camera::run(config, s, sub, stop))
+                    .expect("spawning the camera thread");
+                state
+            }
+        })
+        .collect()
 }
 
 /// Health follows the MLX thread: NOT_SERVING until the models are warm,
@@ -609,14 +675,16 @@ impl proto::pose_service_server::PoseService for PoseServer {
             device: s.status.device.clone(),
             mlx_version: s.status.mlx_version.clone(),
             models,
-            sources: vec![proto::SourceStatus {
+            sources: std::iter::once(proto::SourceStatus {
                 id: "push".into(),
                 kind: "push".into(),
                 state: "running".into(),
                 frames: s.pushed.load(Ordering::Relaxed),
                 dropped: 0,
                 detail: String::new(),
-            }],
+            })
+            .chain(s.sources.iter().map(|src| src.to_proto()))
+            .collect(),
             subscribers: s.fanout.subscribers() as u32,
             synthetic_weights: s.status.synthetic_weights,
             body_keypoint_names: Vec::new(),

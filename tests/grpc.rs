@@ -48,6 +48,14 @@ impl Daemon {
         options: ServeOptions,
         release: Option<std::sync::mpsc::Receiver<()>>,
     ) -> Daemon {
+        Self::start_with(options, release, vec![]).await
+    }
+
+    async fn start_with(
+        options: ServeOptions,
+        release: Option<std::sync::mpsc::Receiver<()>>,
+        sources: Vec<server::SourceSpec>,
+    ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("posed.sock");
         let listeners = server::bind(
@@ -82,6 +90,7 @@ impl Daemon {
             rx,
             Arc::new(Telemetry::new()),
             status,
+            sources,
             options,
             async {
                 let _ = stopped.await;
@@ -610,5 +619,76 @@ async fn push_stream_answers_every_frame_and_survives_a_client_that_leaves() {
         .await
         .unwrap();
     assert_eq!(hands_of(&ok.into_inner().events[0]).len(), 1);
+    assert!(d.stop().await < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_feeds_subscribers_and_a_missing_camera_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..3u32 {
+        let img = image::RgbImage::from_fn(80, 60, |x, y| image::Rgb([(x + i) as u8, y as u8, 50]));
+        img.save(dir.path().join(format!("frame{i}.png"))).unwrap();
+    }
+    let mut sources = vec![server::SourceSpec::Replay {
+        id: "replay".into(),
+        config: posed::sources::ReplayConfig {
+            dir: dir.path().into(),
+            pace: posed::sources::Pace::Original { fps: 40.0 },
+            repeat: true,
+        },
+    }];
+    #[cfg(feature = "camera")]
+    sources.push(server::SourceSpec::Camera {
+        id: "camera".into(),
+        config: posed::sources::camera::CameraConfig {
+            device: "97".into(),
+            width: 640,
+            height: 480,
+            fps: 30,
+        },
+    });
+    let d = Daemon::start_with(ServeOptions::default(), None, sources).await;
+    d.wait_serving().await;
+    let mut c = d.client().await;
+    let mut stream = c
+        .subscribe(proto::SubscribeRequest {
+            source_ids: vec!["replay".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..3 {
+        let e = stream.message().await.unwrap().unwrap();
+        assert_eq!(e.source_id, "replay");
+        assert_eq!((e.image_width, e.image_height), (80, 60));
+        assert!(matches!(e.payload, Some(proto::event::Payload::Hands(_))));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = c
+            .get_status(proto::GetStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let replay = status.sources.iter().find(|s| s.id == "replay").unwrap();
+        assert_eq!(replay.state, "running");
+        assert!(replay.frames >= 3);
+        let camera_ok = if cfg!(feature = "camera") {
+            let cam = status.sources.iter().find(|s| s.id == "camera").unwrap();
+            cam.state == "reconnecting" && !cam.detail.is_empty()
+        } else {
+            true
+        };
+        if camera_ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "camera never reported its failure: {:?}",
+            status.sources
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(d.stop().await < Duration::from_secs(2));
 }
