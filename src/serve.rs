@@ -150,12 +150,15 @@ pub async fn run(config: Config) -> Result<()> {
         max_waiting: config.server.max_waiting_pushes,
         shutdown_deadline: config.shutdown_deadline(),
     };
-    server::run(
-        listeners,
+    let backend = server::Backend {
         engine,
-        out_rx,
+        results: out_rx,
         telemetry,
         status,
+    };
+    server::run(
+        listeners,
+        backend,
         source_specs(&config),
         options,
         shutdown_signal(),

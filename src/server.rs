@@ -108,18 +108,30 @@ pub struct Listeners {
     pub uds: Option<(UnixListener, PathBuf)>,
 }
 
+/// What the server serves: the MLX thread, the channel its results come
+/// out of, the telemetry it records into and the facts it reports.
+pub struct Backend {
+    pub engine: Engine,
+    pub results: mpsc::UnboundedReceiver<EngineOutput>,
+    pub telemetry: Arc<Telemetry>,
+    pub status: StaticStatus,
+}
+
 /// Serves until `shutdown` resolves, then ends every stream and returns
 /// within `options.shutdown_deadline`.
 pub async fn run(
     listeners: Listeners,
-    engine: Engine,
-    engine_output: mpsc::UnboundedReceiver<EngineOutput>,
-    telemetry: Arc<Telemetry>,
-    status: StaticStatus,
+    backend: Backend,
     sources: Vec<SourceSpec>,
     options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let Backend {
+        engine,
+        results: engine_output,
+        telemetry,
+        status,
+    } = backend;
     let (stop_tx, stop_rx) = watch::channel(false);
     let fanout = FanOut::new(options.subscriber_queue);
     let readiness = engine.readiness();

@@ -84,18 +84,15 @@ impl Daemon {
             mlx_version: "test".into(),
             ..Default::default()
         };
-        let done = tokio::spawn(server::run(
-            listeners,
+        let backend = server::Backend {
             engine,
-            rx,
-            Arc::new(Telemetry::new()),
+            results: rx,
+            telemetry: Arc::new(Telemetry::new()),
             status,
-            sources,
-            options,
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        };
+        let done = tokio::spawn(server::run(listeners, backend, sources, options, async {
+            let _ = stopped.await;
+        }));
         Daemon {
             addr,
             socket,
