@@ -689,3 +689,48 @@ async fn replay_feeds_subscribers_and_a_missing_camera_is_retried() {
     }
     assert!(d.stop().await < Duration::from_secs(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_and_describes_the_services() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let d = Daemon::start(ServeOptions::default(), None).await;
+    let mut r = ServerReflectionClient::new(d.channel().await);
+    let requests = vec![
+        MessageRequest::ListServices(String::new()),
+        MessageRequest::FileContainingSymbol("posed.v1.PoseService".into()),
+    ];
+    let outbound = tokio_stream::iter(requests.into_iter().map(|m| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    }));
+    let mut replies = r
+        .server_reflection_info(outbound)
+        .await
+        .unwrap()
+        .into_inner();
+
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        replies.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a service list")
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for want in [
+        "posed.v1.PoseService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
+        assert!(names.contains(&want), "{want} not in {names:?}");
+    }
+    let Some(MessageResponse::FileDescriptorResponse(files)) =
+        replies.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no descriptor for posed.v1.PoseService")
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+    d.stop().await;
+}

@@ -58,12 +58,20 @@ async fn serves_reports_metrics_and_stops_on_sigterm() {
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
     );
+    // Play systemd: a notify socket and a 200 ms watchdog.
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_posed"))
         .arg("serve")
         .env("POSED_HANDS_MODELS_DIR", models_dir(dir.path()))
         .env("POSED_SERVER_LISTEN", &grpc)
         .env("POSED_SERVER_METRICS", &metrics)
         .env("POSED_LOG_FORMAT", "json")
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "200000")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -98,6 +106,15 @@ async fn serves_reports_metrics_and_stops_on_sigterm() {
         assert!(Instant::now() < deadline, "never SERVING");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // READY=1 once warm, then watchdog pings.
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 256];
+    while !messages.iter().any(|m: &String| m.contains("WATCHDOG=1")) {
+        let n = notify.recv(&mut buf).unwrap();
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(messages[0].contains("READY=1"), "{messages:?}");
 
     let mut client = PoseServiceClient::new(channel);
     let mut events = client
