@@ -20,11 +20,12 @@ doctor: release
 
 FIXTURES ?= ../shared/fixtures
 
-# The main job (for now): report the runtime, then run the real hand models
-# on the parity fixtures and compare them with the PyTorch reference.
+# The main job: report the runtime, check the hand models against the
+# PyTorch reference, then the daemon demo (replay -> gRPC -> subscriber).
 run: release
 	target/release/posed doctor
 	target/release/posed fixture check --dir $(FIXTURES)/hands
+	scripts/demo.sh $(FIXTURES)/hands 5
 
 # Every test, after installing what they need.
 test: setup
