@@ -81,7 +81,7 @@ pub struct ServerConfig {
     pub shutdown_deadline_ms: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HandsConfig {
     /// Folder with `detector_weights.safetensors`, `wilor_weights.safetensors`
@@ -90,6 +90,25 @@ pub struct HandsConfig {
     pub models_dir: String,
     /// Report sides as the user's for a mirrored (selfie) camera.
     pub mirror: bool,
+    /// One Euro smoothing for subscribers that do not say (they can).
+    pub smoothing: bool,
+    pub smoothing_min_cutoff: f64,
+    pub smoothing_beta: f64,
+    pub smoothing_d_cutoff: f64,
+}
+
+impl Default for HandsConfig {
+    fn default() -> Self {
+        let p = crate::smoothing::OneEuroParams::default();
+        HandsConfig {
+            models_dir: String::new(),
+            mirror: false,
+            smoothing: false,
+            smoothing_min_cutoff: p.min_cutoff,
+            smoothing_beta: p.beta,
+            smoothing_d_cutoff: p.d_cutoff,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -161,6 +180,18 @@ const KEYS: &[(&str, Setter)] = &[
         set_string(&mut c.hands.models_dir, v)
     }),
     ("hands.mirror", |c, v| set_bool(&mut c.hands.mirror, v)),
+    ("hands.smoothing", |c, v| {
+        set_bool(&mut c.hands.smoothing, v)
+    }),
+    ("hands.smoothing_min_cutoff", |c, v| {
+        set_float(&mut c.hands.smoothing_min_cutoff, v)
+    }),
+    ("hands.smoothing_beta", |c, v| {
+        set_float(&mut c.hands.smoothing_beta, v)
+    }),
+    ("hands.smoothing_d_cutoff", |c, v| {
+        set_float(&mut c.hands.smoothing_d_cutoff, v)
+    }),
     ("replay.dir", |c, v| set_string(&mut c.replay.dir, v)),
     ("replay.pace", |c, v| set_string(&mut c.replay.pace, v)),
     ("replay.fps", |c, v| set_float(&mut c.replay.fps, v)),
@@ -313,6 +344,20 @@ impl Config {
                 ),
             ));
         }
+        for (key, v) in [
+            (
+                "hands.smoothing_min_cutoff",
+                self.hands.smoothing_min_cutoff,
+            ),
+            ("hands.smoothing_d_cutoff", self.hands.smoothing_d_cutoff),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(bad(key, "must be a positive number of Hz".into()));
+            }
+        }
+        if !(self.hands.smoothing_beta >= 0.0 && self.hands.smoothing_beta.is_finite()) {
+            return Err(bad("hands.smoothing_beta", "must be a number ≥ 0".into()));
+        }
         if !(self.replay.fps > 0.0 && self.replay.fps.is_finite()) {
             return Err(bad("replay.fps", "must be a positive number".into()));
         }
@@ -335,6 +380,14 @@ impl Config {
 
     pub fn metrics(&self) -> Option<SocketAddr> {
         self.server.metrics.parse().ok()
+    }
+
+    pub fn smoothing(&self) -> crate::smoothing::OneEuroParams {
+        crate::smoothing::OneEuroParams {
+            min_cutoff: self.hands.smoothing_min_cutoff,
+            beta: self.hands.smoothing_beta,
+            d_cutoff: self.hands.smoothing_d_cutoff,
+        }
     }
 
     pub fn shutdown_deadline(&self) -> Duration {

@@ -17,5 +17,6 @@ pub mod post;
 pub mod proto;
 pub mod serve;
 pub mod server;
+pub mod smoothing;
 pub mod sources;
 pub mod telemetry;

@@ -149,6 +149,8 @@ pub async fn run(config: Config) -> Result<()> {
         subscriber_queue: config.server.subscriber_queue,
         max_waiting: config.server.max_waiting_pushes,
         shutdown_deadline: config.shutdown_deadline(),
+        smoothing: config.smoothing(),
+        smoothing_by_default: config.hands.smoothing,
     };
     let backend = server::Backend {
         engine,

@@ -28,6 +28,7 @@ use crate::engine::{Engine, EngineError, EngineOutput, Frame, FrameJob, Readines
 use crate::fanout::FanOut;
 use crate::post::{self, HandTracker};
 use crate::proto::{self, pose_service_server::PoseServiceServer};
+use crate::smoothing::{OneEuroParams, Smoother};
 use crate::sources::{self, FrameSubmitter, ReplayConfig, SourceState};
 use crate::telemetry::{self, Telemetry};
 use posed_models::hand_pipeline::HandBox;
@@ -48,6 +49,9 @@ pub struct ServeOptions {
     pub max_waiting: usize,
     /// Hard limit for a clean shutdown after the signal.
     pub shutdown_deadline: Duration,
+    /// One Euro parameters, and whether subscribers that do not ask get it.
+    pub smoothing: OneEuroParams,
+    pub smoothing_by_default: bool,
 }
 
 impl Default for ServeOptions {
@@ -58,6 +62,8 @@ impl Default for ServeOptions {
             subscriber_queue: 64,
             max_waiting: 8,
             shutdown_deadline: Duration::from_millis(1500),
+            smoothing: OneEuroParams::default(),
+            smoothing_by_default: false,
         }
     }
 }
@@ -507,6 +513,11 @@ impl proto::pose_service_server::PoseService for PoseServer {
         let (tx, rx) = mpsc::channel(4);
         let min_gap =
             (req.max_rate_hz > 0.0).then(|| Duration::from_secs_f32(1.0 / req.max_rate_hz));
+        let options = &self.shared.options;
+        let mut smoother = req
+            .smoothing
+            .unwrap_or(options.smoothing_by_default)
+            .then(|| Smoother::new(options.smoothing));
         tokio::spawn(async move {
             let mut last_sent: HashMap<(i32, String), Instant> = HashMap::new();
             let mut lost_here = 0u64;
@@ -543,6 +554,9 @@ impl proto::pose_service_server::PoseService for PoseServer {
                 } else {
                     post::without_vertices(&event)
                 };
+                if let Some(s) = &mut smoother {
+                    s.apply(&mut out);
+                }
                 out.dropped_for_subscriber = std::mem::take(&mut lost_here);
                 if tx.send(Ok(out)).await.is_err() {
                     break;
