@@ -15,7 +15,15 @@ pub struct Config {
     pub hands: HandsConfig,
     pub replay: ReplayConfig,
     pub camera: CameraConfig,
+    pub recording: RecordingConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    /// Record pushed and camera frames here; empty = off.
+    pub dir: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -201,6 +209,7 @@ const KEYS: &[(&str, Setter)] = &[
     ("camera.width", |c, v| set_num(&mut c.camera.width, v)),
     ("camera.height", |c, v| set_num(&mut c.camera.height, v)),
     ("camera.fps", |c, v| set_num(&mut c.camera.fps, v)),
+    ("recording.dir", |c, v| set_string(&mut c.recording.dir, v)),
     ("log.format", |c, v| set_string(&mut c.log.format, v)),
     ("log.telemetry_interval_s", |c, v| {
         set_num(&mut c.log.telemetry_interval_s, v)

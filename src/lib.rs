@@ -15,6 +15,7 @@ pub mod fanout;
 pub mod fixture_cmd;
 pub mod post;
 pub mod proto;
+pub mod recording;
 pub mod serve;
 pub mod server;
 pub mod smoothing;

@@ -151,6 +151,7 @@ pub async fn run(config: Config) -> Result<()> {
         shutdown_deadline: config.shutdown_deadline(),
         smoothing: config.smoothing(),
         smoothing_by_default: config.hands.smoothing,
+        record_dir: (!config.recording.dir.is_empty()).then(|| config.recording.dir.clone().into()),
     };
     let backend = server::Backend {
         engine,

@@ -28,6 +28,7 @@ use crate::engine::{Engine, EngineError, EngineOutput, Frame, FrameJob, Readines
 use crate::fanout::FanOut;
 use crate::post::{self, HandTracker};
 use crate::proto::{self, pose_service_server::PoseServiceServer};
+use crate::recording::Recorder;
 use crate::smoothing::{OneEuroParams, Smoother};
 use crate::sources::{self, FrameSubmitter, ReplayConfig, SourceState};
 use crate::telemetry::{self, Telemetry};
@@ -52,6 +53,8 @@ pub struct ServeOptions {
     /// One Euro parameters, and whether subscribers that do not ask get it.
     pub smoothing: OneEuroParams,
     pub smoothing_by_default: bool,
+    /// Record pushed and camera frames to this folder.
+    pub record_dir: Option<PathBuf>,
 }
 
 impl Default for ServeOptions {
@@ -64,6 +67,7 @@ impl Default for ServeOptions {
             shutdown_deadline: Duration::from_millis(1500),
             smoothing: OneEuroParams::default(),
             smoothing_by_default: false,
+            record_dir: None,
         }
     }
 }
@@ -83,6 +87,7 @@ pub struct Shared {
     telemetry: Arc<Telemetry>,
     next_frame_id: Arc<AtomicU64>,
     sources: Vec<Arc<SourceState>>,
+    recorder: Option<Recorder>,
     options: ServeOptions,
     status: StaticStatus,
     shutdown: watch::Receiver<bool>,
@@ -143,9 +148,17 @@ pub async fn run(
     let readiness = engine.readiness();
     let engine = Arc::new(engine);
     let next_frame_id = Arc::new(AtomicU64::new(1));
+    let recorder = match &options.record_dir {
+        Some(dir) => Some(
+            Recorder::start(dir)
+                .map_err(|e| anyhow::anyhow!("cannot record to {}: {e}", dir.display()))?,
+        ),
+        None => None,
+    };
     let submitter = FrameSubmitter {
         engine: engine.clone(),
         next_id: next_frame_id.clone(),
+        recorder: recorder.clone(),
     };
     let source_states = start_sources(sources, &submitter, &stop_rx, options.max_pixels);
     let shared = Arc::new(Shared {
@@ -154,6 +167,7 @@ pub async fn run(
         telemetry: telemetry.clone(),
         next_frame_id,
         sources: source_states,
+        recorder,
         options: options.clone(),
         status,
         shutdown: stop_rx.clone(),
@@ -396,21 +410,25 @@ impl PoseServer {
             SystemTime::now()
         };
         self.shared.pushed.fetch_add(1, Ordering::Relaxed);
+        let frame = Arc::new(Frame {
+            id,
+            source_id: if req.source_id.is_empty() {
+                "push".into()
+            } else {
+                req.source_id
+            },
+            client_frame_id: req.client_frame_id,
+            captured,
+            received,
+            width: rgb.width,
+            height: rgb.height,
+            rgb: rgb.data,
+        });
+        if let Some(r) = &self.shared.recorder {
+            r.record(&frame);
+        }
         Ok(FrameJob {
-            frame: Arc::new(Frame {
-                id,
-                source_id: if req.source_id.is_empty() {
-                    "push".into()
-                } else {
-                    req.source_id
-                },
-                client_frame_id: req.client_frame_id,
-                captured,
-                received,
-                width: rgb.width,
-                height: rgb.height,
-                rgb: rgb.data,
-            }),
+            frame,
             hand_boxes,
             reply,
         })

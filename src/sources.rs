@@ -57,6 +57,8 @@ impl SourceState {
 pub struct FrameSubmitter {
     pub(crate) engine: Arc<Engine>,
     pub(crate) next_id: Arc<AtomicU64>,
+    /// Live frames (camera) are recorded when recording is on.
+    pub(crate) recorder: Option<crate::recording::Recorder>,
 }
 
 impl FrameSubmitter {
@@ -77,6 +79,13 @@ impl FrameSubmitter {
             height: image.height,
             rgb: image.data,
         })
+    }
+
+    /// Keeps a copy of a live frame if recording is on.
+    pub fn record(&self, frame: &Arc<Frame>) {
+        if let Some(r) = &self.recorder {
+            r.record(frame);
+        }
     }
 
     /// Latest-wins: a frame still waiting when the next comes is dropped.
@@ -310,6 +319,7 @@ pub mod camera {
                 data: rgb.into_raw(),
             };
             let frame = submit.frame(&state.id, image, SystemTime::now(), received);
+            submit.record(&frame);
             if submit.offer(frame).is_err() {
                 break;
             }

@@ -734,3 +734,48 @@ async fn reflection_lists_and_describes_the_services() {
     assert!(!files.file_descriptor_proto.is_empty());
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_frames_are_recorded_in_the_replay_layout() {
+    let rec = tempfile::tempdir().unwrap();
+    let options = ServeOptions {
+        record_dir: Some(rec.path().into()),
+        ..Default::default()
+    };
+    let d = Daemon::start(options, None).await;
+    d.wait_serving().await;
+    let mut c = d.client().await;
+    let mut pushed = Vec::new();
+    for i in 0..3u8 {
+        let data: Vec<u8> = (0..40 * 30 * 3)
+            .map(|k| (k as u8).wrapping_mul(i + 1))
+            .collect();
+        pushed.push(data.clone());
+        let req = proto::PushImageRequest {
+            image: Some(Image::RawRgb(proto::RawImage {
+                width: 40,
+                height: 30,
+                data,
+            })),
+            capture_unix_ns: 1_000_000_000 * (i as i64 + 1),
+            wait: true,
+            ..Default::default()
+        };
+        c.push_image(req).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let files = loop {
+        let files = posed::sources::replay_files(rec.path()).unwrap();
+        if files.len() == 3 && files.iter().all(|(p, _)| image::open(p).is_ok()) {
+            break files;
+        }
+        assert!(Instant::now() < deadline, "recording incomplete: {files:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let times: Vec<_> = files.iter().map(|(_, t)| t.unwrap()).collect();
+    assert_eq!(times, [1_000_000_000, 2_000_000_000, 3_000_000_000]);
+    for ((path, _), want) in files.iter().zip(&pushed) {
+        assert_eq!(&image::open(path).unwrap().into_rgb8().into_raw(), want);
+    }
+    d.stop().await;
+}
