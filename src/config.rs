@@ -98,6 +98,8 @@ pub struct HandsConfig {
     pub models_dir: String,
     /// Report sides as the user's for a mirrored (selfie) camera.
     pub mirror: bool,
+    /// At most this many detected hands per frame, strongest first.
+    pub max_hands: usize,
     /// One Euro smoothing for subscribers that do not say (they can).
     pub smoothing: bool,
     pub smoothing_min_cutoff: f64,
@@ -111,6 +113,7 @@ impl Default for HandsConfig {
         HandsConfig {
             models_dir: String::new(),
             mirror: false,
+            max_hands: 4,
             smoothing: false,
             smoothing_min_cutoff: p.min_cutoff,
             smoothing_beta: p.beta,
@@ -188,6 +191,7 @@ const KEYS: &[(&str, Setter)] = &[
         set_string(&mut c.hands.models_dir, v)
     }),
     ("hands.mirror", |c, v| set_bool(&mut c.hands.mirror, v)),
+    ("hands.max_hands", |c, v| set_num(&mut c.hands.max_hands, v)),
     ("hands.smoothing", |c, v| {
         set_bool(&mut c.hands.smoothing, v)
     }),
@@ -340,6 +344,9 @@ impl Config {
         }
         if self.server.max_image_pixels == 0 {
             return Err(bad("server.max_image_pixels", "must be at least 1".into()));
+        }
+        if self.hands.max_hands == 0 {
+            return Err(bad("hands.max_hands", "must be at least 1".into()));
         }
         if self.server.subscriber_queue == 0 {
             return Err(bad("server.subscriber_queue", "must be at least 1".into()));

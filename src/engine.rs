@@ -151,10 +151,12 @@ impl Engine {
     /// Starts the MLX thread: `load` builds the models there (MLX state must
     /// not cross threads), one warm-up frame runs, then readiness turns
     /// `Serving`. Results go to `output`.
+    /// `max_hands` caps the detected hands per frame (strongest first).
     pub fn start<F>(
         load: F,
         output: mpsc::UnboundedSender<EngineOutput>,
         max_waiting: usize,
+        max_hands: usize,
     ) -> Self
     where
         F: FnOnce() -> anyhow::Result<HandPipeline> + Send + 'static,
@@ -168,7 +170,7 @@ impl Engine {
         let thread_gate = gate.clone();
         let thread = std::thread::Builder::new()
             .name("posed-mlx".into())
-            .spawn(move || mlx_thread(load, &thread_gate, &output, &ready_tx))
+            .spawn(move || mlx_thread(load, &thread_gate, &output, &ready_tx, max_hands))
             .expect("spawning the MLX thread");
         Engine {
             gate,
@@ -216,6 +218,7 @@ fn mlx_thread<F>(
     gate: &Gate,
     output: &mpsc::UnboundedSender<EngineOutput>,
     ready: &watch::Sender<Readiness>,
+    max_hands: usize,
 ) where
     F: FnOnce() -> anyhow::Result<HandPipeline>,
 {
@@ -232,12 +235,14 @@ fn mlx_thread<F>(
 
     while let Some((job, dropped)) = gate.take() {
         let frame = job.frame.clone();
-        let result = catch_unwind(AssertUnwindSafe(|| run_hands(&pipeline, &job, dropped)))
-            .unwrap_or_else(|panic| Err(panic_message(&panic)))
-            .map_err(|message| EngineError::Route {
-                frame: frame.id,
-                message,
-            });
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            run_hands(&pipeline, &job, dropped, max_hands)
+        }))
+        .unwrap_or_else(|panic| Err(panic_message(&panic)))
+        .map_err(|message| EngineError::Route {
+            frame: frame.id,
+            message,
+        });
         // A failing frame marks the route unhealthy until one succeeds again.
         match &result {
             Ok(_) => {
@@ -313,7 +318,12 @@ fn warm_up(p: &HandPipeline) -> Result<(), String> {
     Ok(())
 }
 
-fn run_hands(p: &HandPipeline, job: &FrameJob, dropped: u64) -> Result<HandsResult, String> {
+fn run_hands(
+    p: &HandPipeline,
+    job: &FrameJob,
+    dropped: u64,
+    max_hands: usize,
+) -> Result<HandsResult, String> {
     let f = &job.frame;
     let img = RgbImage::new(f.width, f.height, &f.rgb)
         .ok_or_else(|| format!("frame is not {}x{} RGB", f.width, f.height))?;
@@ -327,7 +337,9 @@ fn run_hands(p: &HandPipeline, job: &FrameJob, dropped: u64) -> Result<HandsResu
             let input = p.prepare_detector_input(img);
             timed("preprocess", t);
             let t = Instant::now();
-            let hands = p.detect(&input).map_err(|e| e.to_string())?;
+            let mut hands = p.detect(&input).map_err(|e| e.to_string())?;
+            // Strongest first: keep the route's cost bounded per frame.
+            hands.truncate(max_hands);
             timed("detect", t);
             hands
         }

@@ -56,6 +56,9 @@ enum Command {
     },
     /// Report the MLX runtime (version, device, BLAS) and check a few real ops.
     Doctor,
+    /// Weight files.
+    #[command(subcommand)]
+    Weights(WeightsCommand),
     /// Parity fixtures: run a model on a fixture folder, or check it against
     /// the PyTorch reference outputs stored there.
     #[command(subcommand)]
@@ -104,6 +107,24 @@ impl TargetArgs {
             None => Target::Tcp(self.addr.clone()),
         }
     }
+}
+
+#[derive(Subcommand)]
+enum WeightsCommand {
+    /// Random full-size hand-route weights in the published layout, marked
+    /// synthetic, into a models folder `posed serve --models-dir` reads.
+    Synth {
+        /// Folder with the key manifests (detector_m_keys.json, wilor_full_keys.json).
+        #[arg(long)]
+        manifests: PathBuf,
+        /// A mano.npz to copy beside them (MANO is never generated or bundled).
+        #[arg(long)]
+        mano: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -207,6 +228,12 @@ fn main() -> ExitCode {
         } => client_runtime()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(client::push(&target.target(), &files, vertices))),
+        Command::Weights(WeightsCommand::Synth {
+            manifests,
+            mano,
+            out,
+            seed,
+        }) => posed::weights_cmd::synth_hands(&manifests, &mano, &out, seed),
         Command::Fixture(FixtureCommand::Run { model, dir, out }) => {
             posed::fixture_cmd::run(&model, &dir, &out)
         }

@@ -91,6 +91,7 @@ pub async fn run(config: Config) -> Result<()> {
         },
         out_tx,
         config.server.max_waiting_pushes,
+        config.hands.max_hands,
     );
 
     let models = vec![

@@ -55,7 +55,7 @@ async fn wait_ready(engine: &Engine) -> Readiness {
 async fn serves_after_warm_up_and_answers_waiting_pushes() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let files = files();
-    let engine = Engine::start(move || Ok(HandPipeline::load(&files)?.0), tx, 4);
+    let engine = Engine::start(move || Ok(HandPipeline::load(&files)?.0), tx, 4, 4);
     assert_eq!(wait_ready(&engine).await, Readiness::Serving);
 
     let (reply, answer) = oneshot::channel();
@@ -125,7 +125,7 @@ async fn a_failed_load_is_reported_and_every_frame_answered() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut files = files();
     files.wilor_weights = PathBuf::from("/nonexistent/wilor.safetensors");
-    let engine = Engine::start(move || Ok(HandPipeline::load(&files)?.0), tx, 4);
+    let engine = Engine::start(move || Ok(HandPipeline::load(&files)?.0), tx, 4, 4);
     match wait_ready(&engine).await {
         Readiness::Failed(msg) => assert!(msg.contains("/nonexistent/wilor.safetensors"), "{msg}"),
         other => panic!("{other:?}"),

@@ -77,6 +77,7 @@ impl Daemon {
             },
             tx,
             options.max_waiting,
+            4,
         );
         let (stop, stopped) = oneshot::channel::<()>();
         let status = StaticStatus {
