@@ -130,8 +130,48 @@ pub struct SubscribeArgs {
     pub duration: Option<Duration>,
 }
 
+/// The daemon in one line (loud about synthetic weights).
+pub fn status_line(s: &proto::Status) -> String {
+    let models: Vec<String> = s
+        .models
+        .iter()
+        .map(|m| {
+            let mut tags = vec![m.dtype.clone()];
+            if m.synthetic {
+                tags.push("SYNTHETIC".into());
+            }
+            if !m.ready {
+                tags.push(if m.error.is_empty() {
+                    "loading".into()
+                } else {
+                    format!("error: {}", m.error)
+                });
+            }
+            format!("{} ({})", m.name, tags.join(", "))
+        })
+        .collect();
+    let mut line = format!(
+        "posed {} on {}, mlx {}, {} subscriber(s); models: {}",
+        s.version,
+        s.device,
+        s.mlx_version,
+        s.subscribers,
+        models.join(", ")
+    );
+    if s.synthetic_weights {
+        line.push_str(" -- SYNTHETIC (random) WEIGHTS: poses are meaningless");
+    }
+    line
+}
+
 pub async fn subscribe(target: &Target, args: SubscribeArgs) -> Result<()> {
     let mut client = connect(target).await?;
+    let status = client
+        .get_status(proto::GetStatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!("{}", status_line(&status));
     let mut stream = client
         .subscribe(proto::SubscribeRequest {
             routes: args.routes.iter().map(|r| *r as i32).collect(),
