@@ -78,50 +78,54 @@ pub async fn run(config: Config) -> Result<()> {
         server::bind(config.listen(), config.socket(), config.server.allow_remote).await?;
     let telemetry = Arc::new(Telemetry::new());
 
-    // The loader runs on the MLX thread; whether the weights are synthetic
-    // comes back through this channel for the status.
-    let (synthetic_tx, synthetic_rx) = std::sync::mpsc::channel();
+    // The loader runs on the MLX thread and says whether the weights are
+    // synthetic; the server answers (health NOT_SERVING) while it loads.
+    let status = StaticStatus {
+        device: device_name,
+        mlx_version: posed_models::runtime::mlx_version(),
+        models: vec![
+            model_status("hand-detector", &files.detector_weights),
+            model_status("wilor", &files.wilor_weights),
+        ],
+        synthetic_weights: Default::default(),
+    };
+    let synthetic = status.synthetic_weights.clone();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let load_files = files.clone();
     let engine = Engine::start(
         move || {
-            let (pipeline, synthetic) = HandPipeline::load(&load_files)?;
-            let _ = synthetic_tx.send(synthetic);
+            let (pipeline, is_synthetic) = HandPipeline::load(&load_files)?;
+            synthetic.store(is_synthetic, std::sync::atomic::Ordering::Relaxed);
+            if is_synthetic {
+                tracing::warn!("RUNNING ON SYNTHETIC (RANDOM) WEIGHTS: poses are meaningless");
+            }
             Ok(pipeline)
         },
         out_tx,
         config.server.max_waiting_pushes,
         config.hands.max_hands,
     );
-
-    let models = vec![
-        model_status("hand-detector", &files.detector_weights),
-        model_status("wilor", &files.wilor_weights),
-    ];
-    let mut status = StaticStatus {
-        device: device_name,
-        mlx_version: posed_models::runtime::mlx_version(),
-        models,
-        synthetic_weights: false,
-    };
-    // Loading is fast next to serving; wait for the verdict so the status is right.
+    // systemd's READY=1 means loaded and warm (or failed, with the reason).
     let mut readiness = engine.readiness();
-    let _ = readiness
-        .wait_for(|r| *r != crate::engine::Readiness::Loading)
-        .await;
-    if let Ok(synthetic) = synthetic_rx.try_recv() {
-        status.synthetic_weights = synthetic;
-        for m in &mut status.models {
-            m.synthetic = synthetic;
-        }
-        if synthetic {
-            tracing::warn!("RUNNING ON SYNTHETIC (RANDOM) WEIGHTS: poses are meaningless");
-        }
-    }
-    if let crate::engine::Readiness::Failed(e) = &*readiness.borrow() {
-        tracing::error!("the hand route is not serving: {e}");
-    }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let ready_notifier = tokio::spawn(async move {
+        let _ = readiness
+            .wait_for(|r| *r != crate::engine::Readiness::Loading)
+            .await;
+        let verdict = readiness.borrow().clone();
+        // A failed load is not fixed by a restart: report ready with the
+        // reason, and keep answering (health says NOT_SERVING).
+        let status = match verdict {
+            crate::engine::Readiness::Failed(e) => {
+                tracing::error!("the hand route is not serving: {e}");
+                format!("hand route failed: {e}")
+            }
+            _ => "serving".to_owned(),
+        };
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&status),
+        ]);
+    });
 
     let metrics = match config.metrics() {
         Some(addr) => Some(tokio::spawn(serve_metrics(addr, telemetry.clone()).await?)),
@@ -169,6 +173,7 @@ pub async fn run(config: Config) -> Result<()> {
     )
     .await?;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    ready_notifier.abort();
     for task in [metrics, logger, watchdog].into_iter().flatten() {
         task.abort();
     }

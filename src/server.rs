@@ -78,7 +78,8 @@ pub struct StaticStatus {
     pub device: String,
     pub mlx_version: String,
     pub models: Vec<proto::ModelStatus>,
-    pub synthetic_weights: bool,
+    /// Set once the loader has looked at the weight files' metadata.
+    pub synthetic_weights: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub struct Shared {
@@ -701,6 +702,7 @@ impl proto::pose_service_server::PoseService for PoseServer {
     ) -> Result<Response<proto::Status>, Status> {
         let s = &self.shared;
         let readiness = s.engine.readiness().borrow().clone();
+        let synthetic = s.status.synthetic_weights.load(Ordering::Relaxed);
         let models = s
             .status
             .models
@@ -708,6 +710,7 @@ impl proto::pose_service_server::PoseService for PoseServer {
             .cloned()
             .map(|mut m| {
                 m.ready = readiness == Readiness::Serving;
+                m.synthetic = synthetic;
                 if let Readiness::Failed(e) = &readiness {
                     m.error = e.clone();
                 }
@@ -730,7 +733,7 @@ impl proto::pose_service_server::PoseService for PoseServer {
             .chain(s.sources.iter().map(|src| src.to_proto()))
             .collect(),
             subscribers: s.fanout.subscribers() as u32,
-            synthetic_weights: s.status.synthetic_weights,
+            synthetic_weights: synthetic,
             body_keypoint_names: Vec::new(),
         }))
     }

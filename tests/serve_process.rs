@@ -110,11 +110,13 @@ async fn serves_reports_metrics_and_stops_on_sigterm() {
     // READY=1 once warm, then watchdog pings.
     let mut messages = Vec::new();
     let mut buf = [0u8; 256];
-    while !messages.iter().any(|m: &String| m.contains("WATCHDOG=1")) {
+    let seen = |messages: &Vec<String>, what: &str| messages.iter().any(|m| m.contains(what));
+    while !(seen(&messages, "WATCHDOG=1") && seen(&messages, "READY=1")) {
         let n = notify.recv(&mut buf).unwrap();
         messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
-    assert!(messages[0].contains("READY=1"), "{messages:?}");
+    let ready = messages.iter().find(|m| m.contains("READY=1")).unwrap();
+    assert!(ready.contains("STATUS=serving"), "{messages:?}");
 
     let mut client = PoseServiceClient::new(channel);
     let mut events = client
