@@ -1,14 +1,12 @@
 //! `posed serve`: load the config and the models, serve gRPC and
 //! `/metrics`, log telemetry, and stop cleanly on SIGTERM/SIGINT.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use posed_models::hand_detector::DetectorConfig;
 use posed_models::hand_pipeline::{HandModelFiles, HandPipeline};
-use posed_models::wilor::WilorConfig;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
@@ -22,34 +20,7 @@ pub fn hand_model_files(dir: &Path) -> Result<HandModelFiles> {
     if dir.as_os_str().is_empty() {
         bail!("hands.models_dir is not set: point it (config, POSED_HANDS_MODELS_DIR or --models-dir) at a folder with detector_weights.safetensors, wilor_weights.safetensors and mano.npz");
     }
-    let need = |name: &str| -> Result<PathBuf> {
-        let p = dir.join(name);
-        anyhow::ensure!(p.is_file(), "{} is missing", p.display());
-        Ok(p)
-    };
-    let config = |name: &str| -> Result<Option<String>> {
-        let p = dir.join(name);
-        Ok(if p.is_file() {
-            Some(std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)
-        } else {
-            None
-        })
-    };
-    let detector_config = match config("detector_config.json")? {
-        Some(t) => serde_json::from_str(&t).context("detector_config.json")?,
-        None => DetectorConfig::yolov8m(),
-    };
-    let wilor_config = match config("wilor_config.json")? {
-        Some(t) => serde_json::from_str(&t).context("wilor_config.json")?,
-        None => WilorConfig::vit_h(),
-    };
-    Ok(HandModelFiles {
-        detector_config,
-        detector_weights: need("detector_weights.safetensors")?,
-        wilor_config,
-        wilor_weights: need("wilor_weights.safetensors")?,
-        mano: need("mano.npz")?,
-    })
+    HandModelFiles::from_dir(dir).map_err(anyhow::Error::msg)
 }
 
 pub fn init_logging(json: bool) {

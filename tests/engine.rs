@@ -7,22 +7,11 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use posed::engine::{Engine, EngineError, Frame, FrameJob, Readiness};
-use posed_models::fixture::read_json;
 use posed_models::hand_pipeline::{HandBox, HandModelFiles, HandPipeline};
 use tokio::sync::{mpsc, oneshot};
 
 fn files() -> HandModelFiles {
-    let dir = std::env::var_os("POSED_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
-        .join("hands");
-    HandModelFiles {
-        detector_config: read_json(&dir.join("detector_config.json")).unwrap(),
-        detector_weights: dir.join("detector_weights.safetensors"),
-        wilor_config: read_json(&dir.join("wilor_config.json")).unwrap(),
-        wilor_weights: dir.join("wilor_weights.safetensors"),
-        mano: dir.join("mano.npz"),
-    }
+    HandModelFiles::from_dir(&posed_models::fixture::fixtures_dir().join("hands")).unwrap()
 }
 
 fn frame(id: u64, width: usize, height: usize) -> Arc<Frame> {

@@ -7,10 +7,7 @@ use std::process::Command;
 use mlx_rs::Array;
 
 fn hands_dir() -> PathBuf {
-    std::env::var_os("POSED_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
-        .join("hands")
+    posed_models::fixture::fixtures_dir().join("hands")
 }
 
 fn posed(args: &[&str]) -> (bool, String) {

@@ -11,7 +11,6 @@ use posed::proto::pose_service_client::PoseServiceClient;
 use posed::proto::{self, push_image_request::Image};
 use posed::server::{self, ServeOptions, StaticStatus};
 use posed::telemetry::Telemetry;
-use posed_models::fixture::read_json;
 use posed_models::hand_pipeline::{HandModelFiles, HandPipeline};
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
@@ -21,17 +20,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 fn files() -> HandModelFiles {
-    let dir = std::env::var_os("POSED_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
-        .join("hands");
-    HandModelFiles {
-        detector_config: read_json(&dir.join("detector_config.json")).unwrap(),
-        detector_weights: dir.join("detector_weights.safetensors"),
-        wilor_config: read_json(&dir.join("wilor_config.json")).unwrap(),
-        wilor_weights: dir.join("wilor_weights.safetensors"),
-        mano: dir.join("mano.npz"),
-    }
+    HandModelFiles::from_dir(&posed_models::fixture::fixtures_dir().join("hands")).unwrap()
 }
 
 struct Daemon {

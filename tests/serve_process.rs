@@ -21,10 +21,7 @@ fn free_port() -> u16 {
 }
 
 fn models_dir(dir: &std::path::Path) -> PathBuf {
-    let src = std::env::var_os("POSED_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
-        .join("hands");
+    let src = posed_models::fixture::fixtures_dir().join("hands");
     let out = dir.join("models");
     std::fs::create_dir_all(&out).unwrap();
     for f in [

@@ -28,6 +28,14 @@ pub enum FixtureError {
 
 pub type Tensors = BTreeMap<String, Array>;
 
+/// The shared parity fixtures: `$POSED_FIXTURES`, or `shared/fixtures`
+/// beside the checkout (where CI puts it).
+pub fn fixtures_dir() -> PathBuf {
+    std::env::var_os("POSED_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
+}
+
 /// The models a fixture folder can hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FixtureModel {

@@ -213,6 +213,42 @@ pub struct HandModelFiles {
     pub mano: std::path::PathBuf,
 }
 
+impl HandModelFiles {
+    /// The hand route's files in `dir` (`detector_weights.safetensors`,
+    /// `wilor_weights.safetensors`, `mano.npz`); `detector_config.json` and
+    /// `wilor_config.json` there override the published sizes.
+    pub fn from_dir(dir: &std::path::Path) -> std::result::Result<Self, String> {
+        let need = |name: &str| {
+            let p = dir.join(name);
+            p.is_file()
+                .then_some(p.clone())
+                .ok_or_else(|| format!("{} is missing", p.display()))
+        };
+        fn config<T: serde::de::DeserializeOwned>(
+            dir: &std::path::Path,
+            name: &str,
+            default: T,
+        ) -> std::result::Result<T, String> {
+            let p = dir.join(name);
+            if !p.is_file() {
+                return Ok(default);
+            }
+            crate::fixture::read_json(&p).map_err(|e| e.to_string())
+        }
+        Ok(HandModelFiles {
+            detector_config: config(
+                dir,
+                "detector_config.json",
+                crate::hand_detector::DetectorConfig::yolov8m(),
+            )?,
+            detector_weights: need("detector_weights.safetensors")?,
+            wilor_config: config(dir, "wilor_config.json", crate::wilor::WilorConfig::vit_h())?,
+            wilor_weights: need("wilor_weights.safetensors")?,
+            mano: need("mano.npz")?,
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(transparent)]

@@ -14,10 +14,7 @@ use posed_models::weights::Weights;
 use posed_models::wilor::{Wilor, WilorConfig};
 
 fn hands_dir() -> PathBuf {
-    std::env::var_os("POSED_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
-        .join("hands")
+    posed_models::fixture::fixtures_dir().join("hands")
 }
 
 fn all_finite(a: &Array) -> bool {

@@ -7,10 +7,7 @@ use std::path::PathBuf;
 use posed_models::fixture::{self, FixtureModel};
 
 fn hands_dir() -> PathBuf {
-    let dir = std::env::var_os("POSED_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
-        .join("hands");
+    let dir = posed_models::fixture::fixtures_dir().join("hands");
     assert!(
         dir.is_dir(),
         "fixtures not found at {} (set POSED_FIXTURES)",

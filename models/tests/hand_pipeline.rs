@@ -1,8 +1,6 @@
 //! The hand route's stages on the fixture weights: detections come back in
 //! image pixels, and a left hand is a mirrored right hand.
 
-use std::path::PathBuf;
-
 use posed_models::fixture::read_json;
 use posed_models::hand_detector::HandDetector;
 use posed_models::hand_pipeline::{HandBox, HandPipeline};
@@ -12,10 +10,7 @@ use posed_models::weights::Weights;
 use posed_models::wilor::Wilor;
 
 fn pipeline() -> HandPipeline {
-    let dir = std::env::var_os("POSED_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
-        .join("hands");
+    let dir = posed_models::fixture::fixtures_dir().join("hands");
     let dw = Weights::from_file(dir.join("detector_weights.safetensors")).unwrap();
     let detector =
         HandDetector::new(read_json(&dir.join("detector_config.json")).unwrap(), &dw).unwrap();
