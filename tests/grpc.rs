@@ -104,21 +104,11 @@ impl Daemon {
         PoseServiceClient::new(self.channel().await)
     }
 
+    /// Over the Unix socket, through the same client code `posed subscribe` uses.
     async fn unix_client(&self) -> PoseServiceClient<Channel> {
-        let path = self.socket.clone();
-        let channel = Endpoint::try_from("http://[::]:50051")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
+        posed::client::connect(&posed::client::Target::Unix(self.socket.clone()))
             .await
-            .unwrap();
-        PoseServiceClient::new(channel)
+            .unwrap()
     }
 
     async fn wait_serving(&self) {
