@@ -87,18 +87,30 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
                 .map_err(|_| format!("bad shape {shape_text}"))
         })
         .collect::<Result<_, _>>()?;
-    let count: usize = shape.iter().product();
-
     let data = &bytes[start + header_len..];
+    let values = decode_values(descr, data, &shape, fortran.trim() == "True")?;
+    Ok(NpyArray { shape, values })
+}
+
+/// The numbers in `data` (NumPy dtype string `descr`, e.g. `<f4`, `|u1`),
+/// `shape.product()` of them, returned in C order.
+pub fn decode_values(
+    descr: &str,
+    data: &[u8],
+    shape: &[usize],
+    fortran: bool,
+) -> Result<Vec<f64>, String> {
+    let count: usize = shape.iter().product();
     let (endian, kind) = descr.split_at(1);
     let little = match endian {
         "<" | "|" | "=" => true,
         ">" => false,
         _ => return Err(format!("unsupported dtype {descr}")),
     };
-    let size: usize = kind[1..]
-        .parse()
-        .map_err(|_| format!("unsupported dtype {descr}"))?;
+    let size: usize = kind
+        .get(1..)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("unsupported dtype {descr}"))?;
     if data.len() < count * size {
         return Err(format!(
             "data holds {} bytes, shape {shape:?} of {descr} needs {}",
@@ -132,12 +144,53 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
         ("u", 1 | 2 | 4 | 8) | ("b", 1) => chunks.map(|w| u64::from_le_bytes(w) as f64).collect(),
         _ => return Err(format!("unsupported dtype {descr}")),
     };
-    let values = if fortran.trim() == "True" && shape.len() > 1 {
-        fortran_to_c(&values, &shape)
+    Ok(if fortran && shape.len() > 1 {
+        fortran_to_c(&values, shape)
     } else {
         values
-    };
-    Ok(NpyArray { shape, values })
+    })
+}
+
+/// Array data for [`write_npz`], in C order.
+pub enum NpyData {
+    F32(Vec<f32>),
+    I32(Vec<i32>),
+}
+
+/// Writes `arrays` as an uncompressed `.npz` (what `numpy.savez` writes).
+pub fn write_npz(path: &Path, arrays: &[(&str, Vec<usize>, NpyData)]) -> Result<(), NpzError> {
+    use std::io::Write;
+    let tmp = path.with_extension("npz.partial");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&tmp)?);
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .large_file(false);
+    for (name, shape, data) in arrays {
+        let (descr, bytes): (&str, Vec<u8>) = match data {
+            NpyData::F32(v) => ("<f4", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            NpyData::I32(v) => ("<i4", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        };
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        let shape_text = match dims.len() {
+            1 => format!("({},)", dims[0]),
+            _ => format!("({})", dims.join(", ")),
+        };
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
+        // NumPy pads the header with spaces so the data starts 64-byte aligned.
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        zip.start_file(format!("{name}.npy"), options)?;
+        zip.write_all(b"\x93NUMPY\x01\x00")?;
+        zip.write_all(&(header.len() as u16).to_le_bytes())?;
+        zip.write_all(header.as_bytes())?;
+        zip.write_all(&bytes)?;
+    }
+    zip.finish()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 /// The text of `'key': value` in a Python dict literal (values here never
