@@ -96,6 +96,10 @@ pub struct HandsConfig {
     /// and `mano.npz` (and optionally `detector_config.json`,
     /// `wilor_config.json`; the published sizes otherwise).
     pub models_dir: String,
+    /// Published pose model variant to fetch and load: "f32" or "int4".
+    pub variant: String,
+    /// A `mano.npz` or the official `MANO_RIGHT.pkl`; empty = the fetched one.
+    pub mano: String,
     /// Report sides as the user's for a mirrored (selfie) camera.
     pub mirror: bool,
     /// At most this many detected hands per frame, strongest first.
@@ -112,6 +116,8 @@ impl Default for HandsConfig {
         let p = crate::smoothing::OneEuroParams::default();
         HandsConfig {
             models_dir: String::new(),
+            variant: "f32".into(),
+            mano: String::new(),
             mirror: false,
             max_hands: 4,
             smoothing: false,
@@ -190,6 +196,8 @@ const KEYS: &[(&str, Setter)] = &[
     ("hands.models_dir", |c, v| {
         set_string(&mut c.hands.models_dir, v)
     }),
+    ("hands.variant", |c, v| set_string(&mut c.hands.variant, v)),
+    ("hands.mano", |c, v| set_string(&mut c.hands.mano, v)),
     ("hands.mirror", |c, v| set_bool(&mut c.hands.mirror, v)),
     ("hands.max_hands", |c, v| set_num(&mut c.hands.max_hands, v)),
     ("hands.smoothing", |c, v| {
@@ -344,6 +352,15 @@ impl Config {
         }
         if self.server.max_image_pixels == 0 {
             return Err(bad("server.max_image_pixels", "must be at least 1".into()));
+        }
+        if !matches!(self.hands.variant.as_str(), "f32" | "int4") {
+            return Err(bad(
+                "hands.variant",
+                format!(
+                    "{:?} is not a published variant (f32, int4)",
+                    self.hands.variant
+                ),
+            ));
         }
         if self.hands.max_hands == 0 {
             return Err(bad("hands.max_hands", "must be at least 1".into()));

@@ -21,4 +21,4 @@ pub mod server;
 pub mod smoothing;
 pub mod sources;
 pub mod telemetry;
-pub mod weights_cmd;
+pub mod weights;

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use posed::client::{self, SubscribeArgs, Target};
 use posed::config::Config;
 use posed::proto::Route;
+use posed::weights::synth::{Size, Variant};
 
 #[derive(Parser)]
 #[command(
@@ -111,19 +112,50 @@ impl TargetArgs {
 
 #[derive(Subcommand)]
 enum WeightsCommand {
-    /// Random full-size hand-route weights in the published layout, marked
-    /// synthetic, into a models folder `posed serve --models-dir` reads.
+    /// Download the published weights into the Hugging Face cache (resumable,
+    /// verified), and convert MANO. Honours HF_HUB_CACHE, HF_HOME,
+    /// HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE.
+    Fetch {
+        /// hands (all routes with published weights if omitted).
+        #[arg(long)]
+        route: Option<String>,
+        #[arg(long, value_enum, default_value = "f32")]
+        variant: Variant,
+    },
+    /// What is in the cache for each manifest file.
+    List,
+    /// Hash every cached file against the hub's ETag and the manifest, and
+    /// load the cached models through the real loaders.
+    Verify {
+        #[arg(long)]
+        route: Option<String>,
+    },
+    /// Random weights in the published layout, marked synthetic, into a
+    /// models folder `posed serve --models-dir` reads.
     Synth {
-        /// Folder with the key manifests (detector_m_keys.json, wilor_full_keys.json).
+        /// Only `hands` has published weights so far.
+        #[arg(long, default_value = "hands")]
+        route: String,
+        #[arg(long, value_enum, default_value = "full")]
+        size: Size,
+        #[arg(long, value_enum, default_value = "f32")]
+        variant: Variant,
+        /// A mano.npz or MANO_RIGHT.pkl to use instead of a synthetic MANO.
         #[arg(long)]
-        manifests: PathBuf,
-        /// A mano.npz to copy beside them (MANO is never generated or bundled).
-        #[arg(long)]
-        mano: PathBuf,
+        mano: Option<PathBuf>,
         #[arg(long)]
         out: PathBuf,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+    /// Convert the official MANO_RIGHT.pkl into posed's mano.npz (no Python).
+    ConvertMano {
+        pkl: PathBuf,
+        /// WiLoR's mano_mean_params.npz (initial pose, shape and camera).
+        #[arg(long)]
+        mean: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -179,6 +211,34 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .block_on(posed::serve::run(config))
 }
 
+fn weights(cmd: WeightsCommand) -> anyhow::Result<()> {
+    use posed::weights::cmd;
+    match cmd {
+        WeightsCommand::Fetch { route, variant } => {
+            client_runtime()?.block_on(cmd::fetch(route.as_deref(), variant.name()))
+        }
+        WeightsCommand::List => cmd::list(),
+        WeightsCommand::Verify { route } => cmd::verify(route.as_deref()),
+        WeightsCommand::Synth {
+            route,
+            size,
+            variant,
+            mano,
+            out,
+            seed,
+        } => {
+            anyhow::ensure!(
+                route == "hands",
+                "only the hands route has weights to synthesize"
+            );
+            posed::weights::synth::synth_hands(size, variant, mano.as_deref(), &out, seed)
+        }
+        WeightsCommand::ConvertMano { pkl, mean, out } => {
+            cmd::convert_mano(&pkl, mean.as_deref(), &out)
+        }
+    }
+}
+
 fn parse_routes(names: &[String]) -> anyhow::Result<Vec<Route>> {
     names
         .iter()
@@ -228,12 +288,7 @@ fn main() -> ExitCode {
         } => client_runtime()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(client::push(&target.target(), &files, vertices))),
-        Command::Weights(WeightsCommand::Synth {
-            manifests,
-            mano,
-            out,
-            seed,
-        }) => posed::weights_cmd::synth_hands(&manifests, &mano, &out, seed),
+        Command::Weights(cmd) => weights(cmd),
         Command::Fixture(FixtureCommand::Run { model, dir, out }) => {
             posed::fixture_cmd::run(&model, &dir, &out)
         }

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use posed_models::hand_pipeline::{HandModelFiles, HandPipeline};
+use anyhow::{Context, Result};
+use posed_models::hand_pipeline::HandPipeline;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
@@ -14,14 +14,6 @@ use crate::engine::Engine;
 use crate::proto;
 use crate::server::{self, ServeOptions, StaticStatus};
 use crate::telemetry::{self, Telemetry};
-
-/// The hand route's files in `dir`; configs default to the published sizes.
-pub fn hand_model_files(dir: &Path) -> Result<HandModelFiles> {
-    if dir.as_os_str().is_empty() {
-        bail!("hands.models_dir is not set: point it (config, POSED_HANDS_MODELS_DIR or --models-dir) at a folder with detector_weights.safetensors, wilor_weights.safetensors and mano.npz");
-    }
-    HandModelFiles::from_dir(dir).map_err(anyhow::Error::msg)
-}
 
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -37,7 +29,7 @@ pub fn init_logging(json: bool) {
 }
 
 pub async fn run(config: Config) -> Result<()> {
-    let files = hand_model_files(Path::new(&config.hands.models_dir))?;
+    let hub = crate::weights::hub::Hub::new(crate::weights::hub::HubOptions::from_env())?;
     let device = posed_models::runtime::default_device();
     let device_name = match device.name() {
         Some(n) => format!("{} ({n})", device.kind),
@@ -54,18 +46,35 @@ pub async fn run(config: Config) -> Result<()> {
     let status = StaticStatus {
         device: device_name,
         mlx_version: posed_models::runtime::mlx_version(),
-        models: vec![
-            model_status("hand-detector", &files.detector_weights),
-            model_status("wilor", &files.wilor_weights),
-        ],
+        // Named now so GetStatus can report a failure to find the files;
+        // the paths are filled in once they are found.
+        models: Arc::new(std::sync::Mutex::new(vec![
+            model_status("hand-detector", Path::new(""), "float32"),
+            model_status("wilor", Path::new(""), &config.hands.variant),
+        ])),
         synthetic_weights: Default::default(),
     };
     let synthetic = status.synthetic_weights.clone();
+    let models = status.models.clone();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let load_files = files.clone();
+    let hands = config.hands.clone();
+    let runtime = tokio::runtime::Handle::current();
     let engine = Engine::start(
         move || {
-            let (pipeline, is_synthetic) = HandPipeline::load(&load_files)?;
+            // Finding (maybe downloading) the files happens here, on the MLX
+            // thread, so the server already answers NOT_SERVING meanwhile.
+            let files = runtime.block_on(crate::weights::resolve::hand_files(&hands, &hub))?;
+            *models.lock().expect("status lock") = vec![
+                model_status("hand-detector", &files.detector_weights, "float32"),
+                model_status("wilor", &files.wilor_weights, &hands.variant),
+            ];
+            tracing::info!(
+                detector = %files.detector_weights.display(),
+                wilor = %files.wilor_weights.display(),
+                mano = %files.mano.display(),
+                "loading the hand route"
+            );
+            let (pipeline, is_synthetic) = HandPipeline::load(&files)?;
             synthetic.store(is_synthetic, std::sync::atomic::Ordering::Relaxed);
             if is_synthetic {
                 tracing::warn!("RUNNING ON SYNTHETIC (RANDOM) WEIGHTS: poses are meaningless");
@@ -192,12 +201,12 @@ fn source_specs(config: &Config) -> Vec<server::SourceSpec> {
     specs
 }
 
-fn model_status(name: &str, weights: &Path) -> proto::ModelStatus {
+fn model_status(name: &str, weights: &Path, dtype: &str) -> proto::ModelStatus {
     proto::ModelStatus {
         name: name.into(),
         route: proto::Route::Hands as i32,
         weights: weights.display().to_string(),
-        dtype: "float32".into(),
+        dtype: dtype.into(),
         ..Default::default()
     }
 }

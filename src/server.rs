@@ -72,12 +72,13 @@ impl Default for ServeOptions {
     }
 }
 
-/// Facts for `GetStatus` that do not change while serving.
+/// Facts for `GetStatus` that the server does not compute itself.
 #[derive(Debug, Clone, Default)]
 pub struct StaticStatus {
     pub device: String,
     pub mlx_version: String,
-    pub models: Vec<proto::ModelStatus>,
+    /// Filled by the loader once it has found the model files.
+    pub models: Arc<std::sync::Mutex<Vec<proto::ModelStatus>>>,
     /// Set once the loader has looked at the weight files' metadata.
     pub synthetic_weights: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -706,6 +707,8 @@ impl proto::pose_service_server::PoseService for PoseServer {
         let models = s
             .status
             .models
+            .lock()
+            .expect("status lock")
             .iter()
             .cloned()
             .map(|mut m| {

@@ -187,3 +187,77 @@ async fn serves_reports_metrics_and_stops_on_sigterm() {
         "{log}"
     );
 }
+
+/// No models folder, an empty hub cache and HF_HUB_OFFLINE: the daemon
+/// still answers, health stays NOT_SERVING, and GetStatus names the
+/// missing file and the command that fetches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_without_weights_says_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_posed"))
+        .arg("serve")
+        .env("POSED_SERVER_LISTEN", &grpc)
+        .env("POSED_SERVER_METRICS", "")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", dir.path().join("hub"))
+        .env("POSED_CACHE_DIR", dir.path().join("posed"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let channel = loop {
+        match tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let mut client = PoseServiceClient::new(channel.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let error = loop {
+        let status = client
+            .get_status(proto::GetStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(m) = status.models.iter().find(|m| !m.error.is_empty()) {
+            break m.error.clone();
+        }
+        assert!(Instant::now() < deadline, "no load error reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        error.contains("BasinShapers/wilor-mlx/hand-detector.safetensors"),
+        "{error}"
+    );
+    assert!(error.contains("HF_HUB_OFFLINE"), "{error}");
+    assert!(
+        error.contains("posed weights fetch --route hands"),
+        "{error}"
+    );
+    let health = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "posed.v1.PoseService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status, 2, "NOT_SERVING");
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("not serving")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+}

@@ -50,6 +50,16 @@ impl DetectorConfig {
         }
     }
 
+    /// YOLOv8n-pose (the parity fixtures' size), for tests and demos.
+    pub fn yolov8n() -> Self {
+        DetectorConfig {
+            depth_multiple: 0.33,
+            width_multiple: 0.25,
+            max_channels: 1024,
+            ..Self::yolov8m()
+        }
+    }
+
     /// Channels of a YOLOv8 layer whose base (scale 1.0) width is `base`.
     fn width(&self, base: i32) -> i32 {
         let c = (base.min(self.max_channels) as f64 * self.width_multiple).ceil();

@@ -261,16 +261,16 @@ pub enum LoadError {
 
 impl HandPipeline {
     /// Loads and validates both networks and MANO. `synthetic` in the result
-    /// says whether any weight file is marked as random.
+    /// says whether any weight file (or MANO) is marked as random.
     pub fn load(files: &HandModelFiles) -> std::result::Result<(Self, bool), LoadError> {
         let dw = crate::weights::Weights::from_file(&files.detector_weights)?;
         let detector = HandDetector::new(files.detector_config.clone(), &dw)?;
         dw.finish()?;
         let ww = crate::weights::Weights::from_file(&files.wilor_weights)?;
         let mano = crate::mano::Mano::from_npz(&files.mano)?;
+        let synthetic = dw.is_synthetic() || ww.is_synthetic() || mano.synthetic;
         let wilor = Wilor::new(files.wilor_config.clone(), &ww, mano)?;
         ww.finish()?;
-        let synthetic = dw.is_synthetic() || ww.is_synthetic();
         Ok((HandPipeline { detector, wilor }, synthetic))
     }
 }

@@ -53,6 +53,8 @@ pub struct Mano {
     pub means: Option<ManoMeans>,
     pub num_vertices: i32,
     pub num_betas: i32,
+    /// Random geometry from `posed weights synth` (key `posed_synthetic`).
+    pub synthetic: bool,
 }
 
 /// Expected sizes, checked against every buffer.
@@ -183,6 +185,7 @@ impl Mano {
             means,
             num_vertices: v_i,
             num_betas: nb_i,
+            synthetic: a.contains_key("posed_synthetic"),
         })
     }
 

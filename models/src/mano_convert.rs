@@ -282,13 +282,17 @@ fn sparse_to_dense(state: &Value, column_major: bool) -> Result<NpyArray, String
     }
     let mut dense = vec![0.0; rows * cols];
     for o in 0..outer {
-        for k in indptr[o] as usize..indptr[o + 1] as usize {
-            let i = *indices.get(k).ok_or("sparse index out of range")? as usize;
+        let span = indptr[o] as usize..indptr[o + 1] as usize;
+        let (Some(idx), Some(vals)) = (indices.get(span.clone()), data.get(span)) else {
+            return Err("sparse index pointer out of range".into());
+        };
+        for (&i, &v) in idx.iter().zip(vals) {
+            let i = i as usize;
             if i >= inner {
                 return Err("sparse index out of range".into());
             }
             let (r, c) = if column_major { (i, o) } else { (o, i) };
-            dense[r * cols + c] += data[k];
+            dense[r * cols + c] += v;
         }
     }
     Ok(NpyArray {

@@ -137,3 +137,108 @@ pub fn synthetic_metadata(what: &str, seed: u64) -> HashMap<String, String> {
         ("posed.synthetic.seed".to_owned(), seed.to_string()),
     ])
 }
+
+/// The tensors a model's loader asks for, from its config alone: build the
+/// model against an empty file and read the "missing" list. This is the
+/// layout `Weights::finish` checks, so synthetic files always load.
+pub fn layout_of(build: impl FnOnce(&crate::weights::Weights) -> Result<()>) -> Result<Manifest> {
+    let w = crate::weights::Weights::from_tensors("layout", HashMap::new(), HashMap::new());
+    build(&w)?;
+    let mut out = Manifest::new();
+    if let Err(crate::weights::WeightError::Layout { report, .. }) = w.finish() {
+        for (name, shape) in report.missing {
+            out.insert(
+                name,
+                TensorSpec {
+                    shape,
+                    dtype: "float32".into(),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The detector's and WiLoR's layouts for these configs.
+pub fn hand_layouts(
+    detector: &crate::hand_detector::DetectorConfig,
+    wilor: &crate::wilor::WilorConfig,
+) -> Result<(Manifest, Manifest)> {
+    let d = layout_of(|w| crate::hand_detector::HandDetector::new(detector.clone(), w).map(drop))?;
+    let mano = crate::mano::Mano::from_arrays("synthetic", &npy_map(synthetic_mano(0)))
+        .expect("the synthetic MANO is well formed");
+    let p = layout_of(|w| crate::wilor::Wilor::new(wilor.clone(), w, mano).map(drop))?;
+    Ok((d, p))
+}
+
+/// A MANO-shaped hand model with random geometry, for machines without the
+/// real (separately licensed) MANO: the real kinematic tree, fingertip and
+/// joint order, and key `posed_synthetic` so loaders can say what it is.
+pub fn synthetic_mano(seed: u64) -> crate::mano_convert::Arrays {
+    use crate::mano_convert::{FINGERTIP_VERTICES, OPENPOSE_JOINT_MAP};
+    use crate::npz::NpyData;
+    let (v, b, p, j) = (778usize, 10usize, 135usize, 16usize);
+    let mut rng = SplitMix64(seed ^ 0x4d41_4e4f);
+    let mut vals = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
+        (0..n).map(|_| lo + (hi - lo) * rng.next_unit()).collect()
+    };
+    let v_template = vals(v * 3, -0.05, 0.05);
+    let shapedirs = vals(v * 3 * b, -1e-3, 1e-3);
+    let posedirs = vals(p * v * 3, -1e-3, 1e-3);
+    // Each joint is the mean of 8 vertices; each vertex follows one joint.
+    let mut j_regressor = vec![0f32; j * v];
+    for joint in 0..j {
+        for k in 0..8 {
+            j_regressor[joint * v + (joint * 48 + k * 5) % v] = 0.125;
+        }
+    }
+    let lbs_weights: Vec<f32> = (0..v * j)
+        .map(|i| if i % j == (i / j) % j { 1.0 } else { 0.0 })
+        .collect();
+    let faces: Vec<i32> = (0..1538 * 3)
+        .map(|i| ((i / 3 + i % 3) % v) as i32)
+        .collect();
+    vec![
+        ("v_template", vec![v, 3], NpyData::F32(v_template)),
+        ("shapedirs", vec![v, 3, b], NpyData::F32(shapedirs)),
+        ("posedirs", vec![p, v * 3], NpyData::F32(posedirs)),
+        ("J_regressor", vec![j, v], NpyData::F32(j_regressor)),
+        (
+            "parents",
+            vec![j],
+            NpyData::I32(vec![-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14]),
+        ),
+        ("lbs_weights", vec![v, j], NpyData::F32(lbs_weights)),
+        (
+            "extra_joints_idxs",
+            vec![5],
+            NpyData::I32(FINGERTIP_VERTICES.to_vec()),
+        ),
+        (
+            "joint_map",
+            vec![21],
+            NpyData::I32(OPENPOSE_JOINT_MAP.to_vec()),
+        ),
+        ("faces", vec![1538, 3], NpyData::I32(faces)),
+        ("posed_synthetic", vec![1], NpyData::I32(vec![1])),
+    ]
+}
+
+/// The arrays as the npz reader would return them.
+pub fn npy_map(arrays: crate::mano_convert::Arrays) -> HashMap<String, crate::npz::NpyArray> {
+    arrays
+        .into_iter()
+        .map(|(name, shape, data)| {
+            let values = match data {
+                crate::npz::NpyData::F32(v) => v.into_iter().map(f64::from).collect(),
+                crate::npz::NpyData::I32(v) => v.into_iter().map(f64::from).collect(),
+            };
+            (name.to_owned(), crate::npz::NpyArray { shape, values })
+        })
+        .collect()
+}
+
+/// Linears that the published int4 file quantizes: the 128 in the blocks.
+pub fn is_int4_layer(prefix: &str) -> bool {
+    prefix.starts_with("backbone.blocks.")
+}

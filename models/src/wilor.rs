@@ -77,6 +77,17 @@ impl WilorConfig {
         }
     }
 
+    /// A 2-block, 64-wide model of the same structure, for tests and demos
+    /// (the size of the parity fixtures).
+    pub fn tiny() -> Self {
+        WilorConfig {
+            embed_dim: 64,
+            depth: 2,
+            num_heads: 4,
+            ..Self::vit_h()
+        }
+    }
+
     /// Patch grid (rows, columns).
     pub fn grid(&self) -> (i32, i32) {
         let out = |n: i32| (n + 2 * self.patch_padding - self.patch_size) / self.patch_size + 1;

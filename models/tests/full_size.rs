@@ -145,3 +145,19 @@ fn a_bad_file_is_reported_whole() {
         assert!(msg.contains(needle), "{needle:?} not in:\n{msg}");
     }
 }
+
+/// The layouts the loaders derive from the published configs are exactly
+/// the committed key/shape manifests of the published files.
+#[test]
+fn loader_layouts_match_the_published_manifests() {
+    use posed_models::hand_detector::DetectorConfig;
+    use posed_models::wilor::WilorConfig;
+    let manifests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+    let (detector, wilor) =
+        synth::hand_layouts(&DetectorConfig::yolov8m(), &WilorConfig::vit_h()).unwrap();
+    let published_detector =
+        synth::read_manifest(&manifests.join("hand-detector.keys.json")).unwrap();
+    let published_wilor = synth::read_manifest(&manifests.join("wilor.keys.json")).unwrap();
+    assert_eq!(detector, published_detector);
+    assert_eq!(wilor, published_wilor);
+}

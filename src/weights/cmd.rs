@@ -1,0 +1,164 @@
+//! `posed weights fetch | list | verify | convert-mano`.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use posed_models::hand_detector::DetectorConfig;
+use posed_models::hand_pipeline::{HandModelFiles, HandPipeline};
+use posed_models::wilor::WilorConfig;
+
+use super::hub::{self, DownloadProgress, Hub, HubOptions};
+use super::manifest::{self, Manifest};
+use super::resolve;
+
+fn manifests(route: Option<&str>) -> Result<Vec<Manifest>> {
+    match route {
+        Some(r) => Ok(vec![manifest::builtin(r)?]),
+        None => manifest::ROUTES
+            .iter()
+            .map(|r| manifest::builtin(r))
+            .collect(),
+    }
+}
+
+/// Downloads every file `route` needs for `variant` (all routes with
+/// published weights when `route` is None), then converts MANO.
+pub async fn fetch(route: Option<&str>, variant: &str) -> Result<()> {
+    let hub = Hub::new(HubOptions::from_env())?;
+    for m in manifests(route)? {
+        for file in m.files_for(variant) {
+            let path = hub.fetch(file, DownloadProgress::bar()).await?;
+            println!("{:<8} {:<60} {}", m.route, file.label(), path.display());
+        }
+        if m.route == "hands" {
+            let pkl = hub
+                .fetch(m.file("mano", variant)?, DownloadProgress::bar())
+                .await?;
+            let mean = hub
+                .fetch(m.file("mano-mean", variant)?, DownloadProgress::bar())
+                .await?;
+            let npz = resolve::mano_npz(&pkl, Some(&mean))?;
+            println!(
+                "{:<8} {:<60} {}",
+                m.route,
+                "mano.npz (converted)",
+                npz.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What is in the cache, per manifest file.
+pub fn list() -> Result<()> {
+    let hub = Hub::new(HubOptions::from_env())?;
+    println!("hub cache: {}", hub.options().cache_dir.display());
+    println!("posed cache: {}", resolve::posed_cache_dir().display());
+    for m in manifests(None)? {
+        for f in &m.files {
+            let variant = f.variant.as_deref().unwrap_or("-");
+            match hub.cached(f) {
+                Some(p) => {
+                    let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                    println!(
+                        "{:<6} {:<10} {:<5} cached   {:>14} B  {}",
+                        m.route,
+                        f.role,
+                        variant,
+                        size,
+                        p.display()
+                    );
+                }
+                None => println!(
+                    "{:<6} {:<10} {:<5} missing  {}",
+                    m.route,
+                    f.role,
+                    variant,
+                    f.label()
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Hashes every cached file against its ETag and manifest, then loads the
+/// cached models through the real loaders (key, shape and dtype checks).
+pub fn verify(route: Option<&str>) -> Result<()> {
+    let hub = Hub::new(HubOptions::from_env())?;
+    let mut failures = 0;
+    for m in manifests(route)? {
+        for f in &m.files {
+            let Some(path) = hub.cached(f) else {
+                println!("missing  {}", f.label());
+                continue;
+            };
+            match hub::verify(&path, f) {
+                Ok(v) => println!(
+                    "ok       {} ({} B, sha256 {}, checked: {})",
+                    f.label(),
+                    v.size,
+                    &v.sha256[..16],
+                    if v.checks.is_empty() {
+                        "size only".into()
+                    } else {
+                        v.checks.join(", ")
+                    }
+                ),
+                Err(e) => {
+                    failures += 1;
+                    println!("FAILED   {e}");
+                }
+            }
+        }
+        if m.route == "hands" {
+            for variant in ["f32", "int4"] {
+                failures += usize::from(!verify_hand_load(&hub, &m, variant));
+            }
+        }
+    }
+    if failures > 0 {
+        bail!("{failures} check(s) failed");
+    }
+    Ok(())
+}
+
+/// Loads the cached hand files of `variant`, if all are there; false on a
+/// load failure.
+fn verify_hand_load(hub: &Hub, m: &Manifest, variant: &str) -> bool {
+    let cached = |role: &str| m.file(role, variant).ok().and_then(|f| hub.cached(f));
+    let (Some(det), Some(pose), Some(pkl)) = (cached("detector"), cached("pose"), cached("mano"))
+    else {
+        return true;
+    };
+    let mano = match resolve::mano_npz(&pkl, cached("mano-mean").as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("FAILED   MANO conversion: {e:#}");
+            return false;
+        }
+    };
+    let files = HandModelFiles {
+        detector_config: DetectorConfig::yolov8m(),
+        detector_weights: det,
+        wilor_config: WilorConfig::vit_h(),
+        wilor_weights: pose,
+        mano,
+    };
+    match HandPipeline::load(&files) {
+        Ok(_) => {
+            println!("ok       hands {variant}: the detector, WiLoR and MANO load with every key and shape in place");
+            true
+        }
+        Err(e) => {
+            println!("FAILED   hands {variant}: {e}");
+            false
+        }
+    }
+}
+
+pub fn convert_mano(pkl: &Path, mean: Option<&Path>, out: &Path) -> Result<()> {
+    posed_models::mano_convert::convert_file(pkl, mean, out)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}

@@ -1,0 +1,382 @@
+//! Downloads against a local stand-in for the Hugging Face hub: a real HTTP
+//! server on loopback that answers `resolve` URLs the way the hub does
+//! (relative redirects for renamed repos, a 302 to a CDN on another host
+//! carrying X-Repo-Commit / X-Linked-Etag / X-Linked-Size, range requests
+//! on the CDN), and that can cut a connection or corrupt a file on demand.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, Response, StatusCode};
+use posed::weights::hub::{self, DownloadProgress, Hub, HubError, HubOptions};
+use posed::weights::manifest::{self, ManifestFile};
+use sha2::Digest;
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+#[derive(Default)]
+struct MockState {
+    port: u16,
+    files: HashMap<String, Vec<u8>>,
+    /// Cut the next CDN response once it has sent this byte offset.
+    cut_at: Option<usize>,
+    /// Flip a byte of what the CDN serves (the ETag stays the true hash).
+    corrupt: bool,
+    /// (path, range) of every request.
+    requests: Vec<(String, String)>,
+}
+
+type Shared = Arc<Mutex<MockState>>;
+
+fn sha256_hex(b: &[u8]) -> String {
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+async fn resolve(
+    State(state): State<Shared>,
+    Path((org, name, rev, path)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> Response<Body> {
+    let mut s = state.lock().unwrap();
+    s.requests.push((
+        format!("/{org}/{name}/resolve/{rev}/{path}"),
+        range_of(&headers),
+    ));
+    if org == "old-org" {
+        // A renamed repo: the hub answers with a relative redirect.
+        return Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header(
+                header::LOCATION,
+                format!("/posed-test/{name}/resolve/{rev}/{path}"),
+            )
+            .body(Body::empty())
+            .unwrap();
+    }
+    let key = format!("{org}/{name}/{path}");
+    let Some(data) = s.files.get(&key) else {
+        return Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .header("x-error-code", "EntryNotFound")
+            .body(Body::empty())
+            .unwrap();
+    };
+    let sha = sha256_hex(data);
+    // LFS/Xet files: a 302 to the CDN (another host name, so clients that
+    // follow relative redirects only stop here and read these headers).
+    Response::builder()
+        .status(StatusCode::FOUND)
+        .header("x-repo-commit", COMMIT)
+        .header("x-linked-etag", format!("\"{sha}\""))
+        .header("x-linked-size", data.len().to_string())
+        .header("etag", "W/\"git-object-id\"")
+        .header(
+            header::LOCATION,
+            format!("http://localhost:{}/cdn/{key}", s.port),
+        )
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn range_of(headers: &HeaderMap) -> String {
+    headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+async fn cdn(
+    State(state): State<Shared>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Response<Body> {
+    let mut s = state.lock().unwrap();
+    let range = range_of(&headers);
+    s.requests.push((format!("/cdn/{key}"), range.clone()));
+    let mut data = s.files[&key].clone();
+    if s.corrupt {
+        data[0] ^= 0xff;
+    }
+    let total = data.len();
+    let (start, end) = match range.strip_prefix("bytes=").and_then(|r| r.split_once('-')) {
+        Some((a, b)) => {
+            let a: usize = a.parse().unwrap();
+            let b: usize = b.parse::<usize>().unwrap_or(total - 1).min(total - 1);
+            (a, b)
+        }
+        None => (0, total - 1),
+    };
+    let body = data[start..=end].to_vec();
+    let builder = Response::builder()
+        .status(if range.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::PARTIAL_CONTENT
+        })
+        .header(header::CONTENT_LENGTH, body.len().to_string())
+        .header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{end}/{total}"),
+        );
+    match s.cut_at.take() {
+        Some(cut) if (start..=end).contains(&cut) => {
+            // Send the bytes before `cut`, then drop the connection.
+            let sent = body[..cut - start].to_vec();
+            let stream = tokio_stream::iter(vec![
+                Ok::<_, std::io::Error>(sent),
+                Err(std::io::Error::other("connection cut by the test")),
+            ]);
+            builder.body(Body::from_stream(stream)).unwrap()
+        }
+        other => {
+            s.cut_at = other;
+            builder.body(Body::from(body)).unwrap()
+        }
+    }
+}
+
+struct MockHub {
+    state: Shared,
+    endpoint: String,
+}
+
+impl MockHub {
+    async fn start(files: &[(&str, Vec<u8>)]) -> MockHub {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(MockState {
+            port,
+            files: files
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            ..Default::default()
+        }));
+        let app = axum::Router::new()
+            .route(
+                "/{org}/{name}/resolve/{rev}/{*path}",
+                axum::routing::get(resolve),
+            )
+            .route("/cdn/{*key}", axum::routing::get(cdn))
+            .with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        MockHub {
+            state,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn options(&self, cache: &std::path::Path) -> HubOptions {
+        HubOptions {
+            cache_dir: cache.to_owned(),
+            endpoint: self.endpoint.clone(),
+            offline: false,
+            token: None,
+            chunk_size: 64 * 1024,
+            attempts: 1,
+            retry_delay: Duration::from_millis(10),
+        }
+    }
+
+    fn requests(&self) -> Vec<(String, String)> {
+        self.state.lock().unwrap().requests.clone()
+    }
+}
+
+fn payload(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+fn file(repo: &str, path: &str) -> ManifestFile {
+    let mut m = manifest::parse(&format!(
+        "route = \"hands\"\n[[file]]\nrole = \"pose\"\nrepo = \"{repo}\"\npath = \"{path}\"\n"
+    ))
+    .unwrap();
+    m.files.remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_download_follows_redirects_reports_progress_and_verifies() {
+    let data = payload(300_000, 1);
+    let mock = MockHub::start(&[("posed-test/hands/weights.safetensors", data.clone())]).await;
+    let cache = tempfile::tempdir().unwrap();
+    let hub = Hub::new(mock.options(cache.path())).unwrap();
+    // The manifest names the repo's old name: the hub redirects (relative).
+    let f = file("old-org/hands", "weights.safetensors");
+    let progress = DownloadProgress::default();
+    let counts = progress.counts();
+    let path = hub.fetch(&f, progress).await.unwrap();
+
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    assert!(path.starts_with(
+        cache
+            .path()
+            .join("models--old-org--hands/snapshots")
+            .join(COMMIT)
+    ));
+    let blob = std::fs::canonicalize(&path).unwrap();
+    assert_eq!(
+        blob.file_name().unwrap().to_str().unwrap(),
+        sha256_hex(&data)
+    );
+    assert_eq!(
+        std::fs::read_to_string(cache.path().join("models--old-org--hands/refs/main")).unwrap(),
+        COMMIT
+    );
+    assert_eq!(counts.total.load(Ordering::Relaxed), 300_000);
+    assert_eq!(counts.done.load(Ordering::Relaxed), 300_000);
+    assert_eq!(counts.finished.load(Ordering::Relaxed), 1);
+    let v = hub::verify(&path, &f).unwrap();
+    assert_eq!(v.checks, ["etag sha256"]);
+    // 300 000 bytes in 64 KiB range requests: 5 of them, after the probe.
+    let ranged: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .filter(|(p, r)| p.starts_with("/cdn/") && r != "bytes=0-0")
+        .collect();
+    assert_eq!(ranged.len(), 5, "{ranged:?}");
+
+    // A second fetch is a cache hit: no request at all.
+    let before = mock.requests().len();
+    assert_eq!(
+        hub.fetch(&f, DownloadProgress::default()).await.unwrap(),
+        path
+    );
+    assert_eq!(mock.requests().len(), before);
+}
+
+// hf-hub fetches the chunks of a file as tasks that take turns on a
+// semaphore; on one thread they run strictly in order, which makes the cut
+// land in a known chunk.
+#[tokio::test]
+async fn a_cut_connection_resumes_where_it_stopped() {
+    let data = payload(300_000, 2);
+    let mock = MockHub::start(&[("posed-test/hands/w.safetensors", data.clone())]).await;
+    let cache = tempfile::tempdir().unwrap();
+    let f = file("posed-test/hands", "w.safetensors");
+    // Cut inside the last of five 64 KiB chunks; with one attempt the fetch fails.
+    mock.state.lock().unwrap().cut_at = Some(280_000);
+    let hub = Hub::new(mock.options(cache.path())).unwrap();
+    let err = hub
+        .fetch(&f, DownloadProgress::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HubError::Download { .. }), "{err}");
+    assert!(hub.cached(&f).is_none());
+
+    // The next fetch asks only for what is missing: the last chunk.
+    let seen = mock.requests().len();
+    let progress = DownloadProgress::default();
+    let counts = progress.counts();
+    let path = hub.fetch(&f, progress).await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    let ranges: Vec<String> = mock.requests()[seen..]
+        .iter()
+        .filter(|(p, r)| p.starts_with("/cdn/") && r != "bytes=0-0")
+        .map(|(_, r)| r.clone())
+        .collect();
+    assert_eq!(ranges, ["bytes=262144-300000"]);
+    // Progress counts the kept bytes too.
+    assert_eq!(counts.done.load(Ordering::Relaxed), 300_000);
+
+    // With retries, one fetch rides over a cut by itself.
+    let other = tempfile::tempdir().unwrap();
+    mock.state.lock().unwrap().cut_at = Some(10_000);
+    let hub = Hub::new(HubOptions {
+        attempts: 3,
+        ..mock.options(other.path())
+    })
+    .unwrap();
+    let path = hub.fetch(&f, DownloadProgress::default()).await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hash_mismatch_is_rejected_and_removed() {
+    let data = payload(100_000, 3);
+    let mock = MockHub::start(&[("posed-test/hands/w.safetensors", data.clone())]).await;
+    let cache = tempfile::tempdir().unwrap();
+    let f = file("posed-test/hands", "w.safetensors");
+    mock.state.lock().unwrap().corrupt = true;
+    let hub = Hub::new(mock.options(cache.path())).unwrap();
+    let err = hub
+        .fetch(&f, DownloadProgress::default())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("sha256 (hub ETag) mismatch"), "{msg}");
+    assert!(msg.contains(&sha256_hex(&data)), "{msg}");
+    assert!(
+        hub.cached(&f).is_none(),
+        "the bad file must not stay in the cache"
+    );
+    let blobs = cache.path().join("models--posed-test--hands/blobs");
+    let left: Vec<_> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| !n.to_string_lossy().ends_with(".lock"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // A manifest sha256 that disagrees is rejected too.
+    mock.state.lock().unwrap().corrupt = false;
+    let mut pinned = f.clone();
+    pinned.sha256 = Some("00".repeat(32));
+    let err = hub
+        .fetch(&pinned, DownloadProgress::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("sha256 mismatch"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_uses_the_cache_and_names_what_is_missing() {
+    let data = payload(50_000, 4);
+    let mock = MockHub::start(&[("posed-test/hands/w.safetensors", data.clone())]).await;
+    let cache = tempfile::tempdir().unwrap();
+    let f = file("posed-test/hands", "w.safetensors");
+    let online = Hub::new(mock.options(cache.path())).unwrap();
+    let path = online.fetch(&f, DownloadProgress::default()).await.unwrap();
+
+    let before = mock.requests().len();
+    let offline = Hub::new(HubOptions {
+        offline: true,
+        ..mock.options(cache.path())
+    })
+    .unwrap();
+    assert_eq!(
+        offline
+            .fetch(&f, DownloadProgress::default())
+            .await
+            .unwrap(),
+        path
+    );
+
+    let missing = file("posed-test/hands", "other.safetensors");
+    let err = offline
+        .fetch(&missing, DownloadProgress::default())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("posed-test/hands/other.safetensors@main"),
+        "{msg}"
+    );
+    assert!(msg.contains("HF_HUB_OFFLINE"), "{msg}");
+    assert!(msg.contains("posed weights fetch --route hands"), "{msg}");
+    assert_eq!(
+        mock.requests().len(),
+        before,
+        "offline must not touch the network"
+    );
+}
