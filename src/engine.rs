@@ -348,10 +348,16 @@ fn run_hands(
     let crops = p.prepare_crops(img, &hands);
     timed("crop", t);
     let t = Instant::now();
-    let estimates = p
-        .estimate(&crops, &hands, f.width, f.height)
-        .map_err(|e| e.to_string())?;
+    let regressed = p.regress(&crops).map_err(|e| e.to_string())?;
     timed("pose", t);
+    let t = Instant::now();
+    let estimates = match regressed {
+        Some(r) => p
+            .mesh(&r, &crops, &hands, f.width, f.height)
+            .map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
+    timed("mano", t);
     Ok(HandsResult {
         frame: f.clone(),
         hands: estimates,

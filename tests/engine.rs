@@ -68,7 +68,11 @@ async fn serves_after_warm_up_and_answers_waiting_pushes() {
     assert_eq!(result.hands.len(), 1);
     assert_eq!(result.hands[0].keypoints_3d.len(), 21);
     let stages: Vec<_> = result.timings.iter().map(|(s, _)| *s).collect();
-    assert_eq!(stages, ["crop", "pose"], "client boxes skip the detector");
+    assert_eq!(
+        stages,
+        ["crop", "pose", "mano"],
+        "client boxes skip the detector"
+    );
     let event = posed::post::hands_event(&result, &[1], false, std::time::Duration::ZERO);
     out.reply.unwrap().send(Ok(event)).unwrap();
     assert_eq!(answer.await.unwrap().unwrap().frame_id, 7);
@@ -134,4 +138,41 @@ async fn a_failed_load_is_reported_and_every_frame_answered() {
     assert!(matches!(err, EngineError::Load(_)));
     out.reply.unwrap().send(Err(err)).unwrap();
     assert!(answer.await.unwrap().is_err());
+}
+
+/// Boxes the server rejects (NaN, absurdly large) still cannot crash the
+/// MLX thread when they reach it: no NaN-driven gather out of bounds, no
+/// overflow; the route keeps serving.
+#[tokio::test]
+async fn degenerate_boxes_do_not_crash_the_route() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let files = files();
+    let engine = Engine::start(move || Ok(HandPipeline::load(&files)?.0), tx, 4, 4);
+    assert_eq!(wait_ready(&engine).await, Readiness::Serving);
+    for (id, bbox) in [
+        [f32::NAN, 0.0, 10.0, 10.0],
+        [0.0, 0.0, 1e30, 1e30],
+        [f32::NEG_INFINITY, 0.0, f32::INFINITY, 5.0],
+        [-1e9, -1e9, -1e9 + 1.0, -1e9 + 1.0],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        engine
+            .submit(FrameJob {
+                frame: frame(id as u64, 64, 48),
+                hand_boxes: Some(vec![HandBox {
+                    bbox,
+                    is_right: true,
+                    score: 1.0,
+                    keypoints_2d: vec![],
+                }]),
+                reply: None,
+            })
+            .unwrap();
+        let out = rx.recv().await.unwrap();
+        assert_eq!(out.result.unwrap().hands.len(), 1, "{bbox:?}");
+    }
+    assert_eq!(*engine.readiness().borrow(), Readiness::Serving);
+    engine.shutdown();
 }

@@ -12,7 +12,7 @@ use crate::hand_detector::{self, HandDetector};
 use crate::image::{self, HandCrop, RgbImage};
 use crate::nn::{host_f32, Result};
 use crate::rotation;
-use crate::wilor::{Wilor, NUM_BETAS};
+use crate::wilor::{Regressed, Wilor, NUM_BETAS};
 
 /// Crop side = this × the longer box side (WiLoR's training rescale).
 pub const BOX_EXPAND: f32 = 2.5;
@@ -141,19 +141,44 @@ impl HandPipeline {
         width: usize,
         height: usize,
     ) -> Result<Vec<HandEstimate>> {
+        match self.regress(batch)? {
+            Some(r) => self.mesh(&r, batch, hands, width, height),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// MLX: the WiLoR network on every crop as one batch, evaluated (MANO
+    /// parameters and camera); None for no crops.
+    pub fn regress(&self, batch: &CropBatch) -> Result<Option<Regressed>> {
         let n = batch.crops.len();
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let s = batch.size as i32;
         let crops = Array::from_slice(&batch.pixels, &[n as i32, s, s, 3]);
-        let out = self.wilor.forward(&crops)?;
-        let (global, pose) = rotation::split_axis_angles(&out.rotations)?;
-        mlx_rs::transforms::eval([&out.keypoints_3d, &out.vertices, &out.cam, &out.betas])?;
-        let kp = host_f32(&out.keypoints_3d)?;
-        let verts = host_f32(&out.vertices)?;
-        let cams = host_f32(&out.cam)?;
-        let betas = host_f32(&out.betas)?;
+        let r = self.wilor.regress(&crops)?;
+        mlx_rs::transforms::eval([&r.rotations, &r.betas, &r.cam])?;
+        Ok(Some(r))
+    }
+
+    /// MLX: the final MANO pass; then CPU: un-mirror each hand and place it
+    /// in the full image of `width × height`.
+    pub fn mesh(
+        &self,
+        r: &Regressed,
+        batch: &CropBatch,
+        hands: &[HandBox],
+        width: usize,
+        height: usize,
+    ) -> Result<Vec<HandEstimate>> {
+        let n = batch.crops.len();
+        let (vertices, keypoints_3d) = self.wilor.mano().forward(&r.rotations, &r.betas)?;
+        let (global, pose) = rotation::split_axis_angles(&r.rotations)?;
+        mlx_rs::transforms::eval([&keypoints_3d, &vertices])?;
+        let kp = host_f32(&keypoints_3d)?;
+        let verts = host_f32(&vertices)?;
+        let cams = host_f32(&r.cam)?;
+        let betas = host_f32(&r.betas)?;
         let global = host_f32(&global)?;
         let pose = host_f32(&pose)?;
 

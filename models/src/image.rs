@@ -133,6 +133,15 @@ impl HandCrop {
 /// low-pass filtered (Gaussian, σ = (side/size/2 − 1)/2) as the reference
 /// does against aliasing; only the region the crop reads is filtered.
 pub fn crop_hand(img: RgbImage, crop: &HandCrop, size: usize) -> Vec<f32> {
+    // A crop far larger than the image, or centred far outside it, sees
+    // nothing of it: answer with the empty crop instead of doing
+    // arithmetic that overflows (callers validate boxes; this is the floor).
+    let limit = 16.0 * (img.width + img.height) as f32;
+    let usable =
+        crop.side > 0.0 && crop.side <= limit && crop.centre.iter().all(|c| c.abs() <= limit);
+    if !usable {
+        return vec![0f32; size * size * 3];
+    }
     let step = crop.side / size as f32;
     let half = size as f32 / 2.0;
     let downscale = step / 2.0;

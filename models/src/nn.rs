@@ -480,8 +480,14 @@ pub fn grid_sample_zeros(map: &Array, xy: &Array) -> Result<Array> {
             let weight = wx
                 .multiply(&wy)?
                 .multiply(inside.as_dtype(Dtype::Float32)?)?;
-            let xc = ops::clip(&xi, (0.0, (w - 1) as f32))?;
-            let yc = ops::clip(&yi, (0.0, (h - 1) as f32))?;
+            // NaN coordinates (from a NaN upstream) would become wild
+            // gather indices: read pixel 0 instead, weighted by NaN.
+            let finite = |v: Array, hi: i32| -> Result<Array> {
+                let v = ops::clip(&v, (0.0, hi as f32))?;
+                ops::select(&v.eq(&v)?, &v, Array::from_f32(0.0))
+            };
+            let xc = finite(xi, w - 1)?;
+            let yc = finite(yi, h - 1)?;
             let index = yc
                 .multiply(Array::from_f32(w as f32))?
                 .add(&xc)?

@@ -384,6 +384,22 @@ impl Wilor {
 
     /// `crops` (B, 256, 256, 3) RGB uint8 (or float in 0..255).
     pub fn forward(&self, crops: &Array) -> Result<WilorOutput> {
+        let r = self.regress(crops)?;
+        let (vertices, keypoints_3d) = self.mano.forward(&r.rotations, &r.betas)?;
+        Ok(WilorOutput {
+            keypoints_3d,
+            vertices,
+            cam: r.cam,
+            rotations: r.rotations,
+            betas: r.betas,
+            backbone: r.backbone,
+            backbone_rotations: r.backbone_rotations,
+        })
+    }
+
+    /// The network alone (backbone, temporary MANO pass, RefineNet): MANO
+    /// parameters and camera, before the final MANO pass.
+    pub fn regress(&self, crops: &Array) -> Result<Regressed> {
         let b = crops.dim(0);
         let x = crops
             .as_dtype(Dtype::Float32)?
@@ -401,17 +417,26 @@ impl Wilor {
 
         let (pose, betas, cam) = self.refine_net.forward(&bb, &temp_vertices)?;
         let rotations = rotation::rot6d_to_rotmat(&pose)?.reshape(&[b, POSE_JOINTS, 3, 3])?;
-        let (vertices, keypoints_3d) = self.mano.forward(&rotations, &betas)?;
-        Ok(WilorOutput {
-            keypoints_3d,
-            vertices,
-            cam,
+        Ok(Regressed {
             rotations,
             betas,
+            cam,
             backbone: bb,
             backbone_rotations,
         })
     }
+}
+
+/// [`Wilor::regress`]'s result: what the final MANO pass turns into a mesh.
+pub struct Regressed {
+    /// (B, 16, 3, 3)
+    pub rotations: Array,
+    /// (B, 10)
+    pub betas: Array,
+    /// (B, 3)
+    pub cam: Array,
+    pub backbone: BackboneOutput,
+    pub backbone_rotations: Array,
 }
 
 /// Runs the WiLoR fixture in `dir` (weights, config, `mano.npz`, inputs).
