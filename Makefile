@@ -20,12 +20,20 @@ doctor: release
 
 FIXTURES ?= ../shared/fixtures
 
+# The demo's weights: `auto` = the published ones when cached, else
+# synthetic full-size ones (made once); or a models folder.
+DEMO_MODELS ?= auto
+# Full-size WiLoR on a laptop CPU takes seconds per frame (milliseconds on
+# Metal or CUDA): the demo waits for its first events up to this long.
+DEMO_SECONDS ?= 150
+DEMO_EVENTS ?= 3
+
 # The main job: report the runtime, check the hand models against the
 # PyTorch reference, then the daemon demo (replay -> gRPC -> subscriber).
 run: release
 	target/release/posed doctor
 	target/release/posed fixture check --dir $(FIXTURES)/hands
-	scripts/demo.sh $(FIXTURES)/hands 5
+	scripts/demo.sh $(DEMO_MODELS) $(DEMO_SECONDS) $(DEMO_EVENTS)
 
 # Every test, after installing what they need.
 test: setup

@@ -172,6 +172,7 @@ pub async fn subscribe(target: &Target, args: SubscribeArgs) -> Result<()> {
         .map_err(status_error)?
         .into_inner();
     println!("{}", status_line(&status));
+    let mut synthetic = status.synthetic_weights;
     let mut stream = client
         .subscribe(proto::SubscribeRequest {
             routes: args.routes.iter().map(|r| *r as i32).collect(),
@@ -202,10 +203,21 @@ pub async fn subscribe(target: &Target, args: SubscribeArgs) -> Result<()> {
             Ok(m) => m.map_err(status_error)?,
         };
         let Some(event) = next else { break };
-        println!("{}", describe(&event));
         seen += 1;
+        if seen == 1 {
+            // The status at connect time may predate loading; now the
+            // models have been read, say again what they are.
+            synthetic = print_status(&mut client).await?;
+        }
+        let tag = if synthetic {
+            " [SYNTHETIC WEIGHTS]"
+        } else {
+            ""
+        };
+        println!("{}{tag}", describe(&event));
         if Instant::now() >= table_at {
             print_table(&mut client).await?;
+            synthetic = print_status(&mut client).await?;
             table_at = Instant::now() + Duration::from_secs(2);
         }
         if args.count > 0 && seen >= args.count {
@@ -215,6 +227,17 @@ pub async fn subscribe(target: &Target, args: SubscribeArgs) -> Result<()> {
     print_table(&mut client).await?;
     println!("{seen} events in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Prints the status line; true when the daemon runs synthetic weights.
+async fn print_status(client: &mut PoseServiceClient<Channel>) -> Result<bool> {
+    let status = client
+        .get_status(proto::GetStatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!("{}", status_line(&status));
+    Ok(status.synthetic_weights)
 }
 
 async fn print_table(client: &mut PoseServiceClient<Channel>) -> Result<()> {

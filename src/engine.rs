@@ -201,10 +201,33 @@ impl Engine {
 
     fn stop(&mut self) {
         self.gate.close();
-        if let Some(t) = self.thread.take() {
+        let Some(t) = self.thread.take() else { return };
+        // A frame in flight can take long (seconds for full-size models on a
+        // CPU); shutdown has a hard deadline, so wait a little, then leave
+        // the thread to the process's exit.
+        let until = Instant::now() + STOP_WAIT;
+        while !t.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if t.is_finished() {
             let _ = t.join();
+        } else {
+            tracing::warn!("the MLX thread is mid-frame; not waiting for it");
+            MLX_THREAD_LEFT_RUNNING.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
+}
+
+/// How long stopping waits for a frame in flight.
+const STOP_WAIT: Duration = Duration::from_millis(300);
+
+static MLX_THREAD_LEFT_RUNNING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// True when an engine stopped without its thread finishing: the process
+/// should end without running library destructors under that thread's feet.
+pub fn mlx_thread_left_running() -> bool {
+    MLX_THREAD_LEFT_RUNNING.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 impl Drop for Engine {

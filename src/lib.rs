@@ -6,6 +6,7 @@
 //! - [`fanout`]: one producer, many subscribers, drop-oldest per subscriber
 //! - [`telemetry`]: per-stage HDR histograms and their exports
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod decode;

@@ -60,6 +60,10 @@ enum Command {
     /// Weight files.
     #[command(subcommand)]
     Weights(WeightsCommand),
+    /// The route latency harness: every hand-route stage on a pushed
+    /// 640x480 JPEG, per pose dtype and hands per frame; percentiles as a
+    /// table, and JSON for comparisons.
+    Bench(BenchArgs),
     /// Parity fixtures: run a model on a fixture folder, or check it against
     /// the PyTorch reference outputs stored there.
     #[command(subcommand)]
@@ -89,6 +93,27 @@ struct ServeArgs {
     /// One JSON object per log line (log.format = "json").
     #[arg(long)]
     json_logs: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// A models folder; default: synthetic full-size weights, made once in
+    /// posed's cache (`posed weights synth`).
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// Pose model float types to compare (f32, bf16, f16).
+    #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
+    pose_dtypes: Vec<String>,
+    /// Hands per frame (the WiLoR batch).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    hands: Vec<usize>,
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
+    #[arg(long, default_value_t = 100)]
+    runs: usize,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -205,10 +230,46 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         &overrides,
     )?;
     posed::serve::init_logging(config.log.format == "json");
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(posed::serve::run(config))
+        .build()?;
+    let result = runtime.block_on(posed::serve::run(config));
+    if result.is_ok() && posed::engine::mlx_thread_left_running() {
+        // MLX is mid-computation on its thread: skip the C++ static
+        // destructors (and that wait) and end now, as the deadline says.
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        unsafe { libc::_exit(0) };
+    }
+    drop(runtime);
+    result
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let models = match args.models {
+        Some(m) => m,
+        None => {
+            let dir = posed::weights::resolve::posed_cache_dir().join("synthetic-hands-full");
+            if !dir.join("wilor_weights.safetensors").is_file() {
+                eprintln!(
+                    "bench: making synthetic full-size weights in {}",
+                    dir.display()
+                );
+                posed::weights::synth::synth_hands(Size::Full, Variant::F32, None, &dir, 0)?;
+            }
+            dir
+        }
+    };
+    let options = posed::bench::BenchOptions {
+        pose_dtypes: args.pose_dtypes,
+        hands: args.hands,
+        warmup: args.warmup,
+        runs: args.runs,
+    };
+    let report = posed::bench::run_dir(&models, &options, args.json.as_deref())?;
+    print!("{}", posed::bench::table(&report));
+    Ok(())
 }
 
 fn weights(cmd: WeightsCommand) -> anyhow::Result<()> {
@@ -289,6 +350,7 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(client::push(&target.target(), &files, vertices))),
         Command::Weights(cmd) => weights(cmd),
+        Command::Bench(args) => bench(args),
         Command::Fixture(FixtureCommand::Run { model, dir, out }) => {
             posed::fixture_cmd::run(&model, &dir, &out)
         }

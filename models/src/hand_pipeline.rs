@@ -288,10 +288,22 @@ impl HandPipeline {
     /// Loads and validates both networks and MANO. `synthetic` in the result
     /// says whether any weight file (or MANO) is marked as random.
     pub fn load(files: &HandModelFiles) -> std::result::Result<(Self, bool), LoadError> {
+        Self::load_with(files, None)
+    }
+
+    /// Like [`load`](Self::load), with WiLoR's float tensors cast to
+    /// `pose_dtype` (bf16/fp16 backbone; MANO stays float32).
+    pub fn load_with(
+        files: &HandModelFiles,
+        pose_dtype: Option<mlx_rs::Dtype>,
+    ) -> std::result::Result<(Self, bool), LoadError> {
         let dw = crate::weights::Weights::from_file(&files.detector_weights)?;
         let detector = HandDetector::new(files.detector_config.clone(), &dw)?;
         dw.finish()?;
-        let ww = crate::weights::Weights::from_file(&files.wilor_weights)?;
+        let mut ww = crate::weights::Weights::from_file(&files.wilor_weights)?;
+        if let Some(dtype) = pose_dtype {
+            ww = ww.with_float_dtype(dtype);
+        }
         let mano = crate::mano::Mano::from_npz(&files.mano)?;
         let synthetic = dw.is_synthetic() || ww.is_synthetic() || mano.synthetic;
         let wilor = Wilor::new(files.wilor_config.clone(), &ww, mano)?;

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use mlx_rs::{ops, Array, Dtype};
+use mlx_rs::{ops, Array};
 use serde::{Deserialize, Serialize};
 
 use crate::fixture::{self, FixtureError, Tensors};
@@ -401,8 +401,9 @@ impl Wilor {
     /// parameters and camera, before the final MANO pass.
     pub fn regress(&self, crops: &Array) -> Result<Regressed> {
         let b = crops.dim(0);
+        // The network runs in its weights' float type (f32, or bf16/fp16).
         let x = crops
-            .as_dtype(Dtype::Float32)?
+            .as_dtype(self.mean.dtype())?
             .divide(Array::from_f32(255.0))?
             .subtract(&self.mean)?
             .divide(&self.std)?;
