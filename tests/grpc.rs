@@ -227,7 +227,7 @@ async fn health_turns_serving_after_warm_up_and_pushes_return_real_hands() {
     assert_eq!(hands[0].side, proto::HandSide::Right as i32);
     assert_eq!(hands[1].side, proto::HandSide::Left as i32);
     let stages: Vec<_> = event.timings.iter().map(|t| t.stage.as_str()).collect();
-    assert_eq!(stages, ["crop", "pose", "post"]);
+    assert_eq!(stages, ["crop", "pose", "mano", "post"]);
 
     // The same frame again continues both tracks; vertices when asked.
     let mut req = push(
@@ -258,7 +258,7 @@ async fn health_turns_serving_after_warm_up_and_pushes_return_real_hands() {
         .iter()
         .map(|t| t.stage.as_str())
         .collect();
-    assert_eq!(stages, ["preprocess", "detect", "crop", "pose", "post"]);
+    assert_eq!(stages, ["preprocess", "detect", "crop", "pose", "mano", "post"]);
     let queued = c
         .push_image(push(jpeg(64, 48), vec![], false))
         .await
