@@ -1,6 +1,6 @@
 //! The route latency harness as a cargo bench (the same code as `posed
 //! bench`): `cargo bench --bench route_latency -- --models DIR
-//! [--pose-dtypes f32,bf16] [--hands 1,2,4] [--runs 100] [--warmup 10]
+//! [--pose-dtypes f32,bf16] [--compile off,on] [--hands 1,2,4] [--runs 100] [--warmup 10]
 //! [--json out.json]`. Without `--models` it makes synthetic full-size
 //! weights once in posed's cache.
 
@@ -35,6 +35,7 @@ fn main() -> anyhow::Result<()> {
     };
     let options = BenchOptions {
         pose_dtypes: list("--pose-dtypes", "f32,bf16"),
+        compile: list("--compile", "off").iter().map(|c| c == "on").collect(),
         hands: list("--hands", "1,2,4")
             .iter()
             .map(|h| h.parse())

@@ -27,6 +27,8 @@ use crate::proto;
 
 pub struct BenchOptions {
     pub pose_dtypes: Vec<String>,
+    /// Run WiLoR eager (false) and/or compiled (true).
+    pub compile: Vec<bool>,
     pub hands: Vec<usize>,
     pub warmup: usize,
     pub runs: usize,
@@ -44,6 +46,7 @@ pub struct Percentiles {
 #[derive(Debug, Serialize)]
 pub struct CaseResult {
     pub pose_dtype: String,
+    pub compiled: bool,
     pub hands: usize,
     pub stages: BTreeMap<String, Percentiles>,
 }
@@ -123,17 +126,28 @@ pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
     let mut cases = Vec::new();
     let mut synthetic_weights = false;
     for name in &options.pose_dtypes {
-        let (pipeline, synthetic) = HandPipeline::load_with(files, dtype(name)?)
-            .with_context(|| format!("loading the hand route ({name})"))?;
-        synthetic_weights |= synthetic;
-        for &n in &options.hands {
-            let stages = time_case(&pipeline, &jpeg, n, options)?;
-            eprintln!("{}", case_line(name, n, &stages));
-            cases.push(CaseResult {
-                pose_dtype: name.clone(),
-                hands: n,
-                stages,
-            });
+        for &compiled in &options.compile {
+            let (pipeline, synthetic) = HandPipeline::load_with(files, dtype(name)?)
+                .with_context(|| format!("loading the hand route ({name})"))?;
+            synthetic_weights |= synthetic;
+            if compiled {
+                pipeline.compile_pose();
+            }
+            let label = if compiled {
+                format!("{name}+compile")
+            } else {
+                name.clone()
+            };
+            for &n in &options.hands {
+                let stages = time_case(&pipeline, &jpeg, n, options)?;
+                eprintln!("{}", case_line(&label, n, &stages));
+                cases.push(CaseResult {
+                    pose_dtype: name.clone(),
+                    compiled,
+                    hands: n,
+                    stages,
+                });
+            }
         }
     }
     let device = posed_models::runtime::default_device();
@@ -240,7 +254,7 @@ fn time_case(
 }
 
 fn case_line(dtype: &str, hands: usize, stages: &BTreeMap<String, Percentiles>) -> String {
-    let mut line = format!("pose {dtype:<5} hands {hands}:");
+    let mut line = format!("pose {dtype:<12} hands {hands}:");
     for s in STAGES {
         let p = &stages[s];
         line.push_str(&format!(" {s} {:.2}/{:.2}", p.p50_ms, p.p99_ms));
@@ -251,7 +265,7 @@ fn case_line(dtype: &str, hands: usize, stages: &BTreeMap<String, Percentiles>) 
 /// The report as a markdown table (one row per case and stage).
 pub fn table(r: &Report) -> String {
     let mut out = format!(
-        "{} | mlx {} | {} | {} runs after {} warm-up{}\n\n| pose dtype | hands | stage | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|\n",
+        "{} | mlx {} | {} | {} runs after {} warm-up{}\n\n| pose dtype | compiled | hands | stage | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|---|\n",
         r.device,
         r.mlx_version,
         r.image,
@@ -263,8 +277,14 @@ pub fn table(r: &Report) -> String {
         for s in STAGES {
             let p = &c.stages[s];
             out.push_str(&format!(
-                "| {} | {} | {s} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
-                c.pose_dtype, c.hands, p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms
+                "| {} | {} | {} | {s} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+                c.pose_dtype,
+                if c.compiled { "yes" } else { "no" },
+                c.hands,
+                p.p50_ms,
+                p.p90_ms,
+                p.p99_ms,
+                p.max_ms
             ));
         }
     }

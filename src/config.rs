@@ -100,6 +100,8 @@ pub struct HandsConfig {
     pub variant: String,
     /// A `mano.npz` or the official `MANO_RIGHT.pkl`; empty = the fetched one.
     pub mano: String,
+    /// Run WiLoR as one compiled MLX graph: "auto" (on a GPU), "on", "off".
+    pub compile: String,
     /// Report sides as the user's for a mirrored (selfie) camera.
     pub mirror: bool,
     /// At most this many detected hands per frame, strongest first.
@@ -118,6 +120,7 @@ impl Default for HandsConfig {
             models_dir: String::new(),
             variant: "f32".into(),
             mano: String::new(),
+            compile: "auto".into(),
             mirror: false,
             max_hands: 4,
             smoothing: false,
@@ -198,6 +201,7 @@ const KEYS: &[(&str, Setter)] = &[
     }),
     ("hands.variant", |c, v| set_string(&mut c.hands.variant, v)),
     ("hands.mano", |c, v| set_string(&mut c.hands.mano, v)),
+    ("hands.compile", |c, v| set_string(&mut c.hands.compile, v)),
     ("hands.mirror", |c, v| set_bool(&mut c.hands.mirror, v)),
     ("hands.max_hands", |c, v| set_num(&mut c.hands.max_hands, v)),
     ("hands.smoothing", |c, v| {
@@ -360,6 +364,12 @@ impl Config {
                     "{:?} is not a published variant (f32, int4)",
                     self.hands.variant
                 ),
+            ));
+        }
+        if !matches!(self.hands.compile.as_str(), "auto" | "on" | "off") {
+            return Err(bad(
+                "hands.compile",
+                format!("{:?} is not auto, on or off", self.hands.compile),
             ));
         }
         if self.hands.max_hands == 0 {

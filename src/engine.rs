@@ -250,7 +250,7 @@ fn mlx_thread<F>(
         Ok(Err(e)) => return fail_all(gate, output, ready, format!("{e:#}")),
         Err(panic) => return fail_all(gate, output, ready, panic_message(&panic)),
     };
-    if let Err(e) = warm_up(&pipeline) {
+    if let Err(e) = warm_up(&pipeline, max_hands) {
         return fail_all(gate, output, ready, format!("warm-up: {e}"));
     }
     tracing::info!("hand route loaded and warm");
@@ -323,7 +323,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 /// One frame through every stage, so the first real frame pays no
 /// first-run costs.
-fn warm_up(p: &HandPipeline) -> Result<(), String> {
+fn warm_up(p: &HandPipeline, max_hands: usize) -> Result<(), String> {
     let (w, h) = (320, 240);
     let rgb = vec![128u8; w * h * 3];
     let img = RgbImage::new(w, h, &rgb).expect("valid size");
@@ -335,9 +335,15 @@ fn warm_up(p: &HandPipeline) -> Result<(), String> {
         score: 1.0,
         keypoints_2d: Vec::new(),
     };
-    let crops = p.prepare_crops(img, std::slice::from_ref(&hand));
-    p.estimate(&crops, &[hand], w, h)
-        .map_err(|e| e.to_string())?;
+    // A compiled network is traced per batch size: trace every size a
+    // frame can bring now, not on the first frame with that many hands.
+    let batches = if p.is_pose_compiled() { max_hands } else { 1 };
+    for n in 1..=batches {
+        let hands = vec![hand.clone(); n];
+        let crops = p.prepare_crops(img, &hands);
+        p.estimate(&crops, &hands, w, h)
+            .map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 

@@ -107,6 +107,9 @@ struct BenchArgs {
     /// Hands per frame (the WiLoR batch).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     hands: Vec<usize>,
+    /// WiLoR eager and/or compiled into one MLX graph: off, on or off,on.
+    #[arg(long, value_delimiter = ',', default_value = "off")]
+    compile: Vec<String>,
     #[arg(long, default_value_t = 10)]
     warmup: usize,
     #[arg(long, default_value_t = 100)]
@@ -261,8 +264,18 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             dir
         }
     };
+    let compile = args
+        .compile
+        .iter()
+        .map(|c| match c.as_str() {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            other => anyhow::bail!("--compile takes off, on or off,on (not {other:?})"),
+        })
+        .collect::<anyhow::Result<Vec<bool>>>()?;
     let options = posed::bench::BenchOptions {
         pose_dtypes: args.pose_dtypes,
+        compile,
         hands: args.hands,
         warmup: args.warmup,
         runs: args.runs,

@@ -76,6 +76,10 @@ pub async fn run(config: Config) -> Result<()> {
                 "loading the hand route"
             );
             let (pipeline, is_synthetic) = HandPipeline::load(&files)?;
+            let on_gpu = posed_models::runtime::default_device().kind == "gpu";
+            if hands.compile == "on" || (hands.compile == "auto" && on_gpu) {
+                pipeline.compile_pose();
+            }
             synthetic.store(is_synthetic, std::sync::atomic::Ordering::Relaxed);
             if is_synthetic {
                 tracing::warn!("RUNNING ON SYNTHETIC (RANDOM) WEIGHTS: poses are meaningless");

@@ -258,7 +258,10 @@ async fn health_turns_serving_after_warm_up_and_pushes_return_real_hands() {
         .iter()
         .map(|t| t.stage.as_str())
         .collect();
-    assert_eq!(stages, ["preprocess", "detect", "crop", "pose", "mano", "post"]);
+    assert_eq!(
+        stages,
+        ["preprocess", "detect", "crop", "pose", "mano", "post"]
+    );
     let queued = c
         .push_image(push(jpeg(64, 48), vec![], false))
         .await

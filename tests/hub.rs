@@ -14,9 +14,11 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, Response, StatusCode};
 use posed::weights::hub::{self, DownloadProgress, Hub, HubError, HubOptions};
 use posed::weights::manifest::{self, ManifestFile};
-use sha2::Digest;
+use sha2::Digest as _;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+/// Files under this size are plain git objects on the hub, not LFS.
+const SMALL_FILE: usize = 10_000;
 
 #[derive(Default)]
 struct MockState {
@@ -31,6 +33,14 @@ struct MockState {
 }
 
 type Shared = Arc<Mutex<MockState>>;
+
+fn git_blob_sha1(b: &[u8]) -> String {
+    use sha1::Digest as _;
+    let mut h = sha1::Sha1::new();
+    h.update(format!("blob {}\0", b.len()).as_bytes());
+    h.update(b);
+    h.finalize().iter().map(|x| format!("{x:02x}")).collect()
+}
 
 fn sha256_hex(b: &[u8]) -> String {
     sha2::Sha256::digest(b)
@@ -68,6 +78,22 @@ async fn resolve(
             .body(Body::empty())
             .unwrap();
     };
+    if data.len() < SMALL_FILE {
+        // Small files live in git: the hub serves them itself, with the git
+        // blob hash as ETag.
+        let data = data.clone();
+        let etag = git_blob_sha1(&data);
+        let range = range_of(&headers);
+        return serve_bytes(
+            &mut s,
+            data,
+            &range,
+            &[
+                ("x-repo-commit", COMMIT.into()),
+                ("etag", format!("\"{etag}\"")),
+            ],
+        );
+    }
     let sha = sha256_hex(data);
     // LFS/Xet files: a 302 to the CDN (another host name, so clients that
     // follow relative redirects only stop here and read these headers).
@@ -101,7 +127,17 @@ async fn cdn(
     let mut s = state.lock().unwrap();
     let range = range_of(&headers);
     s.requests.push((format!("/cdn/{key}"), range.clone()));
-    let mut data = s.files[&key].clone();
+    let data = s.files[&key].clone();
+    serve_bytes(&mut s, data, &range, &[])
+}
+
+/// `data` (or the asked range of it), cut or corrupted if the test says so.
+fn serve_bytes(
+    s: &mut MockState,
+    mut data: Vec<u8>,
+    range: &str,
+    extra: &[(&str, String)],
+) -> Response<Body> {
     if s.corrupt {
         data[0] ^= 0xff;
     }
@@ -115,7 +151,7 @@ async fn cdn(
         None => (0, total - 1),
     };
     let body = data[start..=end].to_vec();
-    let builder = Response::builder()
+    let mut builder = Response::builder()
         .status(if range.is_empty() {
             StatusCode::OK
         } else {
@@ -126,6 +162,9 @@ async fn cdn(
             header::CONTENT_RANGE,
             format!("bytes {start}-{end}/{total}"),
         );
+    for (k, v) in extra {
+        builder = builder.header(*k, v);
+    }
     match s.cut_at.take() {
         Some(cut) if (start..=end).contains(&cut) => {
             // Send the bytes before `cut`, then drop the connection.
@@ -379,4 +418,122 @@ async fn offline_uses_the_cache_and_names_what_is_missing() {
         before,
         "offline must not touch the network"
     );
+}
+
+/// `posed weights fetch` end to end against the stand-in hub: a whole route
+/// (detector, int4 pose model, MANO pickle, its mean parameters as a small
+/// git file), MANO converted, then `weights verify` hashes everything and
+/// loads it through the real loaders, and `weights list` works offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_fetch_verify_and_list_a_whole_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let posed = |args: &[&str], env: Vec<(&'static str, String)>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_posed"));
+        c.args(args).envs(env);
+        c
+    };
+    let synth = dir.path().join("synth");
+    let mut c = posed(
+        &[
+            "weights",
+            "synth",
+            "--size",
+            "full",
+            "--variant",
+            "int4",
+            "--out",
+            synth.to_str().unwrap(),
+        ],
+        vec![],
+    );
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tests/data");
+    let read = |p: std::path::PathBuf| std::fs::read(p).unwrap();
+    let mock = MockHub::start(&[
+        (
+            "BasinShapers/wilor-mlx/hand-detector.safetensors",
+            read(synth.join("detector_weights.safetensors")),
+        ),
+        (
+            "BasinShapers/wilor-mlx/wilor-mlx-int4.safetensors",
+            read(synth.join("wilor_weights.safetensors")),
+        ),
+        (
+            "warmshao/WiLoR-mini/pretrained_models/MANO_RIGHT.pkl",
+            read(data.join("mano_right_like.pkl")),
+        ),
+        (
+            "warmshao/WiLoR-mini/pretrained_models/mano_mean_params.npz",
+            read(data.join("mano_mean_params_like.npz")),
+        ),
+    ])
+    .await;
+    let env = vec![
+        ("HF_ENDPOINT", mock.endpoint.clone()),
+        ("HF_HUB_CACHE", dir.path().join("hub").display().to_string()),
+        (
+            "POSED_CACHE_DIR",
+            dir.path().join("posed").display().to_string(),
+        ),
+    ];
+    let run = |args: &'static [&'static str], env: Vec<(&'static str, String)>| {
+        let mut c = posed(args, env);
+        async move {
+            let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+                .await
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.success(), text)
+        }
+    };
+    let (ok, text) = run(
+        &["weights", "fetch", "--route", "hands", "--variant", "int4"],
+        env.clone(),
+    )
+    .await;
+    assert!(ok, "{text}");
+    assert!(text.contains("mano.npz (converted)"), "{text}");
+    assert_eq!(text.matches("/snapshots/").count(), 4, "{text}");
+
+    let (ok, text) = run(&["weights", "verify", "--route", "hands"], env.clone()).await;
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("ok       hands int4: the detector, WiLoR and MANO load"),
+        "{text}"
+    );
+    assert_eq!(text.matches("checked: etag sha256").count(), 3, "{text}");
+    assert_eq!(text.matches("checked: etag git-sha1").count(), 1, "{text}");
+    assert!(
+        text.contains("missing  BasinShapers/wilor-mlx/wilor-mlx.safetensors@main"),
+        "{text}"
+    );
+
+    let mut offline = env.clone();
+    offline.push(("HF_HUB_OFFLINE", "1".into()));
+    let before = mock.requests().len();
+    let (ok, text) = run(&["weights", "list"], offline.clone()).await;
+    assert!(ok, "{text}");
+    assert_eq!(text.matches(" cached ").count(), 4, "{text}");
+    let (ok, text) = run(
+        &["weights", "fetch", "--route", "hands", "--variant", "f32"],
+        offline,
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        text.contains("wilor-mlx.safetensors@main is not in the Hugging Face cache"),
+        "{text}"
+    );
+    assert_eq!(mock.requests().len(), before);
 }

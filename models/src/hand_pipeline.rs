@@ -12,7 +12,12 @@ use crate::hand_detector::{self, HandDetector};
 use crate::image::{self, HandCrop, RgbImage};
 use crate::nn::{host_f32, Result};
 use crate::rotation;
-use crate::wilor::{Regressed, Wilor, NUM_BETAS};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use mlx_rs::error::Exception;
+
+use crate::wilor::{Wilor, NUM_BETAS};
 
 /// Crop side = this × the longer box side (WiLoR's training rescale).
 pub const BOX_EXPAND: f32 = 2.5;
@@ -55,7 +60,21 @@ pub struct HandEstimate {
 
 pub struct HandPipeline {
     pub detector: HandDetector,
-    pub wilor: Wilor,
+    pub wilor: Rc<Wilor>,
+    /// WiLoR's network as one compiled MLX graph (see [`Self::compile_pose`]).
+    compiled_pose: RefCell<Option<CompiledPose>>,
+}
+
+type CompiledPose = Box<dyn FnMut(&[Array]) -> std::result::Result<Vec<Array>, Exception>>;
+
+/// What the WiLoR network regresses for a batch of crops.
+pub struct PoseParams {
+    /// (B, 16, 3, 3)
+    pub rotations: Array,
+    /// (B, 10)
+    pub betas: Array,
+    /// (B, 3) weak-perspective [s, tx, ty]
+    pub cam: Array,
 }
 
 /// The letterboxed detector input and how to map back from it.
@@ -149,23 +168,58 @@ impl HandPipeline {
 
     /// MLX: the WiLoR network on every crop as one batch, evaluated (MANO
     /// parameters and camera); None for no crops.
-    pub fn regress(&self, batch: &CropBatch) -> Result<Option<Regressed>> {
+    pub fn regress(&self, batch: &CropBatch) -> Result<Option<PoseParams>> {
         let n = batch.crops.len();
         if n == 0 {
             return Ok(None);
         }
         let s = batch.size as i32;
         let crops = Array::from_slice(&batch.pixels, &[n as i32, s, s, 3]);
-        let r = self.wilor.regress(&crops)?;
-        mlx_rs::transforms::eval([&r.rotations, &r.betas, &r.cam])?;
-        Ok(Some(r))
+        let p = match self.compiled_pose.borrow_mut().as_mut() {
+            Some(f) => {
+                let mut out = f(&[crops])?.into_iter();
+                let mut next = || out.next().expect("three outputs");
+                PoseParams {
+                    rotations: next(),
+                    betas: next(),
+                    cam: next(),
+                }
+            }
+            None => {
+                let r = self.wilor.regress(&crops)?;
+                PoseParams {
+                    rotations: r.rotations,
+                    betas: r.betas,
+                    cam: r.cam,
+                }
+            }
+        };
+        mlx_rs::transforms::eval([&p.rotations, &p.betas, &p.cam])?;
+        Ok(Some(p))
+    }
+
+    pub fn is_pose_compiled(&self) -> bool {
+        self.compiled_pose.borrow().is_some()
+    }
+
+    /// From now on run WiLoR's network as one compiled MLX graph: the ops
+    /// are traced once per batch size and elementwise chains fused, instead
+    /// of launched one by one. The weights are constants of the graph.
+    pub fn compile_pose(&self) {
+        let wilor = self.wilor.clone();
+        let f = move |args: &[Array]| -> std::result::Result<Vec<Array>, Exception> {
+            let r = wilor.regress(&args[0])?;
+            Ok(vec![r.rotations, r.betas, r.cam])
+        };
+        *self.compiled_pose.borrow_mut() =
+            Some(Box::new(mlx_rs::transforms::compile::compile(f, false)));
     }
 
     /// MLX: the final MANO pass; then CPU: un-mirror each hand and place it
     /// in the full image of `width × height`.
     pub fn mesh(
         &self,
-        r: &Regressed,
+        r: &PoseParams,
         batch: &CropBatch,
         hands: &[HandBox],
         width: usize,
@@ -308,6 +362,13 @@ impl HandPipeline {
         let synthetic = dw.is_synthetic() || ww.is_synthetic() || mano.synthetic;
         let wilor = Wilor::new(files.wilor_config.clone(), &ww, mano)?;
         ww.finish()?;
-        Ok((HandPipeline { detector, wilor }, synthetic))
+        Ok((
+            HandPipeline {
+                detector,
+                wilor: Rc::new(wilor),
+                compiled_pose: RefCell::new(None),
+            },
+            synthetic,
+        ))
     }
 }

@@ -1,30 +1,13 @@
 //! The hand route's stages on the fixture weights: detections come back in
 //! image pixels, and a left hand is a mirrored right hand.
 
-use posed_models::fixture::read_json;
-use posed_models::hand_detector::HandDetector;
-use posed_models::hand_pipeline::{HandBox, HandPipeline};
+use posed_models::hand_pipeline::{HandBox, HandModelFiles, HandPipeline};
 use posed_models::image::RgbImage;
-use posed_models::mano::Mano;
-use posed_models::weights::Weights;
-use posed_models::wilor::Wilor;
 
 fn pipeline() -> HandPipeline {
     let dir = posed_models::fixture::fixtures_dir().join("hands");
-    let dw = Weights::from_file(dir.join("detector_weights.safetensors")).unwrap();
-    let detector =
-        HandDetector::new(read_json(&dir.join("detector_config.json")).unwrap(), &dw).unwrap();
-    dw.finish().unwrap();
-    let ww = Weights::from_file(dir.join("wilor_weights.safetensors")).unwrap();
-    let mano = Mano::from_npz(&dir.join("mano.npz")).unwrap();
-    let wilor = Wilor::new(
-        read_json(&dir.join("wilor_config.json")).unwrap(),
-        &ww,
-        mano,
-    )
-    .unwrap();
-    ww.finish().unwrap();
-    HandPipeline { detector, wilor }
+    let files = HandModelFiles::from_dir(&dir).unwrap();
+    HandPipeline::load(&files).unwrap().0
 }
 
 fn image(w: usize, h: usize) -> Vec<u8> {
@@ -150,5 +133,43 @@ fn two_hands_run_as_one_batch_and_land_on_their_boxes() {
     for d in p.detect(&input).unwrap() {
         assert!(d.bbox[0] < d.bbox[2] && d.bbox[1] < d.bbox[3]);
         assert_eq!(d.keypoints_2d.len(), 21);
+    }
+}
+
+/// The compiled WiLoR graph computes what the eager one does, batch by
+/// batch (each batch size is its own trace).
+#[test]
+fn compiled_pose_matches_eager() {
+    let (w, h) = (160, 120);
+    let data = image(w, h);
+    let img = RgbImage::new(w, h, &data).unwrap();
+    let hands: Vec<HandBox> = (0..3)
+        .map(|i| HandBox {
+            bbox: [20.0 + 30.0 * i as f32, 30.0, 60.0 + 30.0 * i as f32, 80.0],
+            is_right: i != 1,
+            score: 1.0,
+            keypoints_2d: Vec::new(),
+        })
+        .collect();
+    let eager = pipeline();
+    let compiled = pipeline();
+    compiled.compile_pose();
+    assert!(compiled.is_pose_compiled());
+    for n in [1, 3, 1] {
+        let crops = eager.prepare_crops(img, &hands[..n]);
+        let a = eager.estimate(&crops, &hands[..n], w, h).unwrap();
+        let b = compiled.estimate(&crops, &hands[..n], w, h).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            let pairs = x
+                .keypoints_3d
+                .iter()
+                .flatten()
+                .zip(y.keypoints_3d.iter().flatten())
+                .chain(x.betas.iter().zip(&y.betas))
+                .chain(x.crop_cam.iter().zip(&y.crop_cam));
+            for (p, q) in pairs {
+                assert!((p - q).abs() <= 1e-5, "batch {n}: {p} vs {q}");
+            }
+        }
     }
 }
