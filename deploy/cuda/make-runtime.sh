@@ -63,6 +63,9 @@ for d in cu13 cublas cuda_nvrtc cudnn cufft nccl cuda_runtime; do
   [ -d "$here/nvidia/$d/lib" ] && path=$path:$here/nvidia/$d/lib
 done
 export LD_LIBRARY_PATH=$path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# MLX's CUDA graphs cost time at our sizes: on an H100 the eager WiLoR
+# forward takes 14 ms without them and 26 ms with (docs/PERFORMANCE.md).
+export MLX_USE_CUDA_GRAPHS=${MLX_USE_CUDA_GRAPHS:-0}
 exec "$@"
 SH
 chmod +x "$out/posed-gpu"
