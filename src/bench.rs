@@ -131,7 +131,7 @@ pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
                 .with_context(|| format!("loading the hand route ({name})"))?;
             synthetic_weights |= synthetic;
             if compiled {
-                pipeline.compile_pose();
+                pipeline.compile();
             }
             let label = if compiled {
                 format!("{name}+compile")

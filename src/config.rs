@@ -100,7 +100,8 @@ pub struct HandsConfig {
     pub variant: String,
     /// A `mano.npz` or the official `MANO_RIGHT.pkl`; empty = the fetched one.
     pub mano: String,
-    /// Run WiLoR as one compiled MLX graph: "auto" (on a GPU), "on", "off".
+    /// Run the detector and WiLoR as compiled MLX graphs: "auto" (on a
+    /// GPU), "on", "off".
     pub compile: String,
     /// Report sides as the user's for a mirrored (selfie) camera.
     pub mirror: bool,

@@ -337,7 +337,7 @@ fn warm_up(p: &HandPipeline, max_hands: usize) -> Result<(), String> {
     };
     // A compiled network is traced per batch size: trace every size a
     // frame can bring now, not on the first frame with that many hands.
-    let batches = if p.is_pose_compiled() { max_hands } else { 1 };
+    let batches = if p.is_compiled() { max_hands } else { 1 };
     for n in 1..=batches {
         let hands = vec![hand.clone(); n];
         let crops = p.prepare_crops(img, &hands);

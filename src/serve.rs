@@ -78,7 +78,7 @@ pub async fn run(config: Config) -> Result<()> {
             let (pipeline, is_synthetic) = HandPipeline::load(&files)?;
             let on_gpu = posed_models::runtime::default_device().kind == "gpu";
             if hands.compile == "on" || (hands.compile == "auto" && on_gpu) {
-                pipeline.compile_pose();
+                pipeline.compile();
             }
             synthetic.store(is_synthetic, std::sync::atomic::Ordering::Relaxed);
             if is_synthetic {

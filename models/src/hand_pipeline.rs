@@ -59,13 +59,18 @@ pub struct HandEstimate {
 }
 
 pub struct HandPipeline {
-    pub detector: HandDetector,
+    pub detector: Rc<HandDetector>,
     pub wilor: Rc<Wilor>,
-    /// WiLoR's network as one compiled MLX graph (see [`Self::compile_pose`]).
-    compiled_pose: RefCell<Option<CompiledPose>>,
+    /// The networks as compiled MLX graphs (see [`Self::compile`]).
+    compiled: RefCell<Option<Compiled>>,
 }
 
-type CompiledPose = Box<dyn FnMut(&[Array]) -> std::result::Result<Vec<Array>, Exception>>;
+type CompiledFn = Box<dyn FnMut(&[Array]) -> std::result::Result<Vec<Array>, Exception>>;
+
+struct Compiled {
+    detector: CompiledFn,
+    pose: CompiledFn,
+}
 
 /// What the WiLoR network regresses for a batch of crops.
 pub struct PoseParams {
@@ -102,7 +107,10 @@ impl HandPipeline {
         let cfg = self.detector.config();
         let s = input.letterbox.size as i32;
         let x = Array::from_slice(&input.pixels, &[1, s, s, 3]);
-        let pred = self.detector.forward(&x)?;
+        let pred = match self.compiled.borrow_mut().as_mut() {
+            Some(c) => (c.detector)(&[x])?.remove(0),
+            None => self.detector.forward(&x)?,
+        };
         let dets = hand_detector::select_detections(
             &host_f32(&pred)?,
             cfg.output_rows() as usize,
@@ -175,9 +183,9 @@ impl HandPipeline {
         }
         let s = batch.size as i32;
         let crops = Array::from_slice(&batch.pixels, &[n as i32, s, s, 3]);
-        let p = match self.compiled_pose.borrow_mut().as_mut() {
-            Some(f) => {
-                let mut out = f(&[crops])?.into_iter();
+        let p = match self.compiled.borrow_mut().as_mut() {
+            Some(c) => {
+                let mut out = (c.pose)(&[crops])?.into_iter();
                 let mut next = || out.next().expect("three outputs");
                 PoseParams {
                     rotations: next(),
@@ -198,21 +206,29 @@ impl HandPipeline {
         Ok(Some(p))
     }
 
-    pub fn is_pose_compiled(&self) -> bool {
-        self.compiled_pose.borrow().is_some()
+    pub fn is_compiled(&self) -> bool {
+        self.compiled.borrow().is_some()
     }
 
-    /// From now on run WiLoR's network as one compiled MLX graph: the ops
-    /// are traced once per batch size and elementwise chains fused, instead
-    /// of launched one by one. The weights are constants of the graph.
-    pub fn compile_pose(&self) {
+    /// From now on run the detector and WiLoR's network as compiled MLX
+    /// graphs: each is traced once per input shape (WiLoR: per batch size)
+    /// and its elementwise chains are fused, instead of launching op by op.
+    /// The weights are constants of the graphs.
+    pub fn compile(&self) {
+        let detector = self.detector.clone();
+        let detect = move |args: &[Array]| -> std::result::Result<Vec<Array>, Exception> {
+            Ok(vec![detector.forward(&args[0])?])
+        };
         let wilor = self.wilor.clone();
-        let f = move |args: &[Array]| -> std::result::Result<Vec<Array>, Exception> {
+        let pose = move |args: &[Array]| -> std::result::Result<Vec<Array>, Exception> {
             let r = wilor.regress(&args[0])?;
             Ok(vec![r.rotations, r.betas, r.cam])
         };
-        *self.compiled_pose.borrow_mut() =
-            Some(Box::new(mlx_rs::transforms::compile::compile(f, false)));
+        use mlx_rs::transforms::compile::compile;
+        *self.compiled.borrow_mut() = Some(Compiled {
+            detector: Box::new(compile(detect, false)),
+            pose: Box::new(compile(pose, false)),
+        });
     }
 
     /// MLX: the final MANO pass; then CPU: un-mirror each hand and place it
@@ -364,9 +380,9 @@ impl HandPipeline {
         ww.finish()?;
         Ok((
             HandPipeline {
-                detector,
+                detector: Rc::new(detector),
                 wilor: Rc::new(wilor),
-                compiled_pose: RefCell::new(None),
+                compiled: RefCell::new(None),
             },
             synthetic,
         ))

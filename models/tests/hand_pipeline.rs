@@ -136,10 +136,10 @@ fn two_hands_run_as_one_batch_and_land_on_their_boxes() {
     }
 }
 
-/// The compiled WiLoR graph computes what the eager one does, batch by
-/// batch (each batch size is its own trace).
+/// The compiled graphs compute what the eager networks do: the detector's
+/// boxes, and WiLoR batch by batch (each batch size is its own trace).
 #[test]
-fn compiled_pose_matches_eager() {
+fn compiled_networks_match_eager() {
     let (w, h) = (160, 120);
     let data = image(w, h);
     let img = RgbImage::new(w, h, &data).unwrap();
@@ -153,8 +153,25 @@ fn compiled_pose_matches_eager() {
         .collect();
     let eager = pipeline();
     let compiled = pipeline();
-    compiled.compile_pose();
-    assert!(compiled.is_pose_compiled());
+    compiled.compile();
+    assert!(compiled.is_compiled());
+    let input = eager.prepare_detector_input(img);
+    let (a, b) = (
+        eager.detect(&input).unwrap(),
+        compiled.detect(&input).unwrap(),
+    );
+    assert!(
+        !a.is_empty(),
+        "the fixture detector finds hands in this image"
+    );
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.is_right, y.is_right);
+        for (p, q) in x.bbox.iter().zip(&y.bbox) {
+            assert!((p - q).abs() <= 1e-3, "{p} vs {q}");
+        }
+        assert!((x.score - y.score).abs() <= 1e-5);
+    }
     for n in [1, 3, 1] {
         let crops = eager.prepare_crops(img, &hands[..n]);
         let a = eager.estimate(&crops, &hands[..n], w, h).unwrap();
