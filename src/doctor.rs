@@ -1,7 +1,5 @@
 //! `posed doctor`: what runtime this binary got, and whether it computes.
 
-use std::process::ExitCode;
-
 use posed_models::runtime;
 
 /// The facts `posed doctor` prints, gathered without side effects beyond a
@@ -29,7 +27,7 @@ pub fn report() -> Report {
     }
 }
 
-pub fn run() -> ExitCode {
+pub fn run() -> anyhow::Result<()> {
     let r = report();
     println!("posed        {}", r.posed_version);
     println!("rustc        {}", r.rustc_version);
@@ -50,12 +48,9 @@ pub fn run() -> ExitCode {
     match &r.self_check {
         Ok(()) => {
             println!("self-check   ok (matmul 3x4x2, conv2d 4x4 NHWC/OHWI)");
-            ExitCode::SUCCESS
+            Ok(())
         }
-        Err(e) => {
-            eprintln!("posed doctor: MLX self-check failed: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => anyhow::bail!("doctor: MLX self-check failed: {e}"),
     }
 }
 

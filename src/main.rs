@@ -237,15 +237,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let result = runtime.block_on(posed::serve::run(config));
-    if result.is_ok() && posed::engine::mlx_thread_left_running() {
-        // MLX is mid-computation on its thread: skip the C++ static
-        // destructors (and that wait) and end now, as the deadline says.
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        let _ = std::io::stderr().flush();
-        unsafe { libc::_exit(0) };
+    if posed::engine::mlx_thread_left_running() {
+        // main ends the process without waiting for that thread; dropping
+        // the runtime here would wait for nothing useful.
+        std::mem::forget(runtime);
     }
-    drop(runtime);
     result
 }
 
@@ -333,8 +329,13 @@ fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The commands that run MLX (the clients do not touch it).
+    let uses_mlx = !matches!(
+        cli.command,
+        Command::Subscribe { .. } | Command::Push { .. }
+    );
     let result = match cli.command {
-        Command::Doctor => return posed::doctor::run(),
+        Command::Doctor => posed::doctor::run(),
         Command::Serve(args) => serve(args),
         Command::Subscribe {
             target,
@@ -371,11 +372,27 @@ fn main() -> ExitCode {
             posed::fixture_cmd::check(&dir, model.as_deref())
         }
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match result {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("posed: {e:#}");
-            ExitCode::FAILURE
+            1
         }
+    };
+    if uses_mlx && (posed::engine::mlx_thread_left_running() || on_gpu()) {
+        // Skip the C++ static destructors: MLX's CUDA backend can destroy
+        // its handles after the driver has shut down and abort at exit
+        // (seen with MLX_USE_CUDA_GRAPHS=0), and an MLX thread left
+        // mid-frame by shutdown must not race them. Everything we write is
+        // written and flushed by now.
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        unsafe { libc::_exit(code) };
     }
+    ExitCode::from(code as u8)
+}
+
+fn on_gpu() -> bool {
+    posed_models::runtime::default_device().kind == "gpu"
 }
