@@ -58,20 +58,28 @@ pub fn letterbox(img: RgbImage, size: usize) -> (Vec<f32>, Letterbox) {
         (img.width as f32 - side) / 2.0,
         (img.height as f32 - side) / 2.0,
     ];
-    let mut out = vec![0f32; size * size * 3];
-    let inside = |p: f32, n: usize| p >= 0.0 && p <= n as f32;
-    for oy in 0..size {
-        let y = (oy as f32 + 0.5) * scale + origin[1];
-        for ox in 0..size {
-            let x = (ox as f32 + 0.5) * scale + origin[0];
-            let px = &mut out[(oy * size + ox) * 3..][..3];
-            if inside(x, img.width) && inside(y, img.height) {
-                let rgb = bilinear_clamped(img, x - 0.5, y - 0.5);
-                for c in 0..3 {
-                    px[c] = rgb[c] / 255.0;
-                }
-            } else {
-                px.fill(LETTERBOX_PAD / 255.0);
+    // The sampling positions depend on the column or the row alone: work
+    // them out once per axis, then the inner loop only blends.
+    let columns = taps(size, scale, origin[0], img.width);
+    let rows = taps(size, scale, origin[1], img.height);
+    let pad = LETTERBOX_PAD / 255.0;
+    let mut out = vec![pad; size * size * 3];
+    let stride = img.width * 3;
+    for (oy, ty) in rows.iter().enumerate() {
+        if !ty.inside {
+            continue;
+        }
+        let (r0, r1) = (&img.data[ty.i0 * stride..], &img.data[ty.i1 * stride..]);
+        let line = &mut out[oy * size * 3..(oy + 1) * size * 3];
+        for (px, tx) in line.chunks_exact_mut(3).zip(&columns) {
+            if !tx.inside {
+                continue;
+            }
+            let (a, b) = (tx.i0 * 3, tx.i1 * 3);
+            for c in 0..3 {
+                let top = r0[a + c] as f32 * (1.0 - tx.f) + r0[b + c] as f32 * tx.f;
+                let bottom = r1[a + c] as f32 * (1.0 - tx.f) + r1[b + c] as f32 * tx.f;
+                px[c] = (top * (1.0 - ty.f) + bottom * ty.f) / 255.0;
             }
         }
     }
@@ -85,22 +93,29 @@ pub fn letterbox(img: RgbImage, size: usize) -> (Vec<f32>, Letterbox) {
     )
 }
 
-/// Bilinear sample at pixel-centre coordinates (pixel k's centre at k), edges
-/// replicated.
-fn bilinear_clamped(img: RgbImage, x: f32, y: f32) -> [f32; 3] {
-    let x = x.clamp(0.0, (img.width - 1) as f32);
-    let y = y.clamp(0.0, (img.height - 1) as f32);
-    let (x0, y0) = (x.floor() as usize, y.floor() as usize);
-    let (x1, y1) = ((x0 + 1).min(img.width - 1), (y0 + 1).min(img.height - 1));
-    let (fx, fy) = (x - x0 as f32, y - y0 as f32);
-    let at = |xx: usize, yy: usize, c: usize| img.data[(yy * img.width + xx) * 3 + c] as f32;
-    let mut out = [0f32; 3];
-    for (c, o) in out.iter_mut().enumerate() {
-        let top = at(x0, y0, c) * (1.0 - fx) + at(x1, y0, c) * fx;
-        let bottom = at(x0, y1, c) * (1.0 - fx) + at(x1, y1, c) * fx;
-        *o = top * (1.0 - fy) + bottom * fy;
-    }
-    out
+/// Where output index `o` of an axis samples the input (bilinear, pixel
+/// centres at k + 0.5, edges replicated), and whether it lies in the image.
+struct Tap {
+    i0: usize,
+    i1: usize,
+    f: f32,
+    inside: bool,
+}
+
+fn taps(n_out: usize, scale: f32, origin: f32, n_in: usize) -> Vec<Tap> {
+    (0..n_out)
+        .map(|o| {
+            let p = (o as f32 + 0.5) * scale + origin;
+            let q = (p - 0.5).clamp(0.0, (n_in - 1) as f32);
+            let i0 = q.floor() as usize;
+            Tap {
+                i0,
+                i1: (i0 + 1).min(n_in - 1),
+                f: q - i0 as f32,
+                inside: p >= 0.0 && p <= n_in as f32,
+            }
+        })
+        .collect()
 }
 
 /// A square hand crop around a detection, as WiLoR expects it.
