@@ -33,6 +33,7 @@ DEMO_EVENTS ?= 3
 run: release
 	target/release/posed doctor
 	target/release/posed fixture check --dir $(FIXTURES)/hands
+	target/release/posed fixture check --dir $(FIXTURES)/body
 	scripts/demo.sh $(DEMO_MODELS) $(DEMO_SECONDS) $(DEMO_EVENTS)
 
 # Every test, after installing what they need.

@@ -41,15 +41,21 @@ pub fn fixtures_dir() -> PathBuf {
 pub enum FixtureModel {
     Detector,
     Wilor,
+    Rtmdet,
 }
 
 impl FixtureModel {
-    pub const ALL: [FixtureModel; 2] = [FixtureModel::Detector, FixtureModel::Wilor];
+    pub const ALL: [FixtureModel; 3] = [
+        FixtureModel::Detector,
+        FixtureModel::Wilor,
+        FixtureModel::Rtmdet,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             FixtureModel::Detector => "detector",
             FixtureModel::Wilor => "wilor",
+            FixtureModel::Rtmdet => "rtmdet",
         }
     }
 
@@ -69,6 +75,7 @@ impl FixtureModel {
             FixtureModel::Detector if tensor.ends_with("[scores]") => 1e-5,
             FixtureModel::Detector => 1e-2,
             FixtureModel::Wilor => 1e-4,
+            FixtureModel::Rtmdet => 1e-4,
         }
     }
 
@@ -132,6 +139,7 @@ pub fn run(model: FixtureModel, dir: &Path) -> Result<Tensors, FixtureError> {
     match model {
         FixtureModel::Detector => run_detector(dir),
         FixtureModel::Wilor => crate::wilor::run_fixture(dir),
+        FixtureModel::Rtmdet => crate::rtmdet::run_fixture(dir),
     }
 }
 

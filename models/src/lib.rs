@@ -4,6 +4,7 @@
 //! - [`hand_detector`]: YOLOv8-pose hand detector (left/right, 21 keypoints)
 //! - [`wilor`]: WiLoR 3-D hand pose (ViT backbone + RefineNet)
 //! - [`mano`]: the MANO hand model WiLoR drives
+//! - [`rtmdet`]: RTMDet person detector (the body route's first stage)
 //! - [`hand_pipeline`]: detector → crops → WiLoR → image space, stage by stage
 //! - [`image`], [`camera`]: CPU crops, letterbox and camera conversion
 //! - [`nn`], [`rotation`]: blocks shared by the networks
@@ -21,6 +22,7 @@ pub mod nn;
 pub mod npz;
 pub mod pickle;
 pub mod rotation;
+pub mod rtmdet;
 pub mod runtime;
 pub mod synth;
 pub mod weights;

@@ -97,6 +97,7 @@ pub struct Conv2d {
     bias: Option<Array>,
     stride: i32,
     padding: i32,
+    groups: i32,
 }
 
 impl Conv2d {
@@ -114,7 +115,31 @@ impl Conv2d {
             bias: bias.then(|| w.get("bias", &[c_out])),
             stride,
             padding,
+            groups: 1,
         }
+    }
+
+    /// A convolution stored in PyTorch's layout (OIHW, `in/groups` input
+    /// channels), made OHWI at load; "same" padding `kernel / 2`.
+    pub fn from_torch(
+        w: &Weights,
+        c_in: i32,
+        c_out: i32,
+        kernel: i32,
+        stride: i32,
+        groups: i32,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = w
+            .get("weight", &[c_out, c_in / groups, kernel, kernel])
+            .transpose_axes(&[0, 2, 3, 1])?;
+        Ok(Conv2d {
+            weight,
+            bias: bias.then(|| w.get("bias", &[c_out])),
+            stride,
+            padding: kernel / 2,
+            groups,
+        })
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array> {
@@ -124,7 +149,7 @@ impl Conv2d {
             (self.stride, self.stride),
             (self.padding, self.padding),
             None,
-            None,
+            self.groups,
         )?;
         match &self.bias {
             Some(b) => y.add(b),
@@ -351,6 +376,23 @@ impl ConvBnSilu {
     pub fn new(w: &Weights, c_in: i32, c_out: i32, k: i32, s: i32, eps: f32) -> Result<Self> {
         Ok(ConvBnSilu {
             conv: Conv2d::new(&w.pp("conv"), c_in, c_out, k, s, k / 2, false),
+            bn: BatchNorm::new(&w.pp("bn"), c_out, eps)?,
+        })
+    }
+
+    /// The same block with its convolution in PyTorch's layout (mmdet's
+    /// `ConvModule`), optionally grouped.
+    pub fn from_torch(
+        w: &Weights,
+        c_in: i32,
+        c_out: i32,
+        k: i32,
+        s: i32,
+        groups: i32,
+        eps: f32,
+    ) -> Result<Self> {
+        Ok(ConvBnSilu {
+            conv: Conv2d::from_torch(&w.pp("conv"), c_in, c_out, k, s, groups, false)?,
             bn: BatchNorm::new(&w.pp("bn"), c_out, eps)?,
         })
     }
