@@ -42,13 +42,15 @@ pub enum FixtureModel {
     Detector,
     Wilor,
     Rtmdet,
+    RtmdetPost,
 }
 
 impl FixtureModel {
-    pub const ALL: [FixtureModel; 3] = [
+    pub const ALL: [FixtureModel; 4] = [
         FixtureModel::Detector,
         FixtureModel::Wilor,
         FixtureModel::Rtmdet,
+        FixtureModel::RtmdetPost,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +58,7 @@ impl FixtureModel {
             FixtureModel::Detector => "detector",
             FixtureModel::Wilor => "wilor",
             FixtureModel::Rtmdet => "rtmdet",
+            FixtureModel::RtmdetPost => "rtmdet-post",
         }
     }
 
@@ -64,7 +67,7 @@ impl FixtureModel {
     }
 
     pub fn io_file(self, dir: &Path) -> PathBuf {
-        dir.join(format!("{}_io.safetensors", self.name()))
+        dir.join(format!("{}_io.safetensors", self.name().replace('-', "_")))
     }
 
     /// Largest |Δ| accepted for a tensor of this model's fixture.
@@ -76,6 +79,12 @@ impl FixtureModel {
             FixtureModel::Detector => 1e-2,
             FixtureModel::Wilor => 1e-4,
             FixtureModel::Rtmdet => 1e-4,
+            // Our letterbox is cv2's bilinear in floating point: a level
+            // off where cv2's fixed point rounds the other way.
+            FixtureModel::RtmdetPost if tensor.ends_with("letterboxed_bgr_u8") => 1.0,
+            FixtureModel::RtmdetPost if tensor.ends_with("keep_index") => 0.0,
+            // Boxes in pixels, scores to 1e-3 of a pixel or a probability.
+            FixtureModel::RtmdetPost => 1e-3,
         }
     }
 
@@ -121,11 +130,55 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Fixtu
     })
 }
 
+/// Every tensor of a fixture file. MLX reads safetensors itself except
+/// float64 (some reference values are stored in double): those are read
+/// here and narrowed to float32, which every comparison uses.
 pub fn read_tensors(path: &Path) -> Result<HashMap<String, Array>, FixtureError> {
-    Array::load_safetensors(path).map_err(|e| FixtureError::File {
+    let fail = |reason: String| FixtureError::File {
         path: path.into(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| fail(e.to_string()))?;
+    let has_f64 = file
+        .tensors()
+        .iter()
+        .any(|(_, t)| t.dtype() == safetensors::Dtype::F64);
+    if !has_f64 {
+        return Array::load_safetensors(path).map_err(|e| fail(e.to_string()));
+    }
+    let mut out = HashMap::new();
+    for (name, t) in file.tensors() {
+        let shape: Vec<i32> = t.shape().iter().map(|&d| d as i32).collect();
+        let data = t.data();
+        let array = match t.dtype() {
+            safetensors::Dtype::F64 => {
+                let v: Vec<f32> = data
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                    .collect();
+                Array::from_slice(&v, &shape)
+            }
+            safetensors::Dtype::F32 => {
+                let v: Vec<f32> = data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                    .collect();
+                Array::from_slice(&v, &shape)
+            }
+            safetensors::Dtype::I32 => {
+                let v: Vec<i32> = data
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")))
+                    .collect();
+                Array::from_slice(&v, &shape)
+            }
+            safetensors::Dtype::U8 => Array::from_slice(data, &shape),
+            other => return Err(fail(format!("{name}: dtype {other:?} is not read here"))),
+        };
+        out.insert(name, array);
+    }
+    Ok(out)
 }
 
 fn take(io: &HashMap<String, Array>, name: &str) -> Result<Array, FixtureError> {
@@ -140,6 +193,7 @@ pub fn run(model: FixtureModel, dir: &Path) -> Result<Tensors, FixtureError> {
         FixtureModel::Detector => run_detector(dir),
         FixtureModel::Wilor => crate::wilor::run_fixture(dir),
         FixtureModel::Rtmdet => crate::rtmdet::run_fixture(dir),
+        FixtureModel::RtmdetPost => crate::rtmdet::run_post_fixture(dir),
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::path::Path;
 
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{ops, Array};
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,47 @@ pub struct RtmdetConfig {
     pub bn_eps: f32,
     pub input_size: i32,
     pub preprocess: Preprocess,
+    #[serde(default)]
+    pub test_cfg: TestConfig,
+    #[serde(default)]
+    pub demo: DemoConfig,
+}
+
+/// mmdet's `test_cfg` as the Sapiens person detector sets it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TestConfig {
+    /// Candidates kept per level, best first.
+    pub nms_pre: usize,
+    pub score_thr: f32,
+    pub max_per_img: usize,
+}
+
+impl Default for TestConfig {
+    fn default() -> Self {
+        TestConfig {
+            nms_pre: 1000,
+            score_thr: 0.05,
+            max_per_img: 100,
+        }
+    }
+}
+
+/// The Sapiens demo's person filter on top of mmdet's output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DemoConfig {
+    pub bbox_thr: f32,
+    pub nms_thr: f32,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            bbox_thr: 0.3,
+            nms_thr: 0.3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,8 +122,151 @@ impl RtmdetConfig {
                 mean_bgr: [103.53, 116.28, 123.675],
                 std_bgr: [57.375, 57.12, 58.395],
             },
+            test_cfg: TestConfig::default(),
+            demo: DemoConfig::default(),
         }
     }
+}
+
+/// A detected box, x1 y1 x2 y2 in pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Detection {
+    pub bbox: [f32; 4],
+    pub score: f32,
+}
+
+/// mmdet's test-time resize and pad: scale by `min(S/long, S/short)`, sizes
+/// rounded as `int(x·s + 0.5)`, bilinear with half-pixel centres (cv2's
+/// `INTER_LINEAR`, in floating point), then pad bottom and right to S×S
+/// with 114. `bgr` is H×W×3. Returns the padded image and the
+/// `(new_w / w, new_h / h)` scale factor.
+pub fn letterbox_bgr(bgr: &[u8], width: usize, height: usize, size: usize) -> (Vec<u8>, [f64; 2]) {
+    let s = (size as f64 / width.max(height) as f64).min(size as f64 / width.min(height) as f64);
+    let new_w = ((width as f64 * s + 0.5) as usize).clamp(1, size);
+    let new_h = ((height as f64 * s + 0.5) as usize).clamp(1, size);
+    // cv2 maps destination pixel d to source (d + 0.5)·(src/dst) − 0.5 and
+    // replicates the edges.
+    let taps = |n_out: usize, n_in: usize| -> Vec<(usize, usize, f64)> {
+        let scale = n_in as f64 / n_out as f64;
+        (0..n_out)
+            .map(|d| {
+                let f = ((d as f64 + 0.5) * scale - 0.5).max(0.0);
+                let i0 = (f.floor() as usize).min(n_in - 1);
+                let i1 = (i0 + 1).min(n_in - 1);
+                (i0, i1, if i0 == i1 { 0.0 } else { f - i0 as f64 })
+            })
+            .collect()
+    };
+    let (xs, ys) = (taps(new_w, width), taps(new_h, height));
+    let mut out = vec![114u8; size * size * 3];
+    for (dy, &(y0, y1, fy)) in ys.iter().enumerate() {
+        for (dx, &(x0, x1, fx)) in xs.iter().enumerate() {
+            for c in 0..3 {
+                let at = |x: usize, y: usize| bgr[(y * width + x) * 3 + c] as f64;
+                let top = at(x0, y0) * (1.0 - fx) + at(x1, y0) * fx;
+                let bottom = at(x0, y1) * (1.0 - fx) + at(x1, y1) * fx;
+                let v = top * (1.0 - fy) + bottom * fy;
+                out[(dy * size + dx) * 3 + c] = v.round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    (
+        out,
+        [new_w as f64 / width as f64, new_h as f64 / height as f64],
+    )
+}
+
+/// mmdet's `predict_by_feat` for one image, single class: per level,
+/// sigmoid scores above `score_thr`, the best `nms_pre`, boxes from the
+/// level's points (`x·stride`, `y·stride`) and ltrb distances clamped to the
+/// S×S input; all levels sorted by score; the first `max_per_img`.
+/// Returns the boxes in input (letterboxed) pixels and in image pixels
+/// (divided by `scale_factor`), boxes of no area dropped.
+pub fn postprocess(
+    out: &RtmdetOutput,
+    cfg: &RtmdetConfig,
+    scale_factor: [f64; 2],
+) -> Result<(Vec<Detection>, Vec<Detection>)> {
+    let size = cfg.input_size as f32;
+    let t = &cfg.test_cfg;
+    let mut candidates: Vec<Detection> = Vec::new();
+    for (l, (cls, reg)) in out.cls.iter().zip(&out.reg).enumerate() {
+        let w = cls.dim(2) as usize;
+        let stride = cfg.head.strides[l] as f32;
+        let logits = crate::nn::host_f32(&cls.index(0))?;
+        let ltrb = crate::nn::host_f32(&reg.index(0))?;
+        let nc = cfg.head.num_classes as usize;
+        let mut level: Vec<(f32, usize)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % nc == 0)
+            .map(|(i, &z)| (1.0 / (1.0 + (-z).exp()), i / nc))
+            .filter(|(p, _)| *p > t.score_thr)
+            .collect();
+        level.sort_by(|a, b| b.0.total_cmp(&a.0));
+        level.truncate(t.nms_pre);
+        for (score, point) in level {
+            let (px, py) = ((point % w) as f32 * stride, (point / w) as f32 * stride);
+            let d = &ltrb[point * 4..point * 4 + 4];
+            candidates.push(Detection {
+                bbox: [
+                    (px - d[0]).clamp(0.0, size),
+                    (py - d[1]).clamp(0.0, size),
+                    (px + d[2]).clamp(0.0, size),
+                    (py + d[3]).clamp(0.0, size),
+                ],
+                score,
+            });
+        }
+    }
+    // mmdet rescales with float32(1 / scale_factor), then drops empty boxes.
+    let inv = [
+        (1.0 / scale_factor[0]) as f32,
+        (1.0 / scale_factor[1]) as f32,
+    ];
+    let mut pairs: Vec<(Detection, Detection)> = candidates
+        .into_iter()
+        .map(|d| {
+            let b = d.bbox;
+            let image = Detection {
+                bbox: [b[0] * inv[0], b[1] * inv[1], b[2] * inv[0], b[3] * inv[1]],
+                score: d.score,
+            };
+            (d, image)
+        })
+        .filter(|(_, i)| i.bbox[2] - i.bbox[0] > 0.0 && i.bbox[3] - i.bbox[1] > 0.0)
+        .collect();
+    pairs.sort_by(|a, b| b.0.score.total_cmp(&a.0.score));
+    pairs.truncate(t.max_per_img);
+    Ok(pairs.into_iter().unzip())
+}
+
+/// The Sapiens demo's person filter: score above `bbox_thr`, then greedy
+/// NMS at `nms_thr` with areas counted as `(x2 − x1 + 1)(y2 − y1 + 1)`.
+/// Returns the indices kept, best first.
+pub fn person_filter(dets: &[Detection], demo: &DemoConfig) -> Vec<usize> {
+    let area = |b: &[f32; 4]| (b[2] - b[0] + 1.0) * (b[3] - b[1] + 1.0);
+    let mut order: Vec<usize> = (0..dets.len())
+        .filter(|&i| dets[i].score > demo.bbox_thr)
+        .collect();
+    order.sort_by(|&a, &b| dets[b].score.total_cmp(&dets[a].score));
+    let mut keep = Vec::new();
+    while let Some((&i, rest)) = order.split_first() {
+        keep.push(i);
+        let a = &dets[i].bbox;
+        order = rest
+            .iter()
+            .copied()
+            .filter(|&j| {
+                let b = &dets[j].bbox;
+                let w = (a[2].min(b[2]) - a[0].max(b[0]) + 1.0).max(0.0);
+                let h = (a[3].min(b[3]) - a[1].max(b[1]) + 1.0).max(0.0);
+                let inter = w * h;
+                inter / (area(a) + area(b) - inter) <= demo.nms_thr
+            })
+            .collect();
+    }
+    keep
 }
 
 /// `x · hardsigmoid(fc(mean over H, W))`: mmdet's `ChannelAttention`.
@@ -425,13 +610,73 @@ impl Rtmdet {
     }
 }
 
-/// Runs the RTMDet fixture in `dir` (`rtmdet_config.json`,
-/// `rtmdet_weights.safetensors`, `rtmdet_io.safetensors`).
-pub fn run_fixture(dir: &Path) -> std::result::Result<Tensors, FixtureError> {
+fn fixture_net(dir: &Path) -> std::result::Result<Rtmdet, FixtureError> {
     let cfg: RtmdetConfig = fixture::read_json(&dir.join("rtmdet_config.json"))?;
     let w = Weights::from_file(dir.join("rtmdet_weights.safetensors"))?;
     let net = Rtmdet::new(cfg, &w)?;
     w.finish()?;
+    Ok(net)
+}
+
+/// Runs the RTMDet post-processing fixture (`rtmdet_post_io.safetensors`):
+/// our letterbox of the image, and mmdet's post-processing plus the demo's
+/// person filter on the network's output for the reference letterbox (so
+/// the two stages are checked each on its own).
+pub fn run_post_fixture(dir: &Path) -> std::result::Result<Tensors, FixtureError> {
+    let net = fixture_net(dir)?;
+    let io = fixture::read_tensors(&FixtureModel::RtmdetPost.io_file(dir))?;
+    let get = |name: &str| {
+        io.get(name)
+            .ok_or_else(|| FixtureError::MissingTensor(name.into()))
+    };
+    let image = get("input.image_bgr_u8")?;
+    let (h, w) = (image.dim(0) as usize, image.dim(1) as usize);
+    let size = net.config().input_size as usize;
+    let (ours, scale_factor) = letterbox_bgr(image.as_slice::<u8>(), w, h, size);
+    let mut t = Tensors::new();
+    t.insert(
+        "intermediate.letterboxed_bgr_u8".into(),
+        Array::from_slice(&ours, &[size as i32, size as i32, 3]),
+    );
+    t.insert(
+        "intermediate.scale_factor_wh".into(),
+        Array::from_slice(&[scale_factor[0] as f32, scale_factor[1] as f32], &[2]),
+    );
+
+    let reference = get("intermediate.letterboxed_bgr_u8")?.expand_dims(0)?;
+    let out = net.forward(&reference)?;
+    let (letterbox, image_dets) = postprocess(&out, net.config(), scale_factor)?;
+    let keep = person_filter(&image_dets, &net.config().demo);
+    let rows = |d: &[Detection]| {
+        let flat: Vec<f32> = d
+            .iter()
+            .flat_map(|d| [d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3], d.score])
+            .collect();
+        Array::from_slice(&flat, &[d.len() as i32, 5])
+    };
+    let pick = |d: &[Detection]| keep.iter().map(|&i| d[i]).collect::<Vec<_>>();
+    t.insert("output.dets_letterbox_xyxy_score".into(), rows(&letterbox));
+    t.insert("output.dets_image_xyxy_score".into(), rows(&image_dets));
+    t.insert(
+        "output.person_boxes_letterbox_xyxy_score".into(),
+        rows(&pick(&letterbox)),
+    );
+    t.insert(
+        "output.person_boxes_image_xyxy_score".into(),
+        rows(&pick(&image_dets)),
+    );
+    let keep: Vec<i32> = keep.iter().map(|&i| i as i32).collect();
+    t.insert(
+        "output.person_keep_index".into(),
+        Array::from_slice(&keep, &[keep.len() as i32]),
+    );
+    Ok(t)
+}
+
+/// Runs the RTMDet fixture in `dir` (`rtmdet_config.json`,
+/// `rtmdet_weights.safetensors`, `rtmdet_io.safetensors`).
+pub fn run_fixture(dir: &Path) -> std::result::Result<Tensors, FixtureError> {
+    let net = fixture_net(dir)?;
     let io = fixture::read_tensors(&FixtureModel::Rtmdet.io_file(dir))?;
     let image = io
         .get("input.letterboxed_bgr_u8")

@@ -20,23 +20,40 @@ fn body_dir() -> PathBuf {
     dir
 }
 
-#[test]
-fn rtmdet_matches_mmdet() {
+fn check(model: FixtureModel) -> Vec<fixture::Comparison> {
     let dir = body_dir();
-    let got = fixture::run(FixtureModel::Rtmdet, &dir).unwrap();
-    let expected = fixture::read_tensors(&FixtureModel::Rtmdet.io_file(&dir)).unwrap();
-    let rows = fixture::compare(FixtureModel::Rtmdet, &got, &expected).unwrap();
+    let got = fixture::run(model, &dir).unwrap();
+    let expected = fixture::read_tensors(&model.io_file(&dir)).unwrap();
+    let rows = fixture::compare(model, &got, &expected).unwrap();
     for r in &rows {
         println!("{r}");
     }
-    // Every output and intermediate of the fixture is compared.
-    assert_eq!(rows.len(), 12);
     let failed: Vec<_> = rows
         .iter()
         .filter(|r| !r.passed())
         .map(|r| &r.name)
         .collect();
     assert!(failed.is_empty(), "over tolerance: {failed:?}");
+    rows
+}
+
+#[test]
+fn rtmdet_matches_mmdet() {
+    // Every output and intermediate of the fixture is compared.
+    assert_eq!(check(FixtureModel::Rtmdet).len(), 12);
+}
+
+/// Letterbox, mmdet's post-processing and the Sapiens demo's person filter:
+/// the same 100 detections and the same 36 people, in the same order.
+#[test]
+fn rtmdet_post_processing_matches_mmdet_and_the_demo() {
+    let rows = check(FixtureModel::RtmdetPost);
+    assert_eq!(rows.len(), 7);
+    let keep = rows
+        .iter()
+        .find(|r| r.name == "output.person_keep_index")
+        .unwrap();
+    assert_eq!(keep.max_abs, 0.0);
 }
 
 /// RTMDet-m as the loader builds it from its config asks for exactly the
