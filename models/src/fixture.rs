@@ -271,6 +271,14 @@ impl fmt::Display for Comparison {
     }
 }
 
+/// Runs `model` on its fixture in `dir` and compares the result with the
+/// stored reference outputs.
+pub fn check(model: FixtureModel, dir: &Path) -> Result<Vec<Comparison>, FixtureError> {
+    let got = run(model, dir)?;
+    let expected = read_tensors(&model.io_file(dir))?;
+    compare(model, &got, &expected)
+}
+
 /// Compares every `output.*` and `intermediate.*` tensor of `expected` that
 /// `got` holds; outputs the runner did not produce count as failures.
 pub fn compare(

@@ -16,11 +16,9 @@ fn hands_dir() -> PathBuf {
     dir
 }
 
+/// The fixture's comparison table (printed), asserting every row passed.
 fn check(model: FixtureModel) -> Vec<fixture::Comparison> {
-    let dir = hands_dir();
-    let got = fixture::run(model, &dir).unwrap();
-    let expected = fixture::read_tensors(&model.io_file(&dir)).unwrap();
-    let rows = fixture::compare(model, &got, &expected).unwrap();
+    let rows = fixture::check(model, &hands_dir()).unwrap();
     for r in &rows {
         println!("{r}");
     }
@@ -28,7 +26,7 @@ fn check(model: FixtureModel) -> Vec<fixture::Comparison> {
     let failed: Vec<_> = rows
         .iter()
         .filter(|r| !r.passed())
-        .map(|r| r.name.clone())
+        .map(|r| &r.name)
         .collect();
     assert!(failed.is_empty(), "over tolerance: {failed:?}");
     rows
