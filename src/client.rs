@@ -166,13 +166,7 @@ pub fn status_line(s: &proto::Status) -> String {
 
 pub async fn subscribe(target: &Target, args: SubscribeArgs) -> Result<()> {
     let mut client = connect(target).await?;
-    let status = client
-        .get_status(proto::GetStatusRequest {})
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    println!("{}", status_line(&status));
-    let mut synthetic = status.synthetic_weights;
+    let mut synthetic = print_status(&mut client).await?;
     let mut stream = client
         .subscribe(proto::SubscribeRequest {
             routes: args.routes.iter().map(|r| *r as i32).collect(),

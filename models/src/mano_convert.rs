@@ -22,6 +22,8 @@ use crate::pickle::{self, Value};
 
 /// Fingertip vertices (thumb, index, middle, ring, little) of the right hand.
 pub const FINGERTIP_VERTICES: [i32; 5] = [744, 320, 443, 554, 671];
+/// MANO's kinematic tree: the parent of each of the 16 joints (root −1).
+pub const MANO_PARENTS: [i32; 16] = [-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14];
 /// MANO joints + fingertips in OpenPose hand order.
 pub const OPENPOSE_JOINT_MAP: [i32; 21] = [
     0, 13, 14, 15, 16, 1, 2, 3, 17, 4, 5, 6, 18, 10, 11, 12, 19, 7, 8, 9, 20,

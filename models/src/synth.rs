@@ -175,7 +175,7 @@ pub fn hand_layouts(
 /// real (separately licensed) MANO: the real kinematic tree, fingertip and
 /// joint order, and key `posed_synthetic` so loaders can say what it is.
 pub fn synthetic_mano(seed: u64) -> crate::mano_convert::Arrays {
-    use crate::mano_convert::{FINGERTIP_VERTICES, OPENPOSE_JOINT_MAP};
+    use crate::mano_convert::{FINGERTIP_VERTICES, MANO_PARENTS, OPENPOSE_JOINT_MAP};
     use crate::npz::NpyData;
     let (v, b, p, j) = (778usize, 10usize, 135usize, 16usize);
     let mut rng = SplitMix64(seed ^ 0x4d41_4e4f);
@@ -203,11 +203,7 @@ pub fn synthetic_mano(seed: u64) -> crate::mano_convert::Arrays {
         ("shapedirs", vec![v, 3, b], NpyData::F32(shapedirs)),
         ("posedirs", vec![p, v * 3], NpyData::F32(posedirs)),
         ("J_regressor", vec![j, v], NpyData::F32(j_regressor)),
-        (
-            "parents",
-            vec![j],
-            NpyData::I32(vec![-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14]),
-        ),
+        ("parents", vec![j], NpyData::I32(MANO_PARENTS.to_vec())),
         ("lbs_weights", vec![v, j], NpyData::F32(lbs_weights)),
         (
             "extra_joints_idxs",
