@@ -334,6 +334,12 @@ fn main() -> ExitCode {
         cli.command,
         Command::Subscribe { .. } | Command::Push { .. }
     );
+    if !uses_mlx {
+        // The clients print to stdout: piped into `head`, they should end
+        // quietly when the reader goes away (the Unix default) instead of
+        // panicking on EPIPE. The daemon keeps Rust's ignored SIGPIPE.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Doctor => posed::doctor::run(),
         Command::Serve(args) => serve(args),
