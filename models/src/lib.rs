@@ -5,6 +5,8 @@
 //! - [`wilor`]: WiLoR 3-D hand pose (ViT backbone + RefineNet)
 //! - [`mano`]: the MANO hand model WiLoR drives
 //! - [`rtmdet`]: RTMDet person detector (the body route's first stage)
+//! - [`sapiens2`]: Sapiens2 whole-body pose (308 keypoints), [`topdown`]: its
+//!   crops and heatmap decode
 //! - [`hand_pipeline`]: detector → crops → WiLoR → image space, stage by stage
 //! - [`image`], [`camera`]: CPU crops, letterbox and camera conversion
 //! - [`nn`], [`rotation`]: blocks shared by the networks
@@ -24,6 +26,8 @@ pub mod pickle;
 pub mod rotation;
 pub mod rtmdet;
 pub mod runtime;
+pub mod sapiens2;
 pub mod synth;
+pub mod topdown;
 pub mod weights;
 pub mod wilor;

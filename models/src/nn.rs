@@ -164,6 +164,7 @@ pub struct ConvTranspose2d {
     weight: Array,
     stride: i32,
     padding: i32,
+    output_padding: i32,
 }
 
 impl ConvTranspose2d {
@@ -172,19 +173,94 @@ impl ConvTranspose2d {
             weight: w.get("weight", &[c_out, kernel, kernel, c_in]),
             stride,
             padding,
+            output_padding: 0,
         }
     }
 
+    /// A stride-2 upsampling layer stored in PyTorch's layout (IOHW), with
+    /// the padding that makes it exactly double H and W for kernels 2, 3
+    /// and 4 (mmpose's deconv table).
+    pub fn upsample_2x_from_torch(w: &Weights, c_in: i32, c_out: i32, kernel: i32) -> Result<Self> {
+        let (padding, output_padding) = match kernel {
+            4 => (1, 0),
+            3 => (1, 1),
+            2 => (0, 0),
+            k => {
+                return Err(Exception::custom(format!(
+                    "no ×2 padding rule for a {k}×{k} transposed convolution"
+                )))
+            }
+        };
+        let weight = w
+            .get("weight", &[c_in, c_out, kernel, kernel])
+            .transpose_axes(&[1, 2, 3, 0])?;
+        Ok(ConvTranspose2d {
+            weight,
+            stride: 2,
+            padding,
+            output_padding,
+        })
+    }
+
+    /// One GEMM from every input pixel to its k×k output patch, then the
+    /// patches overlap-added phase by phase. Exactly the transposed
+    /// convolution, and fast on every backend (MLX's CPU runs transposed
+    /// convolutions through a naive loop: minutes for Sapiens2's head).
     pub fn forward(&self, x: &Array) -> Result<Array> {
-        ops::conv_transpose2d(
-            x,
-            &self.weight,
-            (self.stride, self.stride),
-            (self.padding, self.padding),
-            None,
-            None,
-            None,
-        )
+        let (b, h, w, c_in) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+        let (c_out, k) = (self.weight.dim(0), self.weight.dim(1));
+        let s = self.stride;
+        // (in, ky, kx, out) → per input pixel, its whole patch.
+        let wm = self
+            .weight
+            .transpose_axes(&[3, 1, 2, 0])?
+            .reshape(&[c_in, k * k * c_out])?;
+        let patches =
+            x.reshape(&[b * h * w, c_in])?
+                .matmul(&wm)?
+                .reshape(&[b, h, w, k * k, c_out])?;
+        // Output row s·i + ky with ky = s·a + r: phase r of the output,
+        // shifted down by a. Each phase is a sum of shifted patch slices.
+        let taps = (k + s - 1) / s;
+        let (hp, wp) = (h + taps - 1, w + taps - 1);
+        let mut rows = Vec::with_capacity(s as usize);
+        for r in 0..s {
+            let mut cols = Vec::with_capacity(s as usize);
+            for q in 0..s {
+                let mut phase: Option<Array> = None;
+                for a in 0..taps {
+                    for c in 0..taps {
+                        let (ky, kx) = (s * a + r, s * c + q);
+                        if ky >= k || kx >= k {
+                            continue;
+                        }
+                        let tap = patches.index((.., .., .., ky * k + kx, ..));
+                        let shifted = ops::pad(
+                            &tap,
+                            &[(0, 0), (a, taps - 1 - a), (c, taps - 1 - c), (0, 0)],
+                            None,
+                            None,
+                        )?;
+                        phase = Some(match phase {
+                            None => shifted,
+                            Some(p) => p.add(&shifted)?,
+                        });
+                    }
+                }
+                let phase = match phase {
+                    Some(p) => p,
+                    None => ops::zeros_dtype(&[b, hp, wp, c_out], x.dtype())?,
+                };
+                cols.push(phase);
+            }
+            // Interleave the column phases: (B, hp, wp, s, C) → (B, hp, s·wp, C).
+            rows.push(ops::stack(&cols, 3)?.reshape(&[b, hp, s * wp, c_out])?);
+        }
+        let full = ops::stack(&rows, 2)?.reshape(&[b, s * hp, s * wp, c_out])?;
+        let (p, op) = (self.padding, self.output_padding);
+        let out_h = s * (h - 1) - 2 * p + k + op;
+        let out_w = s * (w - 1) - 2 * p + k + op;
+        Ok(full.index((.., p..p + out_h, p..p + out_w, ..)))
     }
 }
 
@@ -230,6 +306,35 @@ impl LayerNorm {
     pub fn forward(&self, x: &Array) -> Result<Array> {
         fast::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
+}
+
+/// RMSNorm over the last axis with a weight and no bias.
+pub struct RmsNorm {
+    weight: Array,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub fn new(w: &Weights, dim: i32, eps: f32) -> Self {
+        RmsNorm {
+            weight: w.get("weight", &[dim]),
+            eps,
+        }
+    }
+
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        fast::rms_norm(x, Some(&self.weight), self.eps)
+    }
+}
+
+/// Parameter-free InstanceNorm of an NHWC map: each sample and channel
+/// normalised by its own mean and biased variance over H×W, also at
+/// inference (PyTorch's `InstanceNorm2d` defaults).
+pub fn instance_norm(x: &Array, eps: f32) -> Result<Array> {
+    let mean = x.mean_axes(&[1, 2], true)?;
+    let centred = x.subtract(&mean)?;
+    let var = centred.square()?.mean_axes(&[1, 2], true)?;
+    centred.multiply(ops::rsqrt(&var.add(Array::from_f32(eps))?)?)
 }
 
 /// The values of `a` as f32 on the host, in row-major order, whatever its
@@ -614,6 +719,40 @@ mod tests {
             .unwrap();
         assert_eq!(y.dtype(), Dtype::Bfloat16);
         assert_eq!(y.as_dtype(Dtype::Float32).unwrap().item_exact::<f32>(), 3.0);
+    }
+
+    /// The GEMM-and-overlap-add form equals MLX's own transposed convolution
+    /// for every kernel of the ×2 table (PyTorch's output padding included).
+    #[test]
+    fn transposed_convolution_matches_the_direct_one() {
+        for (k, p, op) in [(4, 1, 0), (3, 1, 1), (2, 0, 0)] {
+            let (c_in, c_out) = (5, 3);
+            let weight = Array::from_slice(&ramp(c_out * k * k * c_in, 0.01), &[c_out, k, k, c_in]);
+            let layer = ConvTranspose2d {
+                weight: weight.clone(),
+                stride: 2,
+                padding: p,
+                output_padding: op,
+            };
+            let x = Array::from_slice(&ramp(2 * 4 * 6 * c_in, 0.03), &[2, 4, 6, c_in]);
+            let ours = layer.forward(&x).unwrap();
+            let direct =
+                ops::conv_transpose2d(&x, &weight, (2, 2), (p, p), None, (op, op), None).unwrap();
+            assert_eq!(ours.shape(), [2, 8, 12, c_out], "k={k}");
+            assert_eq!(ours.shape(), direct.shape(), "k={k}");
+            let d = ours
+                .subtract(&direct)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max(None)
+                .unwrap();
+            assert!(
+                d.item_exact::<f32>() < 1e-5,
+                "k={k}: {}",
+                d.item_exact::<f32>()
+            );
+        }
     }
 
     #[test]

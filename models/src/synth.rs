@@ -53,6 +53,11 @@ pub fn random_tensors(manifest: &Manifest, seed: u64) -> Result<HashMap<String, 
             }
             (_, "running_var") => rng.uniform(shape, 0.5, 1.5),
             (_, "running_mean") => rng.centred(shape, 0.1),
+            // Sapiens2's RoPE periods, 100^(j/n): random ones would be noise.
+            (_, "periods") => {
+                let v: Vec<f32> = (0..n).map(|j| 100f32.powf(j as f32 / n as f32)).collect();
+                Array::from_slice(&v, shape)
+            }
             (_, "stride") => Array::from_slice(&[8.0f32, 16.0, 32.0][..n as usize], shape),
             _ if name.contains("norm") || name.contains(".bn") => {
                 if leaf == "weight" {

@@ -5,8 +5,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use mlx_rs::Array;
 use posed_models::fixture::{self, FixtureModel};
 use posed_models::rtmdet::{Rtmdet, RtmdetConfig};
+use posed_models::sapiens2;
 use posed_models::synth;
 use posed_models::weights::Weights;
 
@@ -87,4 +89,140 @@ fn rtmdet_m_matches_the_published_layout_and_runs() {
     );
     let reg = posed_models::nn::host_f32(&out.reg[0]).unwrap();
     assert!(reg.iter().all(|v| v.is_finite() && *v > 0.0));
+}
+
+#[test]
+fn sapiens2_matches_pytorch_end_to_end() {
+    let rows = check(FixtureModel::Sapiens2);
+    // rope ×3, patch_embed, tokens_in, 8 blocks, 3 head stages, 2 outputs.
+    assert_eq!(rows.len(), 18);
+    for r in rows.iter().filter(|r| r.name.contains("rope_")) {
+        assert_eq!(r.max_abs, 0.0, "{} must be bit-exact", r.name);
+    }
+}
+
+/// Each stage from the reference's own input to it, so an error cannot hide
+/// behind the end-to-end tolerance: one block from the stored previous block
+/// (5e-4, the README's bound), the final norm from the last block, and the
+/// head from the stored featmap (1e-4).
+#[test]
+fn sapiens2_blocks_and_head_match_pytorch_one_at_a_time() {
+    let dir = body_dir();
+    let net = sapiens2::fixture_net(&dir).unwrap();
+    let io = fixture::read_tensors(&FixtureModel::Sapiens2.io_file(&dir)).unwrap();
+    let max_diff = |a: &Array, b: &Array| -> f32 {
+        assert_eq!(a.shape(), b.shape());
+        a.subtract(b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(None)
+            .unwrap()
+            .item_exact::<f32>()
+    };
+    let rope = net.backbone.rope();
+    for (from, to) in [
+        ("tokens_in", 0),
+        ("block_00", 1),
+        ("block_07", 8),
+        ("block_08", 9),
+        ("block_09", 10),
+        ("block_16", 17),
+    ] {
+        let x = &io[&format!("intermediate.{from}")];
+        let y = net.backbone.blocks()[to].forward(x, rope).unwrap();
+        let d = max_diff(&y, &io[&format!("intermediate.block_{to:02}")]);
+        println!("block {to:>2} from {from:<9} max |Δ| {d:.2e}");
+        assert!(d <= 5e-4, "block {to}: {d}");
+    }
+    let featmap = &io["output.featmap"];
+    let mut stages = Vec::new();
+    let heatmaps = net
+        .head
+        .forward(featmap, &mut |name: &str, a: &Array| {
+            stages.push((format!("intermediate.{name}"), a.clone()))
+        })
+        .unwrap();
+    stages.push(("output.heatmaps".into(), heatmaps));
+    let mut compared = 0;
+    for (name, got) in &stages {
+        let Some(want) = io.get(name) else { continue };
+        let d = max_diff(got, want);
+        println!("{name:<28} from the reference featmap: max |Δ| {d:.2e}");
+        assert!(d <= 1e-4, "{name}: {d}");
+        compared += 1;
+    }
+    assert_eq!(compared, 4);
+}
+
+/// The demo glue and the reference decode: person filter and NMS, box
+/// padding and aspect, UDP warp matrices and crops (both interpolations),
+/// flip-test average, argmax, DARK-UDP, crop and image coordinates, and the
+/// whole-image fallback.
+#[test]
+fn sapiens2_topdown_glue_and_decode_match_pytorch() {
+    let rows = check(FixtureModel::Sapiens2Topdown);
+    assert_eq!(rows.len(), 16);
+}
+
+/// The keypoint table shipped with the crate mirrors exactly as the
+/// reference metainfo does.
+#[test]
+fn keypoint_table_flips_like_the_reference() {
+    let cfg = sapiens2::fixture_config(&body_dir()).unwrap();
+    assert_eq!(sapiens2::keypoint_names_308().len(), 308);
+    assert_eq!(sapiens2::flip_indices_308(), cfg.flip_indices);
+}
+
+/// Peak resident memory of this process (Linux), for the measurements below.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Sapiens2 0.4b as the loader builds it from `Sapiens2Config::pose` asks
+/// for exactly the 424 tensors of the published checkpoint, and random
+/// weights in that layout run one forward at the real 1024×768 input.
+#[test]
+fn sapiens2_0_4b_matches_the_published_layout_and_runs() {
+    let cfg = sapiens2::Sapiens2Config::pose(sapiens2::Sapiens2Size::B0_4);
+    let published = synth::read_manifest(&body_dir().join("sapiens2_pose_0.4b_keys.json")).unwrap();
+    let layout =
+        synth::layout_of(|w| sapiens2::Sapiens2Pose::new(cfg.clone(), w).map(drop)).unwrap();
+    assert_eq!(layout.len(), 424);
+    let shapes = |m: &synth::Manifest| -> Vec<(String, Vec<i32>)> {
+        m.iter()
+            .map(|(k, v)| (k.clone(), v.shape.clone()))
+            .collect()
+    };
+    assert_eq!(shapes(&layout), shapes(&published));
+    // The one tensor the checkpoint keeps in bfloat16.
+    assert_eq!(published["backbone.rope_embed.periods"].dtype, "bfloat16");
+
+    let t = Instant::now();
+    let tensors = synth::random_tensors(&published, 7).unwrap();
+    let w = Weights::from_tensors("sapiens2-pose-0.4b (random)", tensors, Default::default());
+    let net = sapiens2::Sapiens2Pose::new(cfg, &w).unwrap();
+    w.finish().unwrap();
+    let loaded = t.elapsed();
+    let crop = Array::from_slice(&vec![128u8; 1024 * 768 * 3], &[1, 1024, 768, 3]);
+    let t = Instant::now();
+    let heatmaps = net.forward(&crop, &mut sapiens2::no_taps).unwrap();
+    heatmaps.eval().unwrap();
+    println!(
+        "Sapiens2 0.4b: random weights made and loaded in {loaded:?}; one 1024x768 forward on {:?}: {:?}; peak RSS {:.0} MiB",
+        posed_models::runtime::default_device().kind,
+        t.elapsed(),
+        peak_rss_mib().unwrap_or(f64::NAN)
+    );
+    assert_eq!(heatmaps.shape(), [1, 256, 192, 308]);
+    let v = posed_models::nn::host_f32(&heatmaps).unwrap();
+    assert!(v.iter().all(|x| x.is_finite()));
 }
