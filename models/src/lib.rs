@@ -10,7 +10,8 @@
 //! - [`hand_pipeline`]: detector → crops → WiLoR → image space, stage by stage
 //! - [`image`], [`camera`]: CPU crops, letterbox and camera conversion
 //! - [`nn`], [`rotation`]: blocks shared by the networks
-//! - [`weights`], [`npz`]: loading with key and shape validation
+//! - [`weights`], [`npz`], [`torch_checkpoint`]: loading with key and shape
+//!   validation; NumPy archives and PyTorch `.pth` files read without Python
 //! - [`fixture`]: parity runs against the PyTorch reference outputs
 
 pub mod camera;
@@ -29,5 +30,6 @@ pub mod runtime;
 pub mod sapiens2;
 pub mod synth;
 pub mod topdown;
+pub mod torch_checkpoint;
 pub mod weights;
 pub mod wilor;

@@ -38,6 +38,9 @@ pub enum Value {
         name: String,
     },
     Object(Shared<Object>),
+    /// A persistent id (BINPERSID): a reference the writer resolves
+    /// outside the pickle, like a PyTorch tensor storage.
+    Persistent(Box<Value>),
     /// The MARK instruction's stack marker; never in a finished value.
     Mark,
 }
@@ -234,6 +237,8 @@ impl Machine<'_> {
                     return Value::Bytes(s.chars().map(|c| c as u32 as u8).collect());
                 }
                 ("builtins" | "__builtin__", "bytes", []) => return Value::Bytes(Vec::new()),
+                // A dict subclass that carries only data (state dicts).
+                ("collections", "OrderedDict", []) => return Value::Dict(Rc::default()),
                 _ => {}
             }
         }
@@ -485,10 +490,13 @@ impl Machine<'_> {
                 }
                 b'b' => {
                     let state = self.pop()?;
-                    let Value::Object(o) = self.top()?.clone() else {
-                        return self.fail("BUILD on a value that is not an object");
-                    };
-                    o.borrow_mut().state = Some(state);
+                    match self.top()?.clone() {
+                        Value::Object(o) => o.borrow_mut().state = Some(state),
+                        // An OrderedDict's attributes (a state dict's
+                        // `_metadata`): not part of its items.
+                        Value::Dict(_) => {}
+                        _ => return self.fail("BUILD on a value that is not an object"),
+                    }
                 }
                 b'p' => {
                     let l = self.line()?;
@@ -525,7 +533,11 @@ impl Machine<'_> {
                     self.memo_get(k)?;
                 }
                 0x98 => {} // READONLY_BUFFER
-                b'P' | b'Q' | 0x82..=0x84 | 0x97 => {
+                b'Q' => {
+                    let pid = self.pop()?;
+                    self.stack.push(Value::Persistent(Box::new(pid)));
+                }
+                b'P' | 0x82..=0x84 | 0x97 => {
                     return self.fail(format!(
                         "instruction 0x{op:02x} needs the writer's runtime (persistent ids, extension registry or out-of-band buffers)"
                     ));
