@@ -81,6 +81,23 @@ pub fn describe(e: &proto::Event) -> String {
                 .collect();
             format!("{} hand(s) [{}]", h.hands.len(), hands.join(", "))
         }
+        Some(proto::event::Payload::Bodies(b)) => {
+            let people: Vec<String> = b
+                .people
+                .iter()
+                .map(|p| {
+                    // Keypoints above the demo's display threshold.
+                    let seen = p.keypoint_scores.iter().filter(|&&s| s > 0.3).count();
+                    format!(
+                        "#{} {:.2} {seen}/{} kp",
+                        p.track_id,
+                        p.score,
+                        p.keypoint_scores.len()
+                    )
+                })
+                .collect();
+            format!("{} person(s) [{}]", b.people.len(), people.join(", "))
+        }
         Some(proto::event::Payload::Error(err)) => format!("error {}: {}", err.code, err.message),
         Some(proto::event::Payload::Skipped(_)) => "skipped (a newer frame replaced it)".into(),
         Some(other) => format!("{other:?}"),
@@ -245,13 +262,19 @@ async fn print_table(client: &mut PoseServiceClient<Channel>) -> Result<()> {
 }
 
 /// Pushes each file (JPEG or PNG) and prints the event computed for it.
-pub async fn push(target: &Target, files: &[PathBuf], vertices: bool) -> Result<()> {
+pub async fn push(
+    target: &Target,
+    files: &[PathBuf],
+    routes: &[proto::Route],
+    vertices: bool,
+) -> Result<()> {
     let mut client = connect(target).await?;
     for file in files {
         let bytes = read(file)?;
         let reply = client
             .push_image(proto::PushImageRequest {
                 image: Some(Image::Encoded(bytes)),
+                routes: routes.iter().map(|&r| r as i32).collect(),
                 wait: true,
                 include_vertices: vertices,
                 capture_unix_ns: crate::post::unix_ns(SystemTime::now()),

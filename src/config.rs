@@ -13,6 +13,7 @@ use serde::Deserialize;
 pub struct Config {
     pub server: ServerConfig,
     pub hands: HandsConfig,
+    pub body: BodyConfig,
     pub replay: ReplayConfig,
     pub camera: CameraConfig,
     pub recording: RecordingConfig,
@@ -134,6 +135,39 @@ impl Default for HandsConfig {
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct BodyConfig {
+    /// Run the body route: RTMDet person detector → Sapiens2 308 keypoints.
+    pub enabled: bool,
+    /// Folder with `rtmdet_weights.safetensors` and
+    /// `sapiens2_pose_weights.safetensors` (and optionally their
+    /// `*_config.json`); "" = the published files from the hub cache.
+    pub models_dir: String,
+    /// Published Sapiens2 pose size: "0.4b", "0.8b", "1b" or "5b".
+    pub size: String,
+    /// Float type the pose network runs in: "float32" or "bfloat16".
+    pub dtype: String,
+    /// At most this many people per frame, strongest first.
+    pub max_people: usize,
+    /// Average with the mirrored crop's keypoints, as the reference does
+    /// (doubles the pose network's work).
+    pub flip_test: bool,
+}
+
+impl Default for BodyConfig {
+    fn default() -> Self {
+        BodyConfig {
+            enabled: false,
+            models_dir: String::new(),
+            size: "0.4b".into(),
+            dtype: "float32".into(),
+            max_people: 4,
+            flip_test: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// "text" or "json".
     pub format: String,
@@ -217,6 +251,14 @@ const KEYS: &[(&str, Setter)] = &[
     ("hands.smoothing_d_cutoff", |c, v| {
         set_float(&mut c.hands.smoothing_d_cutoff, v)
     }),
+    ("body.enabled", |c, v| set_bool(&mut c.body.enabled, v)),
+    ("body.models_dir", |c, v| {
+        set_string(&mut c.body.models_dir, v)
+    }),
+    ("body.size", |c, v| set_string(&mut c.body.size, v)),
+    ("body.dtype", |c, v| set_string(&mut c.body.dtype, v)),
+    ("body.max_people", |c, v| set_num(&mut c.body.max_people, v)),
+    ("body.flip_test", |c, v| set_bool(&mut c.body.flip_test, v)),
     ("replay.dir", |c, v| set_string(&mut c.replay.dir, v)),
     ("replay.pace", |c, v| set_string(&mut c.replay.pace, v)),
     ("replay.fps", |c, v| set_float(&mut c.replay.fps, v)),
@@ -375,6 +417,24 @@ impl Config {
         }
         if self.hands.max_hands == 0 {
             return Err(bad("hands.max_hands", "must be at least 1".into()));
+        }
+        if posed_models::sapiens2::Sapiens2Size::parse(&self.body.size).is_none() {
+            return Err(bad(
+                "body.size",
+                format!(
+                    "{:?} is not a published size (0.4b, 0.8b, 1b, 5b)",
+                    self.body.size
+                ),
+            ));
+        }
+        if !matches!(self.body.dtype.as_str(), "float32" | "bfloat16") {
+            return Err(bad(
+                "body.dtype",
+                format!("{:?} is not float32 or bfloat16", self.body.dtype),
+            ));
+        }
+        if self.body.max_people == 0 {
+            return Err(bad("body.max_people", "must be at least 1".into()));
         }
         if self.server.subscriber_queue == 0 {
             return Err(bad("server.subscriber_queue", "must be at least 1".into()));

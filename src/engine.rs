@@ -14,9 +14,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use posed_models::body_pipeline::{BodyEstimate, BodyPipeline};
 use posed_models::hand_pipeline::{HandBox, HandEstimate, HandPipeline};
 use posed_models::image::RgbImage;
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::proto::Route;
 
 /// A decoded RGB frame and where it came from.
 #[derive(Debug)]
@@ -33,15 +36,78 @@ pub struct Frame {
     pub rgb: Vec<u8>,
 }
 
-/// What the caller of a waiting push gets back: the event post-processing
-/// made of its frame, or why there is none.
-pub type Reply = oneshot::Sender<Result<crate::proto::Event, EngineError>>;
+/// What the caller of a waiting push gets back: the events post-processing
+/// made of its frame (one per route), or why there are none.
+pub type Reply = oneshot::Sender<Result<Vec<crate::proto::Event>, EngineError>>;
 
 pub struct FrameJob {
     pub frame: Arc<Frame>,
-    /// Boxes the client already knows: the detector is skipped.
+    /// Routes to run, in this order; empty = every enabled route.
+    pub routes: Vec<Route>,
+    /// Hands the client already knows: the hand detector is skipped.
     pub hand_boxes: Option<Vec<HandBox>>,
+    /// People the client already knows: the person detector is skipped.
+    pub person_boxes: Option<Vec<[f32; 4]>>,
     pub reply: Option<Reply>,
+}
+
+impl FrameJob {
+    /// A frame for every enabled route, detectors on.
+    pub fn new(frame: Arc<Frame>, reply: Option<Reply>) -> Self {
+        FrameJob {
+            frame,
+            routes: Vec::new(),
+            hand_boxes: None,
+            person_boxes: None,
+            reply,
+        }
+    }
+}
+
+/// Every model the MLX thread holds; a route without its models is not
+/// enabled.
+#[derive(Default)]
+pub struct Models {
+    pub hands: Option<HandPipeline>,
+    pub body: Option<BodyPipeline>,
+}
+
+impl From<HandPipeline> for Models {
+    fn from(hands: HandPipeline) -> Self {
+        Models {
+            hands: Some(hands),
+            body: None,
+        }
+    }
+}
+
+impl Models {
+    pub fn routes(&self) -> Vec<Route> {
+        let mut r = Vec::new();
+        if self.hands.is_some() {
+            r.push(Route::Hands);
+        }
+        if self.body.is_some() {
+            r.push(Route::Body);
+        }
+        r
+    }
+}
+
+/// The body route's answer for one frame.
+#[derive(Debug)]
+pub struct BodyResult {
+    pub frame: Arc<Frame>,
+    pub people: Vec<BodyEstimate>,
+    pub timings: Vec<(&'static str, Duration)>,
+    pub dropped_before: u64,
+}
+
+/// One route's answer.
+#[derive(Debug, Clone)]
+pub enum RouteResult {
+    Hands(Arc<HandsResult>),
+    Body(Arc<BodyResult>),
 }
 
 /// The hand route's answer for one frame.
@@ -55,20 +121,41 @@ pub struct HandsResult {
     pub dropped_before: u64,
 }
 
-/// What leaves the MLX thread: a result or an error, and the reply channel
-/// of a waiting push, which post-processing answers.
+/// What leaves the MLX thread: per route a result or an error, and the
+/// reply channel of a waiting push, which post-processing answers.
 pub struct EngineOutput {
     pub frame: Arc<Frame>,
-    pub result: Result<Arc<HandsResult>, EngineError>,
+    pub results: Vec<(Route, Result<RouteResult, EngineError>)>,
     pub reply: Option<Reply>,
+}
+
+impl EngineOutput {
+    /// The hand route's result (the first one it holds), for callers that
+    /// only run that route.
+    pub fn hands(&self) -> Result<&Arc<HandsResult>, EngineError> {
+        for (_, r) in &self.results {
+            match r {
+                Ok(RouteResult::Hands(h)) => return Ok(h),
+                Err(e) => return Err(e.clone()),
+                _ => {}
+            }
+        }
+        Err(EngineError::NotEnabled("hands".into()))
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum EngineError {
     #[error("models failed to load: {0}")]
     Load(String),
-    #[error("the hand route failed on frame {frame}: {message}")]
-    Route { frame: u64, message: String },
+    #[error("the {route} route failed on frame {frame}: {message}")]
+    Route {
+        route: &'static str,
+        frame: u64,
+        message: String,
+    },
+    #[error("the {0} route is not enabled on this daemon")]
+    NotEnabled(String),
     #[error("{0} frames already wait for an answer; try again")]
     Busy(usize),
     #[error("the engine has stopped")]
@@ -99,14 +186,15 @@ struct Gate {
 }
 
 impl Gate {
-    fn offer(&self, job: FrameJob) -> Result<(), (FrameJob, EngineError)> {
+    /// A refused job comes back with the reason (boxed: a job is large).
+    fn offer(&self, job: FrameJob) -> Result<(), Box<(FrameJob, EngineError)>> {
         let mut p = self.pending.lock().expect("gate lock");
         if p.closed {
-            return Err((job, EngineError::Stopped));
+            return Err(Box::new((job, EngineError::Stopped)));
         }
         if job.reply.is_some() {
             if p.waiting.len() >= self.max_waiting {
-                return Err((job, EngineError::Busy(self.max_waiting)));
+                return Err(Box::new((job, EngineError::Busy(self.max_waiting))));
             }
             p.waiting.push_back(job);
         } else if p.latest.replace(job).is_some() {
@@ -152,14 +240,15 @@ impl Engine {
     /// not cross threads), one warm-up frame runs, then readiness turns
     /// `Serving`. Results go to `output`.
     /// `max_hands` caps the detected hands per frame (strongest first).
-    pub fn start<F>(
+    pub fn start<F, M>(
         load: F,
         output: mpsc::UnboundedSender<EngineOutput>,
         max_waiting: usize,
         max_hands: usize,
     ) -> Self
     where
-        F: FnOnce() -> anyhow::Result<HandPipeline> + Send + 'static,
+        F: FnOnce() -> anyhow::Result<M> + Send + 'static,
+        M: Into<Models>,
     {
         let gate = Arc::new(Gate {
             pending: Mutex::new(Pending::default()),
@@ -170,7 +259,15 @@ impl Engine {
         let thread_gate = gate.clone();
         let thread = std::thread::Builder::new()
             .name("posed-mlx".into())
-            .spawn(move || mlx_thread(load, &thread_gate, &output, &ready_tx, max_hands))
+            .spawn(move || {
+                mlx_thread(
+                    move || load().map(Into::into),
+                    &thread_gate,
+                    &output,
+                    &ready_tx,
+                    max_hands,
+                )
+            })
             .expect("spawning the MLX thread");
         Engine {
             gate,
@@ -186,7 +283,8 @@ impl Engine {
     /// Queues a frame; a job with a reply gets its error back through it when
     /// it cannot be queued.
     pub fn submit(&self, job: FrameJob) -> Result<(), EngineError> {
-        self.gate.offer(job).map_err(|(job, err)| {
+        self.gate.offer(job).map_err(|refused| {
+            let (job, err) = *refused;
             if let Some(reply) = job.reply {
                 let _ = reply.send(Err(err.clone()));
             }
@@ -243,51 +341,103 @@ fn mlx_thread<F>(
     ready: &watch::Sender<Readiness>,
     max_hands: usize,
 ) where
-    F: FnOnce() -> anyhow::Result<HandPipeline>,
+    F: FnOnce() -> anyhow::Result<Models>,
 {
-    let pipeline = match catch_unwind(AssertUnwindSafe(load)) {
-        Ok(Ok(p)) => p,
+    let models = match catch_unwind(AssertUnwindSafe(load)) {
+        Ok(Ok(m)) => m,
         Ok(Err(e)) => return fail_all(gate, output, ready, format!("{e:#}")),
         Err(panic) => return fail_all(gate, output, ready, panic_message(&panic)),
     };
-    if let Err(e) = warm_up(&pipeline, max_hands) {
+    if let Err(e) = warm_up(&models, max_hands) {
         return fail_all(gate, output, ready, format!("warm-up: {e}"));
     }
-    tracing::info!("hand route loaded and warm");
+    let enabled = models.routes();
+    tracing::info!(routes = ?enabled, "models loaded and warm");
     let _ = ready.send(Readiness::Serving);
 
     while let Some((job, dropped)) = gate.take() {
         let frame = job.frame.clone();
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            run_hands(&pipeline, &job, dropped, max_hands)
-        }))
-        .unwrap_or_else(|panic| Err(panic_message(&panic)))
-        .map_err(|message| EngineError::Route {
-            frame: frame.id,
-            message,
-        });
-        // A failing frame marks the route unhealthy until one succeeds again.
-        match &result {
-            Ok(_) => {
+        let routes = if job.routes.is_empty() {
+            enabled.clone()
+        } else {
+            job.routes.clone()
+        };
+        let mut results = Vec::with_capacity(routes.len());
+        for route in routes {
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                run_route(&models, route, &job, dropped, max_hands)
+            }))
+            .unwrap_or_else(|panic| {
+                Err(EngineError::Route {
+                    route: route_name(route),
+                    frame: frame.id,
+                    message: panic_message(&panic),
+                })
+            });
+            results.push((route, result));
+        }
+        // A failing frame marks the daemon unhealthy until one succeeds again.
+        match results.iter().find_map(|(_, r)| r.as_ref().err()) {
+            None => {
                 ready.send_if_modified(|r| {
                     let changed = *r != Readiness::Serving;
                     *r = Readiness::Serving;
                     changed
                 });
             }
-            Err(e) => {
+            Some(EngineError::NotEnabled(_)) => {}
+            Some(e) => {
                 tracing::error!("{e}");
                 let _ = ready.send(Readiness::Failed(e.to_string()));
             }
         }
         let out = EngineOutput {
             frame,
-            result: result.map(Arc::new),
+            results,
             reply: job.reply,
         };
         if output.send(out).is_err() {
             break;
         }
+    }
+}
+
+pub fn route_name(route: Route) -> &'static str {
+    match route {
+        Route::Hands => "hands",
+        Route::Body => "body",
+        Route::Matte => "matte",
+        Route::Unspecified => "unspecified",
+    }
+}
+
+fn run_route(
+    models: &Models,
+    route: Route,
+    job: &FrameJob,
+    dropped: u64,
+    max_hands: usize,
+) -> Result<RouteResult, EngineError> {
+    let failed = |message: String| EngineError::Route {
+        route: route_name(route),
+        frame: job.frame.id,
+        message,
+    };
+    let not_enabled = || EngineError::NotEnabled(route_name(route).into());
+    match route {
+        Route::Hands => {
+            let p = models.hands.as_ref().ok_or_else(not_enabled)?;
+            run_hands(p, job, dropped, max_hands)
+                .map(|r| RouteResult::Hands(Arc::new(r)))
+                .map_err(failed)
+        }
+        Route::Body => {
+            let p = models.body.as_ref().ok_or_else(not_enabled)?;
+            run_body(p, job, dropped)
+                .map(|r| RouteResult::Body(Arc::new(r)))
+                .map_err(failed)
+        }
+        _ => Err(not_enabled()),
     }
 }
 
@@ -298,12 +448,20 @@ fn fail_all(
     ready: &watch::Sender<Readiness>,
     message: String,
 ) {
-    tracing::error!("hand route failed to load: {message}");
+    tracing::error!("models failed to load: {message}");
     let _ = ready.send(Readiness::Failed(message.clone()));
     while let Some((job, _)) = gate.take() {
+        let routes = if job.routes.is_empty() {
+            vec![Route::Hands]
+        } else {
+            job.routes
+        };
         let out = EngineOutput {
             frame: job.frame,
-            result: Err(EngineError::Load(message.clone())),
+            results: routes
+                .into_iter()
+                .map(|r| (r, Err(EngineError::Load(message.clone()))))
+                .collect(),
             reply: job.reply,
         };
         if output.send(out).is_err() {
@@ -321,30 +479,79 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
-/// One frame through every stage, so the first real frame pays no
-/// first-run costs.
-fn warm_up(p: &HandPipeline, max_hands: usize) -> Result<(), String> {
+/// One frame through every stage of every route, so the first real frame
+/// pays no first-run costs.
+fn warm_up(models: &Models, max_hands: usize) -> Result<(), String> {
     let (w, h) = (320, 240);
     let rgb = vec![128u8; w * h * 3];
     let img = RgbImage::new(w, h, &rgb).expect("valid size");
-    let input = p.prepare_detector_input(img);
-    p.detect(&input).map_err(|e| e.to_string())?;
-    let hand = HandBox {
-        bbox: [100.0, 80.0, 160.0, 150.0],
-        is_right: true,
-        score: 1.0,
-        keypoints_2d: Vec::new(),
-    };
-    // A compiled network is traced per batch size: trace every size a
-    // frame can bring now, not on the first frame with that many hands.
-    let batches = if p.is_compiled() { max_hands } else { 1 };
-    for n in 1..=batches {
-        let hands = vec![hand.clone(); n];
-        let crops = p.prepare_crops(img, &hands);
-        p.estimate(&crops, &hands, w, h)
+    if let Some(p) = &models.hands {
+        let input = p.prepare_detector_input(img);
+        p.detect(&input).map_err(|e| e.to_string())?;
+        let hand = HandBox {
+            bbox: [100.0, 80.0, 160.0, 150.0],
+            is_right: true,
+            score: 1.0,
+            keypoints_2d: Vec::new(),
+        };
+        // A compiled network is traced per batch size: trace every size a
+        // frame can bring now, not on the first frame with that many hands.
+        let batches = if p.is_compiled() { max_hands } else { 1 };
+        for n in 1..=batches {
+            let hands = vec![hand.clone(); n];
+            let crops = p.prepare_crops(img, &hands);
+            p.estimate(&crops, &hands, w, h)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    if let Some(p) = &models.body {
+        // The detector and one person through the pose network and decode.
+        p.detect(&p.prepare_detector_input(img))
+            .map_err(|e| e.to_string())?;
+        p.estimate(img, Some(&[[100.0, 40.0, 180.0, 220.0]]))
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+fn run_body(p: &BodyPipeline, job: &FrameJob, dropped: u64) -> Result<BodyResult, String> {
+    let f = &job.frame;
+    let img = RgbImage::new(f.width, f.height, &f.rgb)
+        .ok_or_else(|| format!("frame is not {}x{} RGB", f.width, f.height))?;
+    let mut timings = Vec::with_capacity(5);
+    let mut timed = |stage: &'static str, t: Instant| timings.push((stage, t.elapsed()));
+    let boxes = match &job.person_boxes {
+        Some(b) => b.iter().map(|&b| (b, 1.0)).collect(),
+        None => {
+            let t = Instant::now();
+            let input = p.prepare_detector_input(img);
+            timed("preprocess", t);
+            let t = Instant::now();
+            let boxes = p.detect(&input).map_err(|e| e.to_string())?;
+            timed("detect", t);
+            boxes
+        }
+    };
+    let t = Instant::now();
+    let batch = p.prepare_crops(img, &boxes);
+    timed("crop", t);
+    let t = Instant::now();
+    let heatmaps = p.heatmaps(&batch).map_err(|e| e.to_string())?;
+    timed("pose", t);
+    let t = Instant::now();
+    let people = match heatmaps {
+        Some((hm, mirrored)) => p
+            .decode(&batch, &hm, mirrored.as_ref())
+            .map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
+    timed("decode", t);
+    Ok(BodyResult {
+        frame: f.clone(),
+        people,
+        timings,
+        dropped_before: dropped,
+    })
 }
 
 fn run_hands(
@@ -411,7 +618,9 @@ mod tests {
                 height: 1,
                 rgb: vec![0; 3],
             }),
+            routes: Vec::new(),
             hand_boxes: None,
+            person_boxes: None,
             reply,
         }
     }
@@ -424,17 +633,14 @@ mod tests {
             max_waiting: 2,
         };
         for id in 0..5 {
-            gate.offer(job(id, None)).map_err(|(_, e)| e).unwrap();
+            gate.offer(job(id, None)).map_err(|r| r.1).unwrap();
         }
         let (a, _) = oneshot::channel();
         let (b, _) = oneshot::channel();
         let (c, _) = oneshot::channel();
-        gate.offer(job(10, Some(a))).map_err(|(_, e)| e).unwrap();
-        gate.offer(job(11, Some(b))).map_err(|(_, e)| e).unwrap();
-        let err = gate
-            .offer(job(12, Some(c)))
-            .map_err(|(_, e)| e)
-            .unwrap_err();
+        gate.offer(job(10, Some(a))).map_err(|r| r.1).unwrap();
+        gate.offer(job(11, Some(b))).map_err(|r| r.1).unwrap();
+        let err = gate.offer(job(12, Some(c))).map_err(|r| r.1).unwrap_err();
         assert_eq!(err, EngineError::Busy(2));
 
         // Waiting frames first, in order; then the newest camera frame with
@@ -451,7 +657,7 @@ mod tests {
         assert!(gate.take().is_none());
         assert!(matches!(
             gate.offer(job(20, None)),
-            Err((_, EngineError::Stopped))
+            Err(r) if r.1 == EngineError::Stopped
         ));
     }
 }

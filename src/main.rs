@@ -50,6 +50,9 @@ enum Command {
     Push {
         #[command(flatten)]
         target: TargetArgs,
+        /// Routes to run (hands, body); every enabled route when omitted.
+        #[arg(long = "route")]
+        routes: Vec<String>,
         #[arg(long)]
         vertices: bool,
         #[arg(required = true)]
@@ -144,11 +147,13 @@ enum WeightsCommand {
     /// verified), and convert MANO. Honours HF_HUB_CACHE, HF_HOME,
     /// HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE.
     Fetch {
-        /// hands (all routes with published weights if omitted).
+        /// hands or body (all routes with published weights if omitted).
         #[arg(long)]
         route: Option<String>,
-        #[arg(long, value_enum, default_value = "f32")]
-        variant: Variant,
+        /// hands: f32 or int4 (default f32); body: the Sapiens2 size 0.4b,
+        /// 0.8b, 1b or 5b (default 0.4b).
+        #[arg(long)]
+        variant: Option<String>,
     },
     /// What is in the cache for each manifest file.
     List,
@@ -285,7 +290,7 @@ fn weights(cmd: WeightsCommand) -> anyhow::Result<()> {
     use posed::weights::cmd;
     match cmd {
         WeightsCommand::Fetch { route, variant } => {
-            client_runtime()?.block_on(cmd::fetch(route.as_deref(), variant.name()))
+            client_runtime()?.block_on(cmd::fetch(route.as_deref(), variant.as_deref()))
         }
         WeightsCommand::List => cmd::list(),
         WeightsCommand::Verify { route } => cmd::verify(route.as_deref()),
@@ -364,11 +369,12 @@ fn main() -> ExitCode {
         }),
         Command::Push {
             target,
+            routes,
             vertices,
             files,
-        } => client_runtime()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(client::push(&target.target(), &files, vertices))),
+        } => parse_routes(&routes).and_then(|routes| {
+            client_runtime()?.block_on(client::push(&target.target(), &files, &routes, vertices))
+        }),
         Command::Weights(cmd) => weights(cmd),
         Command::Bench(args) => bench(args),
         Command::Fixture(FixtureCommand::Run { model, dir, out }) => {

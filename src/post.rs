@@ -7,36 +7,37 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use posed_models::hand_detector::iou;
 use posed_models::hand_pipeline::HandEstimate;
 
-use crate::engine::HandsResult;
+use crate::engine::{BodyResult, HandsResult};
 use crate::proto;
 
 /// Boxes must overlap at least this much to continue a track.
 const TRACK_IOU: f32 = 0.3;
 
-/// Stable hand ids across frames of a source, by greedy IoU association with
-/// the previous frame's hands of the same side.
+/// Stable ids across frames of a source, by greedy IoU association with the
+/// previous frame's boxes of the same class.
 #[derive(Default)]
-pub struct HandTracker {
+pub struct BoxTracker {
     next_id: u32,
     last: HashMap<String, Vec<(u32, [f32; 4], bool)>>,
 }
 
-impl HandTracker {
-    pub fn assign(&mut self, source: &str, hands: &[HandEstimate]) -> Vec<u32> {
+impl BoxTracker {
+    /// `boxes`: each box and its class (hands: right or not; people: one class).
+    pub fn assign(&mut self, source: &str, boxes: &[([f32; 4], bool)]) -> Vec<u32> {
         let previous = self.last.remove(source).unwrap_or_default();
         let mut taken = vec![false; previous.len()];
-        // Strongest overlaps first, so two hands never fight over one track.
+        // Strongest overlaps first, so two boxes never fight over one track.
         let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
-        for (i, h) in hands.iter().enumerate() {
-            for (j, (_, bbox, right)) in previous.iter().enumerate() {
-                let o = iou(&h.hand.bbox, bbox);
-                if *right == h.hand.is_right && o >= TRACK_IOU {
+        for (i, (bbox, class)) in boxes.iter().enumerate() {
+            for (j, (_, old, old_class)) in previous.iter().enumerate() {
+                let o = iou(bbox, old);
+                if class == old_class && o >= TRACK_IOU {
                     pairs.push((o, i, j));
                 }
             }
         }
         pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let mut ids: Vec<Option<u32>> = vec![None; hands.len()];
+        let mut ids: Vec<Option<u32>> = vec![None; boxes.len()];
         for (_, i, j) in pairs {
             if ids[i].is_none() && !taken[j] {
                 ids[i] = Some(previous[j].0);
@@ -54,13 +55,27 @@ impl HandTracker {
             .collect();
         self.last.insert(
             source.to_owned(),
-            hands
+            boxes
                 .iter()
                 .zip(&ids)
-                .map(|(h, &id)| (id, h.hand.bbox, h.hand.is_right))
+                .map(|((bbox, class), &id)| (id, *bbox, *class))
                 .collect(),
         );
         ids
+    }
+}
+
+/// Hand tracks: boxes of the same side.
+#[derive(Default)]
+pub struct HandTracker(BoxTracker);
+
+impl HandTracker {
+    pub fn assign(&mut self, source: &str, hands: &[HandEstimate]) -> Vec<u32> {
+        let boxes: Vec<([f32; 4], bool)> = hands
+            .iter()
+            .map(|h| (h.hand.bbox, h.hand.is_right))
+            .collect();
+        self.0.assign(source, &boxes)
     }
 }
 
@@ -135,6 +150,47 @@ pub fn hands_event(
         image_height: f.height as u32,
         mirrored: mirror,
         payload: Some(proto::event::Payload::Hands(proto::Hands { hands })),
+    }
+}
+
+/// The event for one body-route result.
+pub fn body_event(result: &BodyResult, track_ids: &[u32], post_time: Duration) -> proto::Event {
+    let f = &result.frame;
+    let mut timings: Vec<proto::StageTiming> = result
+        .timings
+        .iter()
+        .map(|(stage, d)| timing(stage, *d))
+        .collect();
+    timings.push(timing("post", post_time));
+    let people = result
+        .people
+        .iter()
+        .zip(track_ids)
+        .map(|(p, &track_id)| {
+            let [x1, y1, x2, y2] = p.bbox;
+            proto::BodyPose {
+                track_id,
+                bbox: Some(proto::Box2D { x1, y1, x2, y2 }),
+                score: p.score,
+                keypoints: p.keypoints.iter().flatten().copied().collect(),
+                keypoint_scores: p.keypoint_scores.clone(),
+            }
+        })
+        .collect();
+    proto::Event {
+        frame_id: f.id,
+        source_id: f.source_id.clone(),
+        client_frame_id: f.client_frame_id,
+        route: proto::Route::Body as i32,
+        capture_unix_ns: unix_ns(f.captured),
+        emit_unix_ns: unix_ns(SystemTime::now()),
+        timings,
+        dropped_frames: result.dropped_before,
+        dropped_for_subscriber: 0,
+        image_width: f.width as u32,
+        image_height: f.height as u32,
+        mirrored: false,
+        payload: Some(proto::event::Payload::Bodies(proto::Bodies { people })),
     }
 }
 

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use posed_models::body_pipeline::{BodyModelFiles, BodyPipeline};
 use posed_models::hand_pipeline::HandPipeline;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{Engine, Models};
 use crate::proto;
 use crate::server::{self, ServeOptions, StaticStatus};
 use crate::telemetry::{self, Telemetry};
@@ -44,47 +45,105 @@ pub async fn run(config: Config) -> Result<()> {
 
     // The loader runs on the MLX thread and says whether the weights are
     // synthetic; the server answers (health NOT_SERVING) while it loads.
+    let mut routes = vec![proto::Route::Hands];
+    let mut named = vec![
+        model_status(
+            "hand-detector",
+            proto::Route::Hands,
+            Path::new(""),
+            "float32",
+        ),
+        model_status(
+            "wilor",
+            proto::Route::Hands,
+            Path::new(""),
+            &config.hands.variant,
+        ),
+    ];
+    if config.body.enabled {
+        routes.push(proto::Route::Body);
+        named.extend(body_model_status(&config, None));
+    }
     let status = StaticStatus {
         device: device_name,
         mlx_version: posed_models::runtime::mlx_version(),
+        routes,
         // Named now so GetStatus can report a failure to find the files;
         // the paths are filled in once they are found.
-        models: Arc::new(std::sync::Mutex::new(vec![
-            model_status("hand-detector", Path::new(""), "float32"),
-            model_status("wilor", Path::new(""), &config.hands.variant),
-        ])),
+        models: Arc::new(std::sync::Mutex::new(named)),
         synthetic_weights: Default::default(),
     };
     let synthetic = status.synthetic_weights.clone();
     let models = status.models.clone();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let hands = config.hands.clone();
+    let loader_config = config.clone();
     let runtime = tokio::runtime::Handle::current();
     let engine = Engine::start(
         move || {
             // Finding (maybe downloading) the files happens here, on the MLX
             // thread, so the server already answers NOT_SERVING meanwhile.
-            let files = runtime.block_on(crate::weights::resolve::hand_files(&hands, &hub))?;
-            *models.lock().expect("status lock") = vec![
-                model_status("hand-detector", &files.detector_weights, "float32"),
-                model_status("wilor", &files.wilor_weights, &hands.variant),
-            ];
+            let config = loader_config;
+            let hands = &config.hands;
+            let files = runtime.block_on(crate::weights::resolve::hand_files(hands, &hub))?;
+            let body_files = if config.body.enabled {
+                Some(runtime.block_on(crate::weights::resolve::body_files(&config.body, &hub))?)
+            } else {
+                None
+            };
+            {
+                let mut m = models.lock().expect("status lock");
+                *m = vec![
+                    model_status(
+                        "hand-detector",
+                        proto::Route::Hands,
+                        &files.detector_weights,
+                        "float32",
+                    ),
+                    model_status(
+                        "wilor",
+                        proto::Route::Hands,
+                        &files.wilor_weights,
+                        &hands.variant,
+                    ),
+                ];
+                m.extend(body_model_status(&config, body_files.as_ref()));
+            }
             tracing::info!(
                 detector = %files.detector_weights.display(),
                 wilor = %files.wilor_weights.display(),
                 mano = %files.mano.display(),
                 "loading the hand route"
             );
-            let (pipeline, is_synthetic) = HandPipeline::load(&files)?;
+            let (pipeline, mut is_synthetic) = HandPipeline::load(&files)?;
             let on_gpu = posed_models::runtime::default_device().kind == "gpu";
             if hands.compile == "on" || (hands.compile == "auto" && on_gpu) {
                 pipeline.compile();
             }
+            let body = match body_files {
+                Some(mut files) => {
+                    tracing::info!(
+                        detector = %files.detector_weights.display(),
+                        pose = %files.pose_weights.display(),
+                        "loading the body route"
+                    );
+                    files.pose_config.demo.flip_test = config.body.flip_test;
+                    let dtype =
+                        (config.body.dtype == "bfloat16").then_some(mlx_rs::Dtype::Bfloat16);
+                    let (mut body, synthetic) = BodyPipeline::load(&files, dtype)?;
+                    body.max_people = config.body.max_people;
+                    is_synthetic |= synthetic;
+                    Some(body)
+                }
+                None => None,
+            };
             synthetic.store(is_synthetic, std::sync::atomic::Ordering::Relaxed);
             if is_synthetic {
                 tracing::warn!("RUNNING ON SYNTHETIC (RANDOM) WEIGHTS: poses are meaningless");
             }
-            Ok(pipeline)
+            Ok(Models {
+                hands: Some(pipeline),
+                body,
+            })
         },
         out_tx,
         config.server.max_waiting_pushes,
@@ -101,8 +160,8 @@ pub async fn run(config: Config) -> Result<()> {
         // reason, and keep answering (health says NOT_SERVING).
         let status = match verdict {
             crate::engine::Readiness::Failed(e) => {
-                tracing::error!("the hand route is not serving: {e}");
-                format!("hand route failed: {e}")
+                tracing::error!("the daemon is not serving: {e}");
+                format!("failed: {e}")
             }
             _ => "serving".to_owned(),
         };
@@ -206,10 +265,34 @@ fn source_specs(config: &Config) -> Vec<server::SourceSpec> {
     specs
 }
 
-fn model_status(name: &str, weights: &Path, dtype: &str) -> proto::ModelStatus {
+/// The body route's two models, with their files once found.
+fn body_model_status(config: &Config, files: Option<&BodyModelFiles>) -> Vec<proto::ModelStatus> {
+    let none = Path::new("");
+    vec![
+        model_status(
+            "person-detector",
+            proto::Route::Body,
+            files.map_or(none, |f| &f.detector_weights),
+            "float32",
+        ),
+        model_status(
+            &format!("sapiens2-pose-{}", config.body.size),
+            proto::Route::Body,
+            files.map_or(none, |f| &f.pose_weights),
+            &config.body.dtype,
+        ),
+    ]
+}
+
+fn model_status(
+    name: &str,
+    route: proto::Route,
+    weights: &Path,
+    dtype: &str,
+) -> proto::ModelStatus {
     proto::ModelStatus {
         name: name.into(),
-        route: proto::Route::Hands as i32,
+        route: route as i32,
         weights: weights.display().to_string(),
         dtype: dtype.into(),
         ..Default::default()

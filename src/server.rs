@@ -24,9 +24,11 @@ use tonic::{Request, Response, Status, Streaming};
 use tonic_health::ServingStatus;
 
 use crate::decode;
-use crate::engine::{Engine, EngineError, EngineOutput, Frame, FrameJob, Readiness};
+use crate::engine::{
+    route_name, Engine, EngineError, EngineOutput, Frame, FrameJob, Readiness, RouteResult,
+};
 use crate::fanout::FanOut;
-use crate::post::{self, HandTracker};
+use crate::post::{self, BoxTracker, HandTracker};
 use crate::proto::{self, pose_service_server::PoseServiceServer};
 use crate::recording::Recorder;
 use crate::smoothing::{OneEuroParams, Smoother};
@@ -38,6 +40,7 @@ use posed_models::hand_pipeline::HandBox;
 pub const SERVICE_NAME: &str = "posed.v1.PoseService";
 /// Per-route health service names.
 pub const HANDS_HEALTH_NAME: &str = "posed.v1.PoseService/hands";
+pub const BODY_HEALTH_NAME: &str = "posed.v1.PoseService/body";
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -73,14 +76,28 @@ impl Default for ServeOptions {
 }
 
 /// Facts for `GetStatus` that the server does not compute itself.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StaticStatus {
     pub device: String,
     pub mlx_version: String,
+    /// The routes this daemon runs (pushes may name only these).
+    pub routes: Vec<proto::Route>,
     /// Filled by the loader once it has found the model files.
     pub models: Arc<std::sync::Mutex<Vec<proto::ModelStatus>>>,
     /// Set once the loader has looked at the weight files' metadata.
     pub synthetic_weights: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Default for StaticStatus {
+    fn default() -> Self {
+        StaticStatus {
+            device: String::new(),
+            mlx_version: String::new(),
+            routes: vec![proto::Route::Hands],
+            models: Default::default(),
+            synthetic_weights: Default::default(),
+        }
+    }
 }
 
 pub struct Shared {
@@ -181,10 +198,22 @@ pub async fn run(
     health
         .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
         .await;
-    health
-        .set_service_status(HANDS_HEALTH_NAME, ServingStatus::NotServing)
-        .await;
-    tokio::spawn(follow_readiness(readiness, health));
+    let route_health: Vec<&'static str> = shared
+        .status
+        .routes
+        .iter()
+        .filter_map(|r| match r {
+            proto::Route::Hands => Some(HANDS_HEALTH_NAME),
+            proto::Route::Body => Some(BODY_HEALTH_NAME),
+            _ => None,
+        })
+        .collect();
+    for name in &route_health {
+        health
+            .set_service_status(*name, ServingStatus::NotServing)
+            .await;
+    }
+    tokio::spawn(follow_readiness(readiness, health, route_health));
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -288,6 +317,7 @@ fn start_sources(
 async fn follow_readiness(
     mut readiness: watch::Receiver<Readiness>,
     health: tonic_health::server::HealthReporter,
+    routes: Vec<&'static str>,
 ) {
     loop {
         let status = match &*readiness.borrow_and_update() {
@@ -295,7 +325,9 @@ async fn follow_readiness(
             _ => ServingStatus::NotServing,
         };
         health.set_service_status(SERVICE_NAME, status).await;
-        health.set_service_status(HANDS_HEALTH_NAME, status).await;
+        for name in &routes {
+            health.set_service_status(*name, status).await;
+        }
         if readiness.changed().await.is_err() {
             return;
         }
@@ -310,45 +342,69 @@ async fn post_loop(
     telemetry: Arc<Telemetry>,
     mirror: bool,
 ) {
-    let mut tracker = HandTracker::default();
+    let mut hand_tracker = HandTracker::default();
+    let mut body_tracker = BoxTracker::default();
     while let Some(out) = results.recv().await {
-        let event = match &out.result {
-            Ok(result) => {
-                let t = Instant::now();
-                let ids = tracker.assign(&result.frame.source_id, &result.hands);
-                let event = post::hands_event(result, &ids, mirror, t.elapsed());
-                for (stage, d) in &result.timings {
-                    telemetry.record(&format!("hands.{stage}"), *d);
+        let mut events = Vec::with_capacity(out.results.len());
+        let mut first_error = None;
+        for (route, result) in &out.results {
+            let name = route_name(*route);
+            let t = Instant::now();
+            let (event, timings, dropped) = match result {
+                Ok(RouteResult::Hands(r)) => {
+                    let ids = hand_tracker.assign(&r.frame.source_id, &r.hands);
+                    let e = post::hands_event(r, &ids, mirror, t.elapsed());
+                    (e, r.timings.as_slice(), r.dropped_before)
                 }
-                telemetry.record("hands.post", t.elapsed());
-                if result.dropped_before > 0 {
-                    telemetry.record_dropped("hands.gate", result.dropped_before);
+                Ok(RouteResult::Body(r)) => {
+                    let boxes: Vec<([f32; 4], bool)> =
+                        r.people.iter().map(|p| (p.bbox, false)).collect();
+                    let ids = body_tracker.assign(&r.frame.source_id, &boxes);
+                    let e = post::body_event(r, &ids, t.elapsed());
+                    (e, r.timings.as_slice(), r.dropped_before)
                 }
-                Ok(event)
+                Err(e) => {
+                    first_error.get_or_insert_with(|| e.clone());
+                    (error_event(&out.frame, *route, e), &[][..], 0)
+                }
+            };
+            for (stage, d) in timings {
+                telemetry.record(&format!("{name}.{stage}"), *d);
             }
-            Err(e) => Err(e.clone()),
-        };
-        let event = match event {
-            Ok(ev) => ev,
-            Err(e) => error_event(&out.frame, &e),
-        };
-        let t = Instant::now();
-        fanout.publish(event.clone());
-        telemetry.record("hands.fanout", t.elapsed());
-        telemetry.record("hands.end_to_end", out.frame.received.elapsed());
+            if result.is_ok() {
+                telemetry.record(&format!("{name}.post"), t.elapsed());
+            }
+            if dropped > 0 {
+                telemetry.record_dropped(&format!("{name}.gate"), dropped);
+            }
+            let t = Instant::now();
+            fanout.publish(event.clone());
+            telemetry.record(&format!("{name}.fanout"), t.elapsed());
+            telemetry.record(&format!("{name}.end_to_end"), out.frame.received.elapsed());
+            events.push(event);
+        }
         if let Some(reply) = out.reply {
-            let _ = reply.send(out.result.map(|_| event));
+            // A waiting push fails only when none of its routes succeeded.
+            let answer = match first_error {
+                Some(e) if events.iter().all(is_error) => Err(e),
+                _ => Ok(events),
+            };
+            let _ = reply.send(answer);
         }
     }
 }
 
-fn error_event(frame: &Frame, e: &EngineError) -> proto::Event {
+fn is_error(e: &proto::Event) -> bool {
+    matches!(e.payload, Some(proto::event::Payload::Error(_)))
+}
+
+fn error_event(frame: &Frame, route: proto::Route, e: &EngineError) -> proto::Event {
     let status = engine_status(e);
     proto::Event {
         frame_id: frame.id,
         source_id: frame.source_id.clone(),
         client_frame_id: frame.client_frame_id,
-        route: proto::Route::Hands as i32,
+        route: route as i32,
         capture_unix_ns: post::unix_ns(frame.captured),
         emit_unix_ns: post::unix_ns(SystemTime::now()),
         image_width: frame.width as u32,
@@ -366,6 +422,7 @@ fn engine_status(e: &EngineError) -> Status {
         EngineError::Busy(_) => Status::resource_exhausted(e.to_string()),
         EngineError::Stopped | EngineError::Load(_) => Status::unavailable(e.to_string()),
         EngineError::Route { .. } => Status::internal(e.to_string()),
+        EngineError::NotEnabled(_) => Status::failed_precondition(e.to_string()),
     }
 }
 
@@ -377,18 +434,20 @@ impl PoseServer {
         req: proto::PushImageRequest,
         reply: Option<crate::engine::Reply>,
     ) -> Result<FrameJob, Status> {
+        let mut routes = Vec::with_capacity(req.routes.len());
         for &r in &req.routes {
             match proto::Route::try_from(r) {
-                Ok(proto::Route::Hands) => {}
                 Ok(proto::Route::Unspecified) | Err(_) => {
                     return Err(Status::invalid_argument(format!("unknown route {r}")))
                 }
-                Ok(other) => {
+                Ok(route) if !self.shared.status.routes.contains(&route) => {
                     return Err(Status::failed_precondition(format!(
                         "route {} is not enabled on this daemon",
-                        other.as_str_name()
+                        route.as_str_name()
                     )))
                 }
+                Ok(route) if !routes.contains(&route) => routes.push(route),
+                Ok(_) => {}
             }
         }
         let received = Instant::now();
@@ -399,11 +458,16 @@ impl PoseServer {
             .map_err(|e| Status::internal(format!("decoder failed: {e}")))??;
         self.shared
             .telemetry
-            .record("hands.decode", received.elapsed());
+            .record("push.decode", received.elapsed());
         let hand_boxes = if req.hand_boxes.is_empty() {
             None
         } else {
             Some(hand_boxes(&req.hand_boxes, rgb.width, rgb.height)?)
+        };
+        let person_boxes = if req.person_boxes.is_empty() {
+            None
+        } else {
+            Some(person_boxes(&req.person_boxes, rgb.width, rgb.height)?)
         };
         let id = self.shared.next_frame_id.fetch_add(1, Ordering::Relaxed);
         let captured = if req.capture_unix_ns > 0 {
@@ -431,13 +495,19 @@ impl PoseServer {
         }
         Ok(FrameJob {
             frame,
+            routes,
             hand_boxes,
+            person_boxes,
             reply,
         })
     }
 
-    /// Submits and waits for the event (with vertices only if asked).
-    async fn run_and_wait(&self, req: proto::PushImageRequest) -> Result<proto::Event, Status> {
+    /// Submits and waits for the events, one per route (with vertices only
+    /// if asked).
+    async fn run_and_wait(
+        &self,
+        req: proto::PushImageRequest,
+    ) -> Result<Vec<proto::Event>, Status> {
         let include_vertices = req.include_vertices;
         let (tx, rx) = oneshot::channel();
         let job = self.frame_job(req, Some(tx)).await?;
@@ -445,16 +515,53 @@ impl PoseServer {
             .engine
             .submit(job)
             .map_err(|e| engine_status(&e))?;
-        let event = rx
+        let events = rx
             .await
             .map_err(|_| Status::unavailable("the engine stopped before answering"))?
             .map_err(|e| engine_status(&e))?;
         Ok(if include_vertices {
-            event
+            events
         } else {
-            post::without_vertices(&event)
+            events.iter().map(post::without_vertices).collect()
         })
     }
+
+    /// The route a request's one-line answers (skipped, failed) name.
+    fn first_route(&self, req: &proto::PushImageRequest) -> i32 {
+        req.routes
+            .first()
+            .copied()
+            .or_else(|| self.shared.status.routes.first().map(|&r| r as i32))
+            .unwrap_or(proto::Route::Hands as i32)
+    }
+}
+
+/// A client box: finite, not empty or inverted, touching the image.
+fn checked_box(
+    field: &str,
+    i: usize,
+    r: Option<&proto::Box2D>,
+    width: usize,
+    height: usize,
+) -> Result<[f32; 4], Status> {
+    let r = r.ok_or_else(|| Status::invalid_argument(format!("{field}[{i}] has no box")))?;
+    let v = [r.x1, r.y1, r.x2, r.y2];
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(Status::invalid_argument(format!(
+            "{field}[{i}] is not finite: {v:?}"
+        )));
+    }
+    if r.x2 <= r.x1 || r.y2 <= r.y1 {
+        return Err(Status::invalid_argument(format!(
+            "{field}[{i}] is empty or inverted: {v:?} (want x1 < x2, y1 < y2)"
+        )));
+    }
+    if r.x2 <= 0.0 || r.y2 <= 0.0 || r.x1 >= width as f32 || r.y1 >= height as f32 {
+        return Err(Status::invalid_argument(format!(
+            "{field}[{i}] {v:?} lies outside the {width}x{height} image"
+        )));
+    }
+    Ok(v)
 }
 
 fn hand_boxes(
@@ -466,26 +573,7 @@ fn hand_boxes(
         .iter()
         .enumerate()
         .map(|(i, b)| {
-            let r = b
-                .r#box
-                .as_ref()
-                .ok_or_else(|| Status::invalid_argument(format!("hand_boxes[{i}] has no box")))?;
-            let v = [r.x1, r.y1, r.x2, r.y2];
-            if v.iter().any(|x| !x.is_finite()) {
-                return Err(Status::invalid_argument(format!(
-                    "hand_boxes[{i}] is not finite: {v:?}"
-                )));
-            }
-            if r.x2 <= r.x1 || r.y2 <= r.y1 {
-                return Err(Status::invalid_argument(format!(
-                    "hand_boxes[{i}] is empty or inverted: {v:?} (want x1 < x2, y1 < y2)"
-                )));
-            }
-            if r.x2 <= 0.0 || r.y2 <= 0.0 || r.x1 >= width as f32 || r.y1 >= height as f32 {
-                return Err(Status::invalid_argument(format!(
-                    "hand_boxes[{i}] {v:?} lies outside the {width}x{height} image"
-                )));
-            }
+            let bbox = checked_box("hand_boxes", i, b.r#box.as_ref(), width, height)?;
             let is_right = match proto::HandSide::try_from(b.side) {
                 Ok(proto::HandSide::Left) => false,
                 Ok(proto::HandSide::Right) => true,
@@ -496,12 +584,24 @@ fn hand_boxes(
                 }
             };
             Ok(HandBox {
-                bbox: v,
+                bbox,
                 is_right,
                 score: 1.0,
                 keypoints_2d: Vec::new(),
             })
         })
+        .collect()
+}
+
+fn person_boxes(
+    boxes: &[proto::Box2D],
+    width: usize,
+    height: usize,
+) -> Result<Vec<[f32; 4]>, Status> {
+    boxes
+        .iter()
+        .enumerate()
+        .map(|(i, b)| checked_box("person_boxes", i, Some(b), width, height))
         .collect()
 }
 
@@ -592,10 +692,10 @@ impl proto::pose_service_server::PoseService for PoseServer {
     ) -> Result<Response<proto::PushImageReply>, Status> {
         let req = request.into_inner();
         if req.wait {
-            let event = self.run_and_wait(req).await?;
+            let events = self.run_and_wait(req).await?;
             return Ok(Response::new(proto::PushImageReply {
-                frame_id: event.frame_id,
-                events: vec![event],
+                frame_id: events.first().map_or(0, |e| e.frame_id),
+                events,
             }));
         }
         let job = self.frame_job(req, None).await?;
@@ -623,6 +723,7 @@ impl proto::pose_service_server::PoseService for PoseServer {
         let reader_slot = slot.clone();
         let reader_tx = tx.clone();
         let mut shutdown = self.shared.shutdown.clone();
+        let namer = self.clone();
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -633,9 +734,9 @@ impl proto::pose_service_server::PoseService for PoseServer {
                     Some(Ok(req)) => {
                         if let Some(old) = reader_slot.put(req) {
                             let skipped = proto::Event {
+                                route: namer.first_route(&old),
                                 client_frame_id: old.client_frame_id,
                                 source_id: old.source_id,
-                                route: proto::Route::Hands as i32,
                                 emit_unix_ns: post::unix_ns(SystemTime::now()),
                                 payload: Some(proto::event::Payload::Skipped(proto::Skipped {})),
                                 ..Default::default()
@@ -656,9 +757,11 @@ impl proto::pose_service_server::PoseService for PoseServer {
         });
         let server = self.clone();
         tokio::spawn(async move {
-            while let Some(req) = slot.next().await {
-                if tx.send(server.answer(req).await).await.is_err() {
-                    break;
+            'frames: while let Some(req) = slot.next().await {
+                for event in server.answer(req).await {
+                    if tx.send(Ok(event)).await.is_err() {
+                        break 'frames;
+                    }
                 }
             }
         });
@@ -737,30 +840,37 @@ impl proto::pose_service_server::PoseService for PoseServer {
             .collect(),
             subscribers: s.fanout.subscribers() as u32,
             synthetic_weights: synthetic,
-            body_keypoint_names: Vec::new(),
+            body_keypoint_names: if s.status.routes.contains(&proto::Route::Body) {
+                posed_models::sapiens2::keypoint_names_308()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }))
     }
 }
 
 impl PoseServer {
-    /// One PushStream frame's event: the result, or an error event naming it.
-    async fn answer(&self, req: proto::PushImageRequest) -> Result<proto::Event, Status> {
+    /// One PushStream frame's events: the results, or an error event naming it.
+    async fn answer(&self, req: proto::PushImageRequest) -> Vec<proto::Event> {
         let client_frame_id = req.client_frame_id;
         let source_id = req.source_id.clone();
-        Ok(self
-            .run_and_wait(req)
-            .await
-            .unwrap_or_else(|status| proto::Event {
+        let route = self.first_route(&req);
+        self.run_and_wait(req).await.unwrap_or_else(|status| {
+            vec![proto::Event {
                 client_frame_id,
                 source_id,
-                route: proto::Route::Hands as i32,
+                route,
                 emit_unix_ns: post::unix_ns(SystemTime::now()),
                 payload: Some(proto::event::Payload::Error(proto::EventError {
                     code: status.code() as i32,
                     message: status.message().to_owned(),
                 })),
                 ..Default::default()
-            }))
+            }]
+        })
     }
 }
 

@@ -90,21 +90,13 @@ impl FrameSubmitter {
 
     /// Latest-wins: a frame still waiting when the next comes is dropped.
     pub fn offer(&self, frame: Arc<Frame>) -> Result<(), EngineError> {
-        self.engine.submit(FrameJob {
-            frame,
-            hand_boxes: None,
-            reply: None,
-        })
+        self.engine.submit(FrameJob::new(frame, None))
     }
 
     /// Waits until the frame has been run (for replay as fast as possible).
     pub async fn run(&self, frame: Arc<Frame>) -> Result<(), EngineError> {
         let (tx, rx) = oneshot::channel();
-        self.engine.submit(FrameJob {
-            frame,
-            hand_boxes: None,
-            reply: Some(tx),
-        })?;
+        self.engine.submit(FrameJob::new(frame, Some(tx)))?;
         rx.await.map_err(|_| EngineError::Stopped)?.map(|_| ())
     }
 }

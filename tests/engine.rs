@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use posed::engine::{Engine, EngineError, Frame, FrameJob, Readiness};
+use posed::engine::{Engine, EngineError, Frame, FrameJob, Models, Readiness, RouteResult};
+use posed::proto::Route;
+use posed_models::body_pipeline::{BodyModelFiles, BodyPipeline};
 use posed_models::hand_pipeline::{HandBox, HandModelFiles, HandPipeline};
 use tokio::sync::{mpsc, oneshot};
 
@@ -56,14 +58,13 @@ async fn serves_after_warm_up_and_answers_waiting_pushes() {
     };
     engine
         .submit(FrameJob {
-            frame: frame(7, 200, 160),
             hand_boxes: Some(vec![hand]),
-            reply: Some(reply),
+            ..FrameJob::new(frame(7, 200, 160), Some(reply))
         })
         .unwrap();
     // Post-processing answers the reply; here the test plays that part.
     let out = rx.recv().await.unwrap();
-    let result = out.result.clone().unwrap();
+    let result = out.hands().unwrap().clone();
     assert_eq!(result.frame.id, 7);
     assert_eq!(result.hands.len(), 1);
     assert_eq!(result.hands[0].keypoints_3d.len(), 21);
@@ -74,39 +75,29 @@ async fn serves_after_warm_up_and_answers_waiting_pushes() {
         "client boxes skip the detector"
     );
     let event = posed::post::hands_event(&result, &[1], false, std::time::Duration::ZERO);
-    out.reply.unwrap().send(Ok(event)).unwrap();
-    assert_eq!(answer.await.unwrap().unwrap().frame_id, 7);
+    out.reply.unwrap().send(Ok(vec![event])).unwrap();
+    assert_eq!(answer.await.unwrap().unwrap()[0].frame_id, 7);
 
     // A frame the route cannot take is an error for that frame only.
     let mut bad = Frame {
         ..Arc::try_unwrap(frame(8, 10, 10)).unwrap()
     };
     bad.rgb.truncate(5);
-    engine
-        .submit(FrameJob {
-            frame: Arc::new(bad),
-            hand_boxes: None,
-            reply: None,
-        })
-        .unwrap();
+    engine.submit(FrameJob::new(Arc::new(bad), None)).unwrap();
     let out = rx.recv().await.unwrap();
     assert!(
-        matches!(out.result, Err(EngineError::Route { frame: 8, .. })),
+        matches!(out.hands(), Err(EngineError::Route { frame: 8, .. })),
         "{:?}",
-        out.result.err()
+        out.hands().err()
     );
     assert!(matches!(*engine.readiness().borrow(), Readiness::Failed(_)));
 
     // ...and the next good frame brings the route back.
     engine
-        .submit(FrameJob {
-            frame: frame(9, 64, 48),
-            hand_boxes: None,
-            reply: None,
-        })
+        .submit(FrameJob::new(frame(9, 64, 48), None))
         .unwrap();
     let out = rx.recv().await.unwrap();
-    let result = out.result.unwrap();
+    let result = out.hands().unwrap();
     assert_eq!(result.frame.id, 9);
     assert_eq!(result.timings[0].0, "preprocess");
     assert_eq!(*engine.readiness().borrow(), Readiness::Serving);
@@ -125,14 +116,10 @@ async fn a_failed_load_is_reported_and_every_frame_answered() {
     }
     let (reply, answer) = oneshot::channel();
     engine
-        .submit(FrameJob {
-            frame: frame(1, 8, 8),
-            hand_boxes: None,
-            reply: Some(reply),
-        })
+        .submit(FrameJob::new(frame(1, 8, 8), Some(reply)))
         .unwrap();
     let out = rx.recv().await.unwrap();
-    let Err(err) = out.result else {
+    let Err(err) = out.hands() else {
         panic!("loaded without weights")
     };
     assert!(matches!(err, EngineError::Load(_)));
@@ -160,19 +147,107 @@ async fn degenerate_boxes_do_not_crash_the_route() {
     {
         engine
             .submit(FrameJob {
-                frame: frame(id as u64, 64, 48),
                 hand_boxes: Some(vec![HandBox {
                     bbox,
                     is_right: true,
                     score: 1.0,
                     keypoints_2d: vec![],
                 }]),
-                reply: None,
+                ..FrameJob::new(frame(id as u64, 64, 48), None)
             })
             .unwrap();
         let out = rx.recv().await.unwrap();
-        assert_eq!(out.result.unwrap().hands.len(), 1, "{bbox:?}");
+        assert_eq!(out.hands().unwrap().hands.len(), 1, "{bbox:?}");
     }
+    assert_eq!(*engine.readiness().borrow(), Readiness::Serving);
+    engine.shutdown();
+}
+
+/// Both routes on one MLX thread (fixture-size networks): a frame asks for
+/// them in order; client person boxes skip the person detector; without
+/// boxes the detector runs (and falls back to the whole image); a frame for
+/// a route that is not loaded gets an error for that route only.
+#[tokio::test]
+async fn the_body_route_runs_beside_the_hand_route() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let hand_files = files();
+    let body_dir = posed_models::fixture::fixtures_dir().join("body");
+    let body_files = BodyModelFiles::from_dir(&body_dir).unwrap();
+    let engine = Engine::start(
+        move || {
+            Ok(Models {
+                hands: Some(HandPipeline::load(&hand_files)?.0),
+                body: Some(BodyPipeline::load(&body_files, None)?.0),
+            })
+        },
+        tx,
+        4,
+        4,
+    );
+    assert_eq!(wait_ready(&engine).await, Readiness::Serving);
+
+    engine
+        .submit(FrameJob {
+            routes: vec![Route::Body, Route::Hands],
+            person_boxes: Some(vec![[20.0, 10.0, 90.0, 150.0], [100.0, 20.0, 180.0, 150.0]]),
+            ..FrameJob::new(frame(1, 200, 160), None)
+        })
+        .unwrap();
+    let out = rx.recv().await.unwrap();
+    let routes: Vec<Route> = out.results.iter().map(|(r, _)| *r).collect();
+    assert_eq!(routes, [Route::Body, Route::Hands]);
+    let Ok(RouteResult::Body(body)) = &out.results[0].1 else {
+        panic!("{:?}", out.results[0].1)
+    };
+    assert_eq!(body.people.len(), 2);
+    for p in &body.people {
+        assert_eq!(p.keypoints.len(), 308);
+        assert_eq!(p.keypoint_scores.len(), 308);
+        assert_eq!(p.score, 1.0);
+        assert!(p.keypoints.iter().flatten().all(|v| v.is_finite()));
+    }
+    assert_eq!(body.people[0].bbox, [20.0, 10.0, 90.0, 150.0]);
+    let stages: Vec<_> = body.timings.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        stages,
+        ["crop", "pose", "decode"],
+        "client boxes skip the detector"
+    );
+    assert!(out.hands().is_ok());
+
+    // No boxes: the person detector runs first.
+    engine
+        .submit(FrameJob {
+            routes: vec![Route::Body],
+            ..FrameJob::new(frame(2, 200, 160), None)
+        })
+        .unwrap();
+    let out = rx.recv().await.unwrap();
+    let Ok(RouteResult::Body(body)) = &out.results[0].1 else {
+        panic!("{:?}", out.results[0].1)
+    };
+    assert!(!body.people.is_empty());
+    assert!(body.people.len() <= 4);
+    let stages: Vec<_> = body.timings.iter().map(|(s, _)| *s).collect();
+    assert_eq!(stages, ["preprocess", "detect", "crop", "pose", "decode"]);
+    engine.shutdown();
+}
+
+#[tokio::test]
+async fn a_route_without_models_is_refused_for_that_route_only() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let files = files();
+    let engine = Engine::start(move || Ok(HandPipeline::load(&files)?.0), tx, 4, 4);
+    assert_eq!(wait_ready(&engine).await, Readiness::Serving);
+    engine
+        .submit(FrameJob {
+            routes: vec![Route::Hands, Route::Body],
+            ..FrameJob::new(frame(3, 64, 48), None)
+        })
+        .unwrap();
+    let out = rx.recv().await.unwrap();
+    assert!(out.hands().is_ok());
+    assert!(matches!(out.results[1].1, Err(EngineError::NotEnabled(_))));
     assert_eq!(*engine.readiness().borrow(), Readiness::Serving);
     engine.shutdown();
 }

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::ImageEncoder;
-use posed::engine::Engine;
+use posed::engine::{Engine, Models};
 use posed::proto::pose_service_client::PoseServiceClient;
 use posed::proto::{self, push_image_request::Image};
 use posed::server::{self, ServeOptions, StaticStatus};
 use posed::telemetry::Telemetry;
+use posed_models::body_pipeline::{BodyModelFiles, BodyPipeline};
 use posed_models::hand_pipeline::{HandModelFiles, HandPipeline};
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
@@ -45,6 +46,17 @@ impl Daemon {
         release: Option<std::sync::mpsc::Receiver<()>>,
         sources: Vec<server::SourceSpec>,
     ) -> Daemon {
+        Self::start_routes(options, release, sources, false).await
+    }
+
+    /// With `body`, the body route's fixture-size networks load beside the
+    /// hand route's.
+    async fn start_routes(
+        options: ServeOptions,
+        release: Option<std::sync::mpsc::Receiver<()>>,
+        sources: Vec<server::SourceSpec>,
+        body: bool,
+    ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("posed.sock");
         let listeners = server::bind(
@@ -62,18 +74,32 @@ impl Daemon {
                 if let Some(r) = release {
                     let _ = r.recv();
                 }
-                Ok(HandPipeline::load(&files)?.0)
+                let body = match body {
+                    true => {
+                        let dir = posed_models::fixture::fixtures_dir().join("body");
+                        let files = BodyModelFiles::from_dir(&dir).map_err(anyhow::Error::msg)?;
+                        Some(BodyPipeline::load(&files, None)?.0)
+                    }
+                    false => None,
+                };
+                Ok(Models {
+                    hands: Some(HandPipeline::load(&files)?.0),
+                    body,
+                })
             },
             tx,
             options.max_waiting,
             4,
         );
         let (stop, stopped) = oneshot::channel::<()>();
-        let status = StaticStatus {
+        let mut status = StaticStatus {
             device: "cpu".into(),
             mlx_version: "test".into(),
             ..Default::default()
         };
+        if body {
+            status.routes.push(proto::Route::Body);
+        }
         let backend = server::Backend {
             engine,
             results: rx,
@@ -284,7 +310,7 @@ async fn health_turns_serving_after_warm_up_and_pushes_return_real_hands() {
         .into_inner();
     let names: Vec<_> = t.stages.iter().map(|s| s.name.as_str()).collect();
     for stage in [
-        "hands.decode",
+        "push.decode",
         "hands.detect",
         "hands.crop",
         "hands.pose",
@@ -760,5 +786,156 @@ async fn pushed_frames_are_recorded_in_the_replay_layout() {
     for ((path, _), want) in files.iter().zip(&pushed) {
         assert_eq!(&image::open(path).unwrap().into_rgb8().into_raw(), want);
     }
+    d.stop().await;
+}
+
+/// The body route over gRPC: a subscriber to body events only, a push with
+/// two person boxes that waits, the `BodyPose` events both get (308
+/// keypoints with scores, in image pixels), the keypoint names in
+/// GetStatus, body telemetry, bad person boxes refused, and a push to both
+/// routes answered with one event per route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_with_person_boxes_get_body_pose_events() {
+    let d = Daemon::start_routes(ServeOptions::default(), None, vec![], true).await;
+    d.wait_serving().await;
+    let mut health = HealthClient::new(d.channel().await);
+    let s = health
+        .check(HealthCheckRequest {
+            service: server::BODY_HEALTH_NAME.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.status, ServingStatus::Serving as i32);
+
+    let mut c = d.client().await;
+    let mut body_events = c
+        .subscribe(proto::SubscribeRequest {
+            routes: vec![proto::Route::Body as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let people = vec![
+        proto::Box2D {
+            x1: 40.,
+            y1: 20.,
+            x2: 140.,
+            y2: 230.,
+        },
+        proto::Box2D {
+            x1: 180.,
+            y1: 30.,
+            x2: 290.,
+            y2: 235.,
+        },
+    ];
+    let reply = c
+        .push_image(proto::PushImageRequest {
+            image: Some(Image::Encoded(jpeg(320, 240))),
+            routes: vec![proto::Route::Body as i32],
+            person_boxes: people.clone(),
+            wait: true,
+            client_frame_id: 41,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.events.len(), 1);
+    let check = |e: &proto::Event| {
+        assert_eq!(e.route, proto::Route::Body as i32);
+        assert_eq!(e.client_frame_id, 41);
+        let Some(proto::event::Payload::Bodies(b)) = &e.payload else {
+            panic!("not a body event: {:?}", e.payload)
+        };
+        assert_eq!(b.people.len(), 2);
+        for (p, want) in b.people.iter().zip(&people) {
+            assert_eq!(p.bbox.as_ref(), Some(want));
+            assert_eq!(p.score, 1.0);
+            assert_eq!(p.keypoints.len(), 2 * 308);
+            assert_eq!(p.keypoint_scores.len(), 308);
+            assert!(p.keypoints.iter().all(|v| v.is_finite()));
+        }
+        assert_ne!(b.people[0].track_id, b.people[1].track_id);
+        let stages: Vec<_> = e.timings.iter().map(|t| t.stage.as_str()).collect();
+        assert_eq!(stages, ["crop", "pose", "decode", "post"]);
+    };
+    check(&reply.events[0]);
+    let streamed = tokio::time::timeout(Duration::from_secs(30), body_events.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    check(&streamed);
+
+    let status = c
+        .get_status(proto::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.body_keypoint_names.len(), 308);
+    assert_eq!(status.body_keypoint_names[0], "nose");
+    let telemetry = c
+        .get_telemetry(proto::GetTelemetryRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = telemetry.stages.iter().map(|s| s.name.as_str()).collect();
+    for stage in ["body.crop", "body.pose", "body.decode", "body.end_to_end"] {
+        assert!(names.contains(&stage), "{stage} missing from {names:?}");
+    }
+
+    // A box outside the image is the client's error, named.
+    let err = c
+        .push_image(proto::PushImageRequest {
+            image: Some(Image::Encoded(jpeg(320, 240))),
+            routes: vec![proto::Route::Body as i32],
+            person_boxes: vec![proto::Box2D {
+                x1: 400.,
+                y1: 0.,
+                x2: 500.,
+                y2: 100.,
+            }],
+            wait: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("person_boxes[0]"),
+        "{}",
+        err.message()
+    );
+
+    // Both routes: one event each, in the order asked.
+    let reply = c
+        .push_image(proto::PushImageRequest {
+            image: Some(Image::Encoded(jpeg(320, 240))),
+            routes: vec![proto::Route::Hands as i32, proto::Route::Body as i32],
+            hand_boxes: vec![hand_box(60., 50., 130., 140., true)],
+            person_boxes: people,
+            wait: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let routes: Vec<i32> = reply.events.iter().map(|e| e.route).collect();
+    assert_eq!(
+        routes,
+        [proto::Route::Hands as i32, proto::Route::Body as i32]
+    );
+    assert_eq!(hands_of(&reply.events[0]).len(), 1);
+    // The body subscriber sees only the body event of that frame.
+    let next = tokio::time::timeout(Duration::from_secs(30), body_events.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.route, proto::Route::Body as i32);
+    assert_eq!(next.frame_id, reply.events[1].frame_id);
     d.stop().await;
 }

@@ -7,6 +7,7 @@
 //! - [`rtmdet`]: RTMDet person detector (the body route's first stage)
 //! - [`sapiens2`]: Sapiens2 whole-body pose (308 keypoints), [`topdown`]: its
 //!   crops and heatmap decode
+//! - [`body_pipeline`]: person detector → crops → Sapiens2 → keypoints
 //! - [`hand_pipeline`]: detector → crops → WiLoR → image space, stage by stage
 //! - [`image`], [`camera`]: CPU crops, letterbox and camera conversion
 //! - [`nn`], [`rotation`]: blocks shared by the networks
@@ -14,6 +15,7 @@
 //!   validation; NumPy archives and PyTorch `.pth` files read without Python
 //! - [`fixture`]: parity runs against the PyTorch reference outputs
 
+pub mod body_pipeline;
 pub mod camera;
 pub mod fixture;
 pub mod hand_detector;

@@ -21,11 +21,23 @@ fn manifests(route: Option<&str>) -> Result<Vec<Manifest>> {
     }
 }
 
+/// The variant a fetch takes when none is named: the hand route's f32 pose
+/// model, the body route's 0.4b.
+fn default_variant(route: &str) -> &'static str {
+    match route {
+        "body" => "0.4b",
+        _ => "f32",
+    }
+}
+
 /// Downloads every file `route` needs for `variant` (all routes with
-/// published weights when `route` is None), then converts MANO.
-pub async fn fetch(route: Option<&str>, variant: &str) -> Result<()> {
+/// published weights when `route` is None; each route's default variant
+/// when `variant` is None), then converts MANO and the person detector.
+pub async fn fetch(route: Option<&str>, variant: Option<&str>) -> Result<()> {
     let hub = Hub::new(HubOptions::from_env())?;
     for m in manifests(route)? {
+        let variant = variant.unwrap_or(default_variant(&m.route));
+        m.file("pose", variant)?;
         for file in m.files_for(variant) {
             let path = hub.fetch(file, DownloadProgress::bar()).await?;
             println!("{:<8} {:<60} {}", m.route, file.label(), path.display());
@@ -43,6 +55,18 @@ pub async fn fetch(route: Option<&str>, variant: &str) -> Result<()> {
                 m.route,
                 "mano.npz (converted)",
                 npz.display()
+            );
+        }
+        if m.route == "body" {
+            let pth = hub
+                .fetch(m.file("detector", variant)?, DownloadProgress::bar())
+                .await?;
+            let converted = resolve::detector_safetensors(&pth)?;
+            println!(
+                "{:<8} {:<60} {}",
+                m.route,
+                "person detector (converted)",
+                converted.display()
             );
         }
     }

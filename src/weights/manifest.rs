@@ -44,18 +44,20 @@ impl ManifestFile {
 }
 
 const HANDS: &str = include_str!("../../models/manifests/hands.toml");
+const BODY: &str = include_str!("../../models/manifests/body.toml");
 pub const HAND_DETECTOR_LAYOUT: &str =
     include_str!("../../models/manifests/hand-detector.keys.json");
 pub const WILOR_LAYOUT: &str = include_str!("../../models/manifests/wilor.keys.json");
 
 /// The routes that have published weights.
-pub const ROUTES: &[&str] = &["hands"];
+pub const ROUTES: &[&str] = &["hands", "body"];
 
 /// The manifest built into this binary for `route`.
 pub fn builtin(route: &str) -> anyhow::Result<Manifest> {
     let text = match route {
         "hands" => HANDS,
-        "body" | "matte" => anyhow::bail!(
+        "body" => BODY,
+        "matte" => anyhow::bail!(
             "the {route} route has no published weights in this build yet (routes with weights: {})",
             ROUTES.join(", ")
         ),
@@ -123,5 +125,17 @@ mod tests {
         assert_eq!(m.files_for("int4").len(), 4);
         assert!(m.files.iter().all(|f| f.route == "hands"));
         assert!(builtin("nose").is_err());
+    }
+
+    #[test]
+    fn the_body_manifest_has_the_detector_and_every_pose_size() {
+        let m = builtin("body").unwrap();
+        assert!(m.file("detector", "1b").unwrap().path.ends_with(".pth"));
+        for size in ["0.4b", "0.8b", "1b", "5b"] {
+            let f = m.file("pose", size).unwrap();
+            assert_eq!(f.repo, format!("facebook/sapiens2-pose-{size}"));
+            assert_eq!(f.path, format!("sapiens2_{size}_pose.safetensors"));
+        }
+        assert_eq!(m.files_for("1b").len(), 2);
     }
 }

@@ -12,7 +12,10 @@ use sha2::Digest as _;
 
 use super::hub::{DownloadProgress, Hub};
 use super::manifest;
-use crate::config::HandsConfig;
+use crate::config::{BodyConfig, HandsConfig};
+use posed_models::body_pipeline::BodyModelFiles;
+use posed_models::rtmdet::RtmdetConfig;
+use posed_models::sapiens2::{Sapiens2Config, Sapiens2Size};
 
 /// posed's own cache (converted MANO): `POSED_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/posed`, else `~/Library/Caches/posed` on macOS and
@@ -99,6 +102,55 @@ pub fn mano_npz(path: &Path, mean_params: Option<&Path>) -> Result<PathBuf> {
         posed_models::mano_convert::convert_file(path, mean_params, &out)
             .with_context(|| format!("converting MANO {}", path.display()))?;
         tracing::info!("converted MANO {} into {}", path.display(), out.display());
+    }
+    Ok(out)
+}
+
+/// The body route's files for `config`.
+pub async fn body_files(config: &BodyConfig, hub: &Hub) -> Result<BodyModelFiles> {
+    if !config.models_dir.is_empty() {
+        return BodyModelFiles::from_dir(Path::new(&config.models_dir)).map_err(anyhow::Error::msg);
+    }
+    let size = Sapiens2Size::parse(&config.size)
+        .with_context(|| format!("unknown Sapiens2 size {:?}", config.size))?;
+    let m = manifest::builtin("body")?;
+    let pth = hub
+        .fetch(m.file("detector", &config.size)?, DownloadProgress::bar())
+        .await?;
+    let pose_weights = hub
+        .fetch(m.file("pose", &config.size)?, DownloadProgress::bar())
+        .await?;
+    Ok(BodyModelFiles {
+        detector_config: RtmdetConfig::m(),
+        detector_weights: detector_safetensors(&pth)?,
+        pose_config: Sapiens2Config::pose(size),
+        pose_weights,
+    })
+}
+
+/// mmdet's `.pth` checkpoint as the safetensors file the loader reads,
+/// converted once into posed's cache under the checkpoint's hash.
+pub fn detector_safetensors(pth: &Path) -> Result<PathBuf> {
+    if pth.extension().is_some_and(|e| e == "safetensors") {
+        return Ok(pth.to_owned());
+    }
+    let bytes = std::fs::read(pth).with_context(|| format!("reading {}", pth.display()))?;
+    let key: String = sha2::Sha256::digest(&bytes)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let out = posed_cache_dir()
+        .join("rtmdet")
+        .join(format!("rtmdet-{key}.safetensors"));
+    if !out.is_file() {
+        std::fs::create_dir_all(out.parent().expect("a parent"))
+            .with_context(|| format!("creating {}", out.display()))?;
+        let n = posed_models::torch_checkpoint::convert_mmdet_checkpoint(pth, &out)?;
+        tracing::info!(
+            "converted {} ({n} tensors) into {}",
+            pth.display(),
+            out.display()
+        );
     }
     Ok(out)
 }
