@@ -1,13 +1,14 @@
 //! The route latency harness as a cargo bench (the same code as `posed
-//! bench`): `cargo bench --bench route_latency -- --models DIR
-//! [--pose-dtypes f32,bf16] [--compile off,on] [--hands 1,2,4] [--runs 100] [--warmup 10]
-//! [--json out.json]`. Without `--models` it makes synthetic full-size
-//! weights once in posed's cache.
+//! bench`): `cargo bench --bench route_latency -- [--route hands|body]
+//! --models DIR [--pose-dtypes f32,bf16] [--compile off,on] [--hands 1,2,4]
+//! [--flip-test on|off] [--runs 100] [--warmup 10] [--json out.json]`.
+//! `--hands` counts people on the body route. Without `--models` it makes
+//! synthetic full-size weights once in posed's cache.
 
 use std::path::PathBuf;
 
 use posed::bench::{self, BenchOptions};
-use posed::weights::synth::{self, Size, Variant};
+use posed::weights::synth;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -23,20 +24,16 @@ fn main() -> anyhow::Result<()> {
             .map(str::to_owned)
             .collect()
     };
+    let route = value("--route").unwrap_or_else(|| "hands".into());
     let models = match value("--models") {
         Some(m) => PathBuf::from(m),
-        None => {
-            let dir = posed::weights::resolve::posed_cache_dir().join("synthetic-hands-full");
-            if !dir.join("wilor_weights.safetensors").is_file() {
-                synth::synth_hands(Size::Full, Variant::F32, None, &dir, 0)?;
-            }
-            dir
-        }
+        None => synth::cached_synthetic(&route)?,
     };
     let options = BenchOptions {
         pose_dtypes: list("--pose-dtypes", "f32,bf16"),
         compile: list("--compile", "off").iter().map(|c| c == "on").collect(),
-        hands: list("--hands", "1,2,4")
+        flip_test: value("--flip-test").is_none_or(|v| v == "on"),
+        per_frame: list("--hands", "1,2,4")
             .iter()
             .map(|h| h.parse())
             .collect::<Result<_, _>>()?,
@@ -44,7 +41,7 @@ fn main() -> anyhow::Result<()> {
         runs: value("--runs").map_or(Ok(100), |v| v.parse())?,
     };
     let json = value("--json").map(PathBuf::from);
-    let report = bench::run_dir(&models, &options, json.as_deref())?;
+    let report = bench::run_dir(&route, &models, &options, json.as_deref())?;
     print!("{}", bench::table(&report));
     Ok(())
 }

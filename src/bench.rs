@@ -1,15 +1,18 @@
 //! The route latency harness (`posed bench`, `cargo bench --bench
-//! route_latency`): the hand route stage by stage on a fixed pushed
-//! 640×480 JPEG, for each pose dtype and hands-per-frame count, warm-up
-//! then timed runs, percentiles per stage and end to end, as a table and
-//! as JSON for comparisons.
+//! route_latency`): a route stage by stage on a fixed pushed 640×480 JPEG,
+//! for each pose dtype and hands (or people) per frame, warm-up then timed
+//! runs, percentiles per stage and end to end, as a table and as JSON for
+//! comparisons.
 //!
-//! Stages run in the daemon's order and with its code: decode (the gRPC
-//! decoder), preprocess (letterbox), detect, crop, pose (WiLoR network,
+//! Stages run in the daemon's order and with its code. Hands: decode (the
+//! gRPC decoder), preprocess (letterbox), detect, crop, pose (WiLoR network,
 //! evaluated), mano (final MANO pass and placement), post (the event and its
-//! protobuf encoding). The detector always runs; the pose batch is the
-//! given number of fixed boxes, so a batch size does not depend on what
-//! random weights happen to detect.
+//! protobuf encoding). Body: decode, preprocess (mmdet letterbox), detect
+//! (RTMDet and its post-processing), crop (UDP warps), pose (Sapiens2 on the
+//! crops, and their mirror images with the flip test, evaluated), keypoints
+//! (flip average, DARK decode, back to the image), post. The detector always
+//! runs; the pose batch is the given number of fixed boxes, so a batch size
+//! does not depend on what random weights happen to detect.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,19 +20,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
+use posed_models::body_pipeline::{BodyModelFiles, BodyPipeline};
 use posed_models::hand_pipeline::{HandBox, HandModelFiles, HandPipeline};
 use posed_models::image::RgbImage;
 use prost::Message;
 use serde::Serialize;
 
-use crate::engine::{Frame, HandsResult};
+use crate::engine::{BodyResult, Frame, HandsResult};
 use crate::proto;
 
 pub struct BenchOptions {
     pub pose_dtypes: Vec<String>,
     /// Run WiLoR eager (false) and/or compiled (true).
     pub compile: Vec<bool>,
-    pub hands: Vec<usize>,
+    /// Hands (hand route) or people (body route) per frame.
+    pub per_frame: Vec<usize>,
+    /// Body route: the reference's flip test (a mirrored copy of each crop).
+    pub flip_test: bool,
     pub warmup: usize,
     pub runs: usize,
 }
@@ -45,9 +52,11 @@ pub struct Percentiles {
 
 #[derive(Debug, Serialize)]
 pub struct CaseResult {
+    pub route: &'static str,
     pub pose_dtype: String,
     pub compiled: bool,
-    pub hands: usize,
+    /// Hands or people per frame (the pose batch).
+    pub per_frame: usize,
     pub stages: BTreeMap<String, Percentiles>,
 }
 
@@ -65,7 +74,7 @@ pub struct Report {
     pub cases: Vec<CaseResult>,
 }
 
-const STAGES: [&str; 8] = [
+const HAND_STAGES: [&str; 8] = [
     "decode",
     "preprocess",
     "detect",
@@ -75,6 +84,25 @@ const STAGES: [&str; 8] = [
     "post",
     "end_to_end",
 ];
+
+const BODY_STAGES: [&str; 8] = [
+    "decode",
+    "preprocess",
+    "detect",
+    "crop",
+    "pose",
+    "keypoints",
+    "post",
+    "end_to_end",
+];
+
+fn stages_of(route: &str) -> &'static [&'static str] {
+    if route == "body" {
+        &BODY_STAGES
+    } else {
+        &HAND_STAGES
+    }
+}
 
 /// A 640×480 JPEG with some structure (gradients and a disc), encoded once.
 pub fn test_jpeg() -> Vec<u8> {
@@ -138,20 +166,35 @@ pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
             } else {
                 name.clone()
             };
-            for &n in &options.hands {
+            for &n in &options.per_frame {
                 let stages = time_case(&pipeline, &jpeg, n, options)?;
-                eprintln!("{}", case_line(&label, n, &stages));
+                eprintln!("{}", case_line("hands", &label, n, &stages));
                 cases.push(CaseResult {
+                    route: "hands",
                     pose_dtype: name.clone(),
                     compiled,
-                    hands: n,
+                    per_frame: n,
                     stages,
                 });
             }
         }
     }
+    Ok(report(
+        files.wilor_weights.display().to_string(),
+        synthetic_weights,
+        options,
+        cases,
+    ))
+}
+
+fn report(
+    models: String,
+    synthetic_weights: bool,
+    options: &BenchOptions,
+    cases: Vec<CaseResult>,
+) -> Report {
     let device = posed_models::runtime::default_device();
-    Ok(Report {
+    Report {
         harness: "posed route_latency",
         posed_version: env!("CARGO_PKG_VERSION"),
         mlx_version: posed_models::runtime::mlx_version(),
@@ -159,71 +202,134 @@ pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
             Some(n) => format!("{} ({n})", device.kind),
             None => device.kind.to_owned(),
         },
-        models: files.wilor_weights.display().to_string(),
+        models,
         synthetic_weights,
         image: "640x480 JPEG",
         warmup: options.warmup,
         runs: options.runs,
         cases,
-    })
+    }
 }
 
-fn time_case(
-    p: &HandPipeline,
+/// The body route for every pose dtype and people count.
+pub fn run_body(files: &BodyModelFiles, options: &BenchOptions) -> Result<Report> {
+    let jpeg = test_jpeg();
+    let mut cases = Vec::new();
+    let mut synthetic_weights = false;
+    for name in &options.pose_dtypes {
+        let mut files = files.clone();
+        files.pose_config.demo.flip_test = options.flip_test;
+        let (mut pipeline, synthetic) = BodyPipeline::load(&files, dtype(name)?)
+            .with_context(|| format!("loading the body route ({name})"))?;
+        pipeline.max_people = usize::MAX;
+        synthetic_weights |= synthetic;
+        for &n in &options.per_frame {
+            let stages = time_body_case(&pipeline, &jpeg, n, options)?;
+            let label = if options.flip_test {
+                format!("{name}+flip")
+            } else {
+                name.clone()
+            };
+            eprintln!("{}", case_line("body", &label, n, &stages));
+            cases.push(CaseResult {
+                route: "body",
+                pose_dtype: name.clone(),
+                compiled: false,
+                per_frame: n,
+                stages,
+            });
+        }
+    }
+    Ok(report(
+        files.pose_weights.display().to_string(),
+        synthetic_weights,
+        options,
+        cases,
+    ))
+}
+
+/// Fixed standing-person boxes side by side in a 640×480 frame.
+fn person_boxes(n: usize) -> Vec<[f32; 4]> {
+    (0..n)
+        .map(|i| {
+            let x = 20.0 + 150.0 * (i % 4) as f32;
+            [x, 40.0, x + 130.0, 440.0]
+        })
+        .collect()
+}
+
+fn time_body_case(
+    p: &BodyPipeline,
     jpeg: &[u8],
-    hands: usize,
+    people: usize,
     options: &BenchOptions,
 ) -> Result<BTreeMap<String, Percentiles>> {
-    let mut hist: BTreeMap<&str, Histogram<u64>> = STAGES
-        .iter()
-        .map(|s| (*s, Histogram::new(3).expect("3 significant figures")))
-        .collect();
     let image = proto::push_image_request::Image::Encoded(jpeg.to_vec());
-    let hand_boxes = boxes(hands);
-    for i in 0..options.warmup + options.runs {
-        let mut times: Vec<(&str, Duration)> = Vec::with_capacity(STAGES.len());
+    let boxes: Vec<([f32; 4], f32)> = person_boxes(people).into_iter().map(|b| (b, 1.0)).collect();
+    measure(&BODY_STAGES, options, |i, mark| {
         let start = Instant::now();
-        let mut lap = Instant::now();
-        let mut mark = |stage: &'static str, times: &mut Vec<(&str, Duration)>| {
-            times.push((stage, lap.elapsed()));
-            lap = Instant::now();
-        };
         let rgb = crate::decode::decode(Some(&image), u64::MAX)
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-        mark("decode", &mut times);
+        mark("decode");
         let img = RgbImage::new(rgb.width, rgb.height, &rgb.data).context("decoded frame")?;
         let input = p.prepare_detector_input(img);
-        mark("preprocess", &mut times);
-        p.detect(&input)?;
-        mark("detect", &mut times);
-        let crops = p.prepare_crops(img, &hand_boxes);
-        mark("crop", &mut times);
-        let regressed = p.regress(&crops)?;
-        mark("pose", &mut times);
-        let estimates = match regressed {
-            Some(r) => p.mesh(&r, &crops, &hand_boxes, rgb.width, rgb.height)?,
+        mark("preprocess");
+        std::hint::black_box(p.detect(&input)?);
+        mark("detect");
+        let batch = p.prepare_crops(img, &boxes);
+        mark("crop");
+        let heatmaps = p.heatmaps(&batch)?;
+        mark("pose");
+        let estimates = match heatmaps {
+            Some((hm, mirrored)) => p.decode(&batch, &hm, mirrored.as_ref())?,
             None => Vec::new(),
         };
-        mark("mano", &mut times);
-        let result = HandsResult {
-            frame: std::sync::Arc::new(Frame {
-                id: i as u64,
-                source_id: "bench".into(),
-                client_frame_id: 0,
-                captured: std::time::SystemTime::now(),
-                received: start,
-                width: rgb.width,
-                height: rgb.height,
-                rgb: Vec::new(),
-            }),
-            hands: estimates,
+        mark("keypoints");
+        let result = BodyResult {
+            frame: bench_frame(i, rgb.width, rgb.height, start),
+            people: estimates,
             timings: Vec::new(),
             dropped_before: 0,
         };
-        let ids: Vec<u32> = (1..=hands as u32).collect();
-        let event = crate::post::hands_event(&result, &ids, false, Duration::ZERO);
+        let ids: Vec<u32> = (1..=people as u32).collect();
+        let event = crate::post::body_event(&result, &ids, Duration::ZERO);
         std::hint::black_box(event.encode_to_vec());
-        mark("post", &mut times);
+        mark("post");
+        Ok(start)
+    })
+}
+
+fn bench_frame(i: u64, width: usize, height: usize, received: Instant) -> std::sync::Arc<Frame> {
+    std::sync::Arc::new(Frame {
+        id: i,
+        source_id: "bench".into(),
+        client_frame_id: 0,
+        captured: std::time::SystemTime::now(),
+        received,
+        width,
+        height,
+        rgb: Vec::new(),
+    })
+}
+
+/// Runs `one` warm-up + timed times; `one` marks the end of each stage and
+/// returns when the frame started. Percentiles per stage and end to end.
+fn measure(
+    stages: &[&'static str],
+    options: &BenchOptions,
+    mut one: impl FnMut(u64, &mut dyn FnMut(&'static str)) -> Result<Instant>,
+) -> Result<BTreeMap<String, Percentiles>> {
+    let mut hist: BTreeMap<&str, Histogram<u64>> = stages
+        .iter()
+        .map(|s| (*s, Histogram::new(3).expect("3 significant figures")))
+        .collect();
+    for i in 0..options.warmup + options.runs {
+        let mut times: Vec<(&str, Duration)> = Vec::with_capacity(stages.len());
+        let mut lap = Instant::now();
+        let start = one(i as u64, &mut |stage| {
+            times.push((stage, lap.elapsed()));
+            lap = Instant::now();
+        })?;
         times.push(("end_to_end", start.elapsed()));
         if i >= options.warmup {
             for (stage, d) in times {
@@ -253,10 +359,51 @@ fn time_case(
         .collect())
 }
 
-fn case_line(dtype: &str, hands: usize, stages: &BTreeMap<String, Percentiles>) -> String {
-    let mut line = format!("pose {dtype:<12} hands {hands}:");
-    for s in STAGES {
-        let p = &stages[s];
+fn time_case(
+    p: &HandPipeline,
+    jpeg: &[u8],
+    hands: usize,
+    options: &BenchOptions,
+) -> Result<BTreeMap<String, Percentiles>> {
+    let image = proto::push_image_request::Image::Encoded(jpeg.to_vec());
+    let hand_boxes = boxes(hands);
+    measure(&HAND_STAGES, options, |i, mark| {
+        let start = Instant::now();
+        let rgb = crate::decode::decode(Some(&image), u64::MAX)
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        mark("decode");
+        let img = RgbImage::new(rgb.width, rgb.height, &rgb.data).context("decoded frame")?;
+        let input = p.prepare_detector_input(img);
+        mark("preprocess");
+        p.detect(&input)?;
+        mark("detect");
+        let crops = p.prepare_crops(img, &hand_boxes);
+        mark("crop");
+        let regressed = p.regress(&crops)?;
+        mark("pose");
+        let estimates = match regressed {
+            Some(r) => p.mesh(&r, &crops, &hand_boxes, rgb.width, rgb.height)?,
+            None => Vec::new(),
+        };
+        mark("mano");
+        let result = HandsResult {
+            frame: bench_frame(i, rgb.width, rgb.height, start),
+            hands: estimates,
+            timings: Vec::new(),
+            dropped_before: 0,
+        };
+        let ids: Vec<u32> = (1..=hands as u32).collect();
+        let event = crate::post::hands_event(&result, &ids, false, Duration::ZERO);
+        std::hint::black_box(event.encode_to_vec());
+        mark("post");
+        Ok(start)
+    })
+}
+
+fn case_line(route: &str, dtype: &str, n: usize, stages: &BTreeMap<String, Percentiles>) -> String {
+    let mut line = format!("{route} pose {dtype:<12} x{n}:");
+    for s in stages_of(route) {
+        let p = &stages[*s];
         line.push_str(&format!(" {s} {:.2}/{:.2}", p.p50_ms, p.p99_ms));
     }
     line + " (p50/p99 ms)"
@@ -265,7 +412,7 @@ fn case_line(dtype: &str, hands: usize, stages: &BTreeMap<String, Percentiles>) 
 /// The report as a markdown table (one row per case and stage).
 pub fn table(r: &Report) -> String {
     let mut out = format!(
-        "{} | mlx {} | {} | {} runs after {} warm-up{}\n\n| pose dtype | compiled | hands | stage | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|---|\n",
+        "{} | mlx {} | {} | {} runs after {} warm-up{}\n\n| route | pose dtype | compiled | per frame | stage | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|---|---|\n",
         r.device,
         r.mlx_version,
         r.image,
@@ -274,13 +421,14 @@ pub fn table(r: &Report) -> String {
         if r.synthetic_weights { " | SYNTHETIC weights" } else { "" }
     );
     for c in &r.cases {
-        for s in STAGES {
-            let p = &c.stages[s];
+        for s in stages_of(c.route) {
+            let p = &c.stages[*s];
             out.push_str(&format!(
-                "| {} | {} | {} | {s} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+                "| {} | {} | {} | {} | {s} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+                c.route,
                 c.pose_dtype,
                 if c.compiled { "yes" } else { "no" },
-                c.hands,
+                c.per_frame,
                 p.p50_ms,
                 p.p90_ms,
                 p.p99_ms,
@@ -291,10 +439,25 @@ pub fn table(r: &Report) -> String {
     out
 }
 
-/// Runs the harness on the models in `dir` and writes `json` if given.
-pub fn run_dir(dir: &Path, options: &BenchOptions, json: Option<&Path>) -> Result<Report> {
-    let files = HandModelFiles::from_dir(dir).map_err(anyhow::Error::msg)?;
-    let report = run(&files, options)?;
+/// Runs the harness for `route` on the models in `dir` and writes `json`
+/// if given.
+pub fn run_dir(
+    route: &str,
+    dir: &Path,
+    options: &BenchOptions,
+    json: Option<&Path>,
+) -> Result<Report> {
+    let report = match route {
+        "hands" => run(
+            &HandModelFiles::from_dir(dir).map_err(anyhow::Error::msg)?,
+            options,
+        )?,
+        "body" => run_body(
+            &BodyModelFiles::from_dir(dir).map_err(anyhow::Error::msg)?,
+            options,
+        )?,
+        other => anyhow::bail!("no latency harness for route {other:?} (hands, body)"),
+    };
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -545,7 +545,7 @@ fn run_body(p: &BodyPipeline, job: &FrameJob, dropped: u64) -> Result<BodyResult
             .map_err(|e| e.to_string())?,
         None => Vec::new(),
     };
-    timed("decode", t);
+    timed("keypoints", t);
     Ok(BodyResult {
         frame: f.clone(),
         people,

@@ -63,9 +63,9 @@ enum Command {
     /// Weight files.
     #[command(subcommand)]
     Weights(WeightsCommand),
-    /// The route latency harness: every hand-route stage on a pushed
-    /// 640x480 JPEG, per pose dtype and hands per frame; percentiles as a
-    /// table, and JSON for comparisons.
+    /// The route latency harness: every stage of the hand or body route on
+    /// a pushed 640x480 JPEG, per pose dtype and hands (people) per frame;
+    /// percentiles as a table, and JSON for comparisons.
     Bench(BenchArgs),
     /// Parity fixtures: run a model on a fixture folder, or check it against
     /// the PyTorch reference outputs stored there.
@@ -100,6 +100,9 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct BenchArgs {
+    /// hands or body.
+    #[arg(long, default_value = "hands")]
+    route: String,
     /// A models folder; default: synthetic full-size weights, made once in
     /// posed's cache (`posed weights synth`).
     #[arg(long)]
@@ -107,9 +110,12 @@ struct BenchArgs {
     /// Pose model float types to compare (f32, bf16, f16).
     #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
     pose_dtypes: Vec<String>,
-    /// Hands per frame (the WiLoR batch).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    /// Hands (hand route) or people (body route) per frame: the pose batch.
+    #[arg(long, alias = "people", value_delimiter = ',', default_value = "1,2,4")]
     hands: Vec<usize>,
+    /// Body route: the reference's flip test (on) or plain crops (off).
+    #[arg(long, default_value = "on")]
+    flip_test: String,
     /// WiLoR eager and/or compiled into one MLX graph: off, on or off,on.
     #[arg(long, value_delimiter = ',', default_value = "off")]
     compile: Vec<String>,
@@ -166,7 +172,7 @@ enum WeightsCommand {
     /// Random weights in the published layout, marked synthetic, into a
     /// models folder `posed serve --models-dir` reads.
     Synth {
-        /// Only `hands` has published weights so far.
+        /// hands or body (body: full size only, RTMDet-m and Sapiens2 0.4b).
         #[arg(long, default_value = "hands")]
         route: String,
         #[arg(long, value_enum, default_value = "full")]
@@ -253,17 +259,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let models = match args.models {
         Some(m) => m,
-        None => {
-            let dir = posed::weights::resolve::posed_cache_dir().join("synthetic-hands-full");
-            if !dir.join("wilor_weights.safetensors").is_file() {
-                eprintln!(
-                    "bench: making synthetic full-size weights in {}",
-                    dir.display()
-                );
-                posed::weights::synth::synth_hands(Size::Full, Variant::F32, None, &dir, 0)?;
-            }
-            dir
-        }
+        None => posed::weights::synth::cached_synthetic(&args.route)?,
     };
     let compile = args
         .compile
@@ -277,11 +273,16 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let options = posed::bench::BenchOptions {
         pose_dtypes: args.pose_dtypes,
         compile,
-        hands: args.hands,
+        per_frame: args.hands,
+        flip_test: match args.flip_test.as_str() {
+            "on" => true,
+            "off" => false,
+            other => anyhow::bail!("--flip-test takes on or off (not {other:?})"),
+        },
         warmup: args.warmup,
         runs: args.runs,
     };
-    let report = posed::bench::run_dir(&models, &options, args.json.as_deref())?;
+    let report = posed::bench::run_dir(&args.route, &models, &options, args.json.as_deref())?;
     print!("{}", posed::bench::table(&report));
     Ok(())
 }
@@ -301,13 +302,19 @@ fn weights(cmd: WeightsCommand) -> anyhow::Result<()> {
             mano,
             out,
             seed,
-        } => {
-            anyhow::ensure!(
-                route == "hands",
-                "only the hands route has weights to synthesize"
-            );
-            posed::weights::synth::synth_hands(size, variant, mano.as_deref(), &out, seed)
-        }
+        } => match route.as_str() {
+            "hands" => {
+                posed::weights::synth::synth_hands(size, variant, mano.as_deref(), &out, seed)
+            }
+            "body" => {
+                anyhow::ensure!(
+                    size == Size::Full,
+                    "body weights come in the full size only"
+                );
+                posed::weights::synth::synth_body(&out, seed)
+            }
+            other => anyhow::bail!("no weights to synthesize for route {other:?} (hands, body)"),
+        },
         WeightsCommand::ConvertMano { pkl, mean, out } => {
             cmd::convert_mano(&pkl, mean.as_deref(), &out)
         }

@@ -210,7 +210,7 @@ async fn the_body_route_runs_beside_the_hand_route() {
     let stages: Vec<_> = body.timings.iter().map(|(s, _)| *s).collect();
     assert_eq!(
         stages,
-        ["crop", "pose", "decode"],
+        ["crop", "pose", "keypoints"],
         "client boxes skip the detector"
     );
     assert!(out.hands().is_ok());
@@ -229,7 +229,10 @@ async fn the_body_route_runs_beside_the_hand_route() {
     assert!(!body.people.is_empty());
     assert!(body.people.len() <= 4);
     let stages: Vec<_> = body.timings.iter().map(|(s, _)| *s).collect();
-    assert_eq!(stages, ["preprocess", "detect", "crop", "pose", "decode"]);
+    assert_eq!(
+        stages,
+        ["preprocess", "detect", "crop", "pose", "keypoints"]
+    );
     engine.shutdown();
 }
 

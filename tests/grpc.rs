@@ -860,7 +860,7 @@ async fn pushes_with_person_boxes_get_body_pose_events() {
         }
         assert_ne!(b.people[0].track_id, b.people[1].track_id);
         let stages: Vec<_> = e.timings.iter().map(|t| t.stage.as_str()).collect();
-        assert_eq!(stages, ["crop", "pose", "decode", "post"]);
+        assert_eq!(stages, ["crop", "pose", "keypoints", "post"]);
     };
     check(&reply.events[0]);
     let streamed = tokio::time::timeout(Duration::from_secs(30), body_events.message())
@@ -883,7 +883,7 @@ async fn pushes_with_person_boxes_get_body_pose_events() {
         .unwrap()
         .into_inner();
     let names: Vec<_> = telemetry.stages.iter().map(|s| s.name.as_str()).collect();
-    for stage in ["body.crop", "body.pose", "body.decode", "body.end_to_end"] {
+    for stage in ["body.crop", "body.pose", "body.end_to_end"] {
         assert!(names.contains(&stage), "{stage} missing from {names:?}");
     }
 

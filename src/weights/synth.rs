@@ -118,3 +118,60 @@ pub fn synth_hands(
     }
     Ok(())
 }
+
+/// Writes a body-route models folder into `out`: RTMDet-m and Sapiens2 0.4b
+/// pose in the published layouts (the detector as the converted `.pth`),
+/// random and marked synthetic.
+pub fn synth_body(out: &Path, seed: u64) -> Result<()> {
+    use posed_models::body_pipeline::{DETECTOR_WEIGHTS, POSE_WEIGHTS};
+    use posed_models::rtmdet::{Rtmdet, RtmdetConfig};
+    use posed_models::sapiens2::{Sapiens2Config, Sapiens2Pose, Sapiens2Size};
+
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let detector = synth::layout_of(|w| Rtmdet::new(RtmdetConfig::m(), w).map(drop))?;
+    let pose = synth::layout_of(|w| {
+        Sapiens2Pose::new(Sapiens2Config::pose(Sapiens2Size::B0_4), w).map(drop)
+    })?;
+    for (layout, file, what) in [
+        (&detector, DETECTOR_WEIGHTS, "rtmdet-m"),
+        (&pose, POSE_WEIGHTS, "sapiens2-pose-0.4b"),
+    ] {
+        let tensors = synth::random_tensors(layout, seed).context("generating weights")?;
+        let target = out.join(file);
+        Array::save_safetensors(
+            tensors.iter().map(|(k, v)| (k.as_str(), v)),
+            &synth::synthetic_metadata(what, seed),
+            &target,
+        )
+        .with_context(|| format!("writing {}", target.display()))?;
+        println!(
+            "wrote {} ({} tensors, synthetic)",
+            target.display(),
+            tensors.len()
+        );
+    }
+    Ok(())
+}
+
+/// Synthetic full-size weights for `route` in posed's cache, made once (for
+/// benchmarks on machines without the real downloads).
+pub fn cached_synthetic(route: &str) -> Result<std::path::PathBuf> {
+    let dir = super::resolve::posed_cache_dir().join(format!("synthetic-{route}-full"));
+    let (probe, make): (&str, fn(&Path) -> Result<()>) = match route {
+        "hands" => ("wilor_weights.safetensors", |d| {
+            synth_hands(Size::Full, Variant::F32, None, d, 0)
+        }),
+        "body" => (posed_models::body_pipeline::POSE_WEIGHTS, |d| {
+            synth_body(d, 0)
+        }),
+        other => bail!("no synthetic weights for route {other:?} (hands, body)"),
+    };
+    if !dir.join(probe).is_file() {
+        eprintln!(
+            "making synthetic full-size {route} weights in {}",
+            dir.display()
+        );
+        make(&dir)?;
+    }
+    Ok(dir)
+}
