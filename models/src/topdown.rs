@@ -64,10 +64,14 @@ impl PersonCrop {
 }
 
 /// `cv2.warpAffine(src, m, (out_w, out_h))` with a constant 0 border, on
-/// interleaved 8-bit pixels: bilinear when the map shrinks the image
-/// (the reference asks for INTER_AREA, which OpenCV's warp runs as
+/// interleaved 8-bit pixels, for the axis-aligned maps the crops use (no
+/// rotation: `m[0][1] = m[1][0] = 0`): bilinear when the map shrinks the
+/// image (the reference asks for INTER_AREA, which OpenCV's warp runs as
 /// bilinear), bicubic (a = −0.75) when it enlarges. Floating point where
 /// OpenCV uses fixed point: a level off on a few pixels.
+///
+/// Axis-aligned, the 2-D kernel is a product of two 1-D ones: a horizontal
+/// pass over the source rows the output needs, then a vertical pass.
 pub fn warp_affine(
     src: &[u8],
     width: usize,
@@ -77,72 +81,90 @@ pub fn warp_affine(
     out_w: usize,
     out_h: usize,
 ) -> Vec<u8> {
-    let [[a, b, c], [d, e, f]] = m.map(|r| r.map(|v| v as f64));
-    let det = a * e - b * d;
-    let inv = if det != 0.0 {
-        [
-            [e / det, -b / det, (b * f - c * e) / det],
-            [-d / det, a / det, (c * d - a * f) / det],
-        ]
-    } else {
-        [[0.0; 3]; 2]
-    };
-    let shrinks = (a * a + b * b).sqrt().min((d * d + e * e).sqrt()) < 1.0;
+    debug_assert!(m[0][1] == 0.0 && m[1][0] == 0.0, "axis-aligned maps only");
+    let (sx, tx) = (m[0][0] as f64, m[0][2] as f64);
+    let (sy, ty) = (m[1][1] as f64, m[1][2] as f64);
     let mut out = vec![0u8; out_w * out_h * channels];
-    let mut acc = vec![0f64; channels];
-    for y in 0..out_h {
-        for x in 0..out_w {
-            let (xf, yf) = (x as f64, y as f64);
-            let sx = inv[0][0] * xf + inv[0][1] * yf + inv[0][2];
-            let sy = inv[1][0] * xf + inv[1][1] * yf + inv[1][2];
-            if !sx.is_finite() || !sy.is_finite() {
-                continue;
-            }
-            let (x0, y0) = (sx.floor(), sy.floor());
-            let (fx, fy) = (sx - x0, sy - y0);
-            let (x0, y0) = (x0 as i64, y0 as i64);
-            let (wx, wy, first) = if shrinks {
-                (linear_taps(fx), linear_taps(fy), 0)
-            } else {
-                (cubic_taps(fx), cubic_taps(fy), -1)
-            };
-            acc.fill(0.0);
-            for (j, &ky) in wy.iter().enumerate() {
-                let yy = y0 + first + j as i64;
-                if ky == 0.0 || yy < 0 || yy >= height as i64 {
-                    continue;
-                }
-                for (i, &kx) in wx.iter().enumerate() {
-                    let xx = x0 + first + i as i64;
-                    if kx == 0.0 || xx < 0 || xx >= width as i64 {
-                        continue;
-                    }
-                    let at = (yy as usize * width + xx as usize) * channels;
-                    for (ch, v) in acc.iter_mut().enumerate() {
-                        *v += ky * kx * src[at + ch] as f64;
-                    }
+    if sx == 0.0 || sy == 0.0 || !(sx * sy).is_finite() {
+        return out;
+    }
+    let cubic = sx.abs().min(sy.abs()) >= 1.0;
+    let xs = axis_taps(out_w, width, sx, tx, cubic);
+    let ys = axis_taps(out_h, height, sy, ty, cubic);
+    // Source rows the output reads, each filtered horizontally once.
+    let (mut lo, mut hi) = (usize::MAX, 0);
+    for t in ys.iter().flatten() {
+        lo = lo.min(t.0);
+        hi = hi.max(t.0 + 1);
+    }
+    if lo >= hi {
+        return out;
+    }
+    let row_len = out_w * channels;
+    let mut rows = vec![0f32; (hi - lo) * row_len];
+    for (r, row) in rows.chunks_exact_mut(row_len).enumerate() {
+        let line = &src[(lo + r) * width * channels..(lo + r + 1) * width * channels];
+        for (x, taps) in xs.iter().enumerate() {
+            let px = &mut row[x * channels..(x + 1) * channels];
+            for &(i, w) in taps {
+                let s = &line[i * channels..(i + 1) * channels];
+                for (p, &v) in px.iter_mut().zip(s) {
+                    *p += w * v as f32;
                 }
             }
-            let at = (y * out_w + x) * channels;
-            for (ch, v) in acc.iter().enumerate() {
-                out[at + ch] = v.round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    let mut acc = vec![0f32; row_len];
+    for (y, taps) in ys.iter().enumerate() {
+        acc.fill(0.0);
+        for &(i, w) in taps {
+            let row = &rows[(i - lo) * row_len..(i - lo + 1) * row_len];
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += w * v;
             }
+        }
+        for (o, &a) in out[y * row_len..(y + 1) * row_len].iter_mut().zip(&acc) {
+            *o = a.round().clamp(0.0, 255.0) as u8;
         }
     }
     out
 }
 
-fn linear_taps(t: f64) -> Vec<f64> {
-    vec![1.0 - t, t]
+/// Per output position along one axis: the source indices inside the image
+/// and their weights (taps outside read the 0 border, so they are dropped).
+fn axis_taps(n_out: usize, n_in: usize, scale: f64, shift: f64, cubic: bool) -> Vec<Vec<(usize, f32)>> {
+    (0..n_out)
+        .map(|d| {
+            let s = (d as f64 - shift) / scale;
+            if !s.is_finite() {
+                return Vec::new();
+            }
+            let base = s.floor();
+            let t = s - base;
+            let (first, weights): (i64, Vec<f64>) = if cubic {
+                (base as i64 - 1, cubic_taps(t).to_vec())
+            } else {
+                (base as i64, vec![1.0 - t, t])
+            };
+            weights
+                .into_iter()
+                .enumerate()
+                .filter_map(|(k, w)| {
+                    let i = first + k as i64;
+                    (w != 0.0 && i >= 0 && i < n_in as i64).then_some((i as usize, w as f32))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// OpenCV's bicubic weights for taps at −1, 0, 1, 2 (a = −0.75).
-fn cubic_taps(t: f64) -> Vec<f64> {
+fn cubic_taps(t: f64) -> [f64; 4] {
     const A: f64 = -0.75;
     let w0 = ((A * (t + 1.0) - 5.0 * A) * (t + 1.0) + 8.0 * A) * (t + 1.0) - 4.0 * A;
     let w1 = ((A + 2.0) * t - (A + 3.0)) * t * t + 1.0;
     let w2 = ((A + 2.0) * (1.0 - t) - (A + 3.0)) * (1.0 - t) * (1.0 - t) + 1.0;
-    vec![w0, w1, w2, 1.0 - w0 - w1 - w2]
+    [w0, w1, w2, 1.0 - w0 - w1 - w2]
 }
 
 /// The flip test: the heatmaps of the mirrored crops, mirrored back and
@@ -344,7 +366,7 @@ pub fn keypoints(
 }
 
 /// Crops every person of an interleaved image (RGB or BGR, kept as is) to
-/// the network input: (persons, H, W, 3) bytes.
+/// the network input: (persons, H, W, 3) bytes. One thread per person.
 pub fn crop_persons(
     image: &[u8],
     width: usize,
@@ -353,12 +375,21 @@ pub fn crop_persons(
     input_hw: [i32; 2],
 ) -> Vec<u8> {
     let (out_h, out_w) = (input_hw[0] as usize, input_hw[1] as usize);
-    let mut out = Vec::with_capacity(crops.len() * out_h * out_w * 3);
-    for c in crops {
-        let m = c.warp_matrix(input_hw);
-        out.extend(warp_affine(image, width, height, 3, &m, out_w, out_h));
-    }
-    out
+    let one = |c: &PersonCrop| {
+        warp_affine(image, width, height, 3, &c.warp_matrix(input_hw), out_w, out_h)
+    };
+    let parts: Vec<Vec<u8>> = if crops.len() > 1 {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = crops.iter().map(|c| s.spawn(move || one(c))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a crop thread panicked"))
+                .collect()
+        })
+    } else {
+        crops.iter().map(one).collect()
+    };
+    parts.concat()
 }
 
 /// The demo's choice of person boxes: filtered detector boxes, or the whole
