@@ -537,3 +537,82 @@ async fn weights_fetch_verify_and_list_a_whole_route() {
     );
     assert_eq!(mock.requests().len(), before);
 }
+
+/// `posed weights fetch --route body` against the stand-in hub: the person
+/// detector as mmdet's `.pth` (written in torch.save's format from random
+/// RTMDet-m weights in the published layout) and a pose safetensors; the
+/// checkpoint is converted once into posed's cache and the conversion
+/// loads as RTMDet-m. The pose file served is the small fixture network, so
+/// `weights verify` must fail on it and name the mismatch (the full-size
+/// 0.4b layout itself is checked in posed-models' body tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_fetch_converts_the_person_detector_checkpoint() {
+    use posed_models::rtmdet::{Rtmdet, RtmdetConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let layout =
+        posed_models::synth::layout_of(|w| Rtmdet::new(RtmdetConfig::m(), w).map(drop)).unwrap();
+    let mut tensors: Vec<(String, mlx_rs::Array)> = posed_models::synth::random_tensors(&layout, 3)
+        .unwrap()
+        .into_iter()
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let pth = dir.path().join("rtmdet_m.pth");
+    posed_models::torch_checkpoint::write_state_dict(&pth, &tensors).unwrap();
+    let fixture_pose =
+        posed_models::fixture::fixtures_dir().join("body/sapiens2_pose_weights.safetensors");
+    let mock = MockHub::start(&[
+        (
+            "facebook/sapiens-pose-bbox-detector/rtmdet_m_8xb32-100e_coco-obj365-person-235e8209.pth",
+            std::fs::read(&pth).unwrap(),
+        ),
+        (
+            "facebook/sapiens2-pose-0.4b/sapiens2_0.4b_pose.safetensors",
+            std::fs::read(fixture_pose).unwrap(),
+        ),
+    ])
+    .await;
+    let env = vec![
+        ("HF_ENDPOINT", mock.endpoint.clone()),
+        ("HF_HUB_CACHE", dir.path().join("hub").display().to_string()),
+        (
+            "POSED_CACHE_DIR",
+            dir.path().join("posed").display().to_string(),
+        ),
+    ];
+    let run = |args: &'static [&'static str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_posed"));
+        c.args(args).envs(env.clone());
+        async move {
+            let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+                .await
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.success(), text)
+        }
+    };
+    let (ok, text) = run(&["weights", "fetch", "--route", "body"]).await;
+    assert!(ok, "{text}");
+    assert!(text.contains("person detector (converted)"), "{text}");
+    let converted: Vec<_> = std::fs::read_dir(dir.path().join("posed/rtmdet"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(converted.len(), 1);
+    let w = posed_models::weights::Weights::from_file(&converted[0]).unwrap();
+    Rtmdet::new(RtmdetConfig::m(), &w).unwrap();
+    w.finish()
+        .expect("the converted checkpoint is exactly RTMDet-m");
+
+    let (ok, text) = run(&["weights", "verify", "--route", "body"]).await;
+    assert!(!ok, "{text}");
+    assert!(text.contains("FAILED   body 0.4b"), "{text}");
+    assert!(text.contains("mis-shaped"), "{text}");
+    assert!(
+        text.contains("missing  facebook/sapiens2-pose-1b/sapiens2_1b_pose.safetensors@main"),
+        "{text}"
+    );
+}

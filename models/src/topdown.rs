@@ -132,7 +132,13 @@ pub fn warp_affine(
 
 /// Per output position along one axis: the source indices inside the image
 /// and their weights (taps outside read the 0 border, so they are dropped).
-fn axis_taps(n_out: usize, n_in: usize, scale: f64, shift: f64, cubic: bool) -> Vec<Vec<(usize, f32)>> {
+fn axis_taps(
+    n_out: usize,
+    n_in: usize,
+    scale: f64,
+    shift: f64,
+    cubic: bool,
+) -> Vec<Vec<(usize, f32)>> {
     (0..n_out)
         .map(|d| {
             let s = (d as f64 - shift) / scale;
@@ -376,7 +382,15 @@ pub fn crop_persons(
 ) -> Vec<u8> {
     let (out_h, out_w) = (input_hw[0] as usize, input_hw[1] as usize);
     let one = |c: &PersonCrop| {
-        warp_affine(image, width, height, 3, &c.warp_matrix(input_hw), out_w, out_h)
+        warp_affine(
+            image,
+            width,
+            height,
+            3,
+            &c.warp_matrix(input_hw),
+            out_w,
+            out_h,
+        )
     };
     let parts: Vec<Vec<u8>> = if crops.len() > 1 {
         std::thread::scope(|s| {

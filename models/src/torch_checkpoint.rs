@@ -238,3 +238,90 @@ pub fn convert_mmdet_checkpoint(pth: &Path, out: &Path) -> Result<usize, Checkpo
     std::fs::rename(&tmp, out).map_err(|e| fail(e.to_string()))?;
     Ok(n)
 }
+
+/// Writes float32 tensors as a `torch.save` zip checkpoint holding
+/// `{"state_dict": OrderedDict(name → tensor)}`, the layout mmdet saves
+/// (tensors contiguous, one storage each). For tests and stand-ins of
+/// published checkpoints; `torch.load` reads it.
+pub fn write_state_dict(path: &Path, tensors: &[(String, Array)]) -> Result<(), CheckpointError> {
+    use std::io::Write;
+    let fail = |reason: String| CheckpointError {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut p: Vec<u8> = vec![0x80, 2, b'}'];
+    let text = |p: &mut Vec<u8>, s: &str| {
+        p.push(b'X');
+        p.extend((s.len() as u32).to_le_bytes());
+        p.extend(s.as_bytes());
+    };
+    let global = |p: &mut Vec<u8>, module: &str, name: &str| {
+        p.push(b'c');
+        p.extend(format!("{module}\n{name}\n").as_bytes());
+    };
+    let int = |p: &mut Vec<u8>, v: i64| {
+        p.push(b'J');
+        p.extend((v as i32).to_le_bytes());
+    };
+    let ordered_dict = |p: &mut Vec<u8>| {
+        global(p, "collections", "OrderedDict");
+        p.extend([b')', b'R']);
+    };
+    text(&mut p, "state_dict");
+    ordered_dict(&mut p);
+    p.push(b'(');
+    let mut storages = Vec::with_capacity(tensors.len());
+    for (i, (name, a)) in tensors.iter().enumerate() {
+        let shape: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
+        let mut strides = vec![1i64; shape.len()];
+        for d in (0..shape.len().saturating_sub(1)).rev() {
+            strides[d] = strides[d + 1] * shape[d + 1];
+        }
+        text(&mut p, name);
+        global(&mut p, "torch._utils", "_rebuild_tensor_v2");
+        p.push(b'(');
+        p.push(b'(');
+        text(&mut p, "storage");
+        global(&mut p, "torch", "FloatStorage");
+        text(&mut p, &i.to_string());
+        text(&mut p, "cpu");
+        int(&mut p, a.size() as i64);
+        p.extend([b't', b'Q']);
+        int(&mut p, 0);
+        for list in [&shape, &strides] {
+            p.push(b'(');
+            for &v in list.iter() {
+                int(&mut p, v);
+            }
+            p.push(b't');
+        }
+        p.push(0x89); // False: requires_grad
+        ordered_dict(&mut p);
+        p.extend([b't', b'R']);
+        let values = crate::nn::host_f32(a).map_err(|e| fail(format!("{name}: {e}")))?;
+        storages.push(
+            values
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        );
+    }
+    p.extend([b'u', b's', b'.']);
+
+    let file = std::fs::File::create(path).map_err(|e| fail(e.to_string()))?;
+    let mut zip = zip::ZipWriter::new(file);
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let mut put = |name: String, bytes: &[u8]| -> Result<(), CheckpointError> {
+        zip.start_file(name, stored)
+            .map_err(|e| fail(e.to_string()))?;
+        zip.write_all(bytes).map_err(|e| fail(e.to_string()))
+    };
+    put("archive/data.pkl".into(), &p)?;
+    for (i, s) in storages.iter().enumerate() {
+        put(format!("archive/data/{i}"), s)?;
+    }
+    put("archive/version".into(), b"3\n")?;
+    zip.finish().map_err(|e| fail(e.to_string()))?;
+    Ok(())
+}

@@ -54,3 +54,22 @@ fn a_file_that_is_not_a_checkpoint_says_so() {
     let err = read_state_dict(&bad).unwrap_err().to_string();
     assert!(err.contains("not a torch.save zip archive"), "{err}");
 }
+
+/// What the writer saves, the reader gives back (shapes, values, names).
+#[test]
+fn written_checkpoints_read_back() {
+    use posed_models::torch_checkpoint::write_state_dict;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.pth");
+    let a = mlx_rs::Array::from_slice(&[1.0f32, -2.0, 3.5, 4.0, 5.0, 6.25], &[3, 2]);
+    let b = mlx_rs::Array::from_slice(&[0.5f32], &[1]);
+    write_state_dict(&path, &[("x.weight".into(), a), ("x.bias".into(), b)]).unwrap();
+    let back = read_state_dict(&path).unwrap();
+    assert_eq!(back.len(), 2);
+    assert_eq!(back["x.weight"].shape(), [3, 2]);
+    assert_eq!(
+        host_f32(&back["x.weight"]).unwrap(),
+        [1.0, -2.0, 3.5, 4.0, 5.0, 6.25]
+    );
+    assert_eq!(host_f32(&back["x.bias"]).unwrap(), [0.5]);
+}

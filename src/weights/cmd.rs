@@ -3,8 +3,11 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
+use posed_models::body_pipeline::{BodyModelFiles, BodyPipeline};
 use posed_models::hand_detector::DetectorConfig;
 use posed_models::hand_pipeline::{HandModelFiles, HandPipeline};
+use posed_models::rtmdet::RtmdetConfig;
+use posed_models::sapiens2::{Sapiens2Config, Sapiens2Size};
 use posed_models::wilor::WilorConfig;
 
 use super::hub::{self, DownloadProgress, Hub, HubOptions};
@@ -140,6 +143,11 @@ pub fn verify(route: Option<&str>) -> Result<()> {
                 failures += usize::from(!verify_hand_load(&hub, &m, variant));
             }
         }
+        if m.route == "body" {
+            for size in Sapiens2Size::ALL {
+                failures += usize::from(!verify_body_load(&hub, &m, size));
+            }
+        }
     }
     if failures > 0 {
         bail!("{failures} check(s) failed");
@@ -176,6 +184,41 @@ fn verify_hand_load(hub: &Hub, m: &Manifest, variant: &str) -> bool {
         }
         Err(e) => {
             println!("FAILED   hands {variant}: {e}");
+            false
+        }
+    }
+}
+
+/// Loads the cached person detector and the cached pose model of `size`,
+/// if both are there; false on a conversion or load failure.
+fn verify_body_load(hub: &Hub, m: &Manifest, size: Sapiens2Size) -> bool {
+    let cached = |role: &str| m.file(role, size.name()).ok().and_then(|f| hub.cached(f));
+    let (Some(pth), Some(pose)) = (cached("detector"), cached("pose")) else {
+        return true;
+    };
+    let detector = match resolve::detector_safetensors(&pth) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("FAILED   person detector conversion: {e:#}");
+            return false;
+        }
+    };
+    let files = BodyModelFiles {
+        detector_config: RtmdetConfig::m(),
+        detector_weights: detector,
+        pose_config: Sapiens2Config::pose(size),
+        pose_weights: pose,
+    };
+    match BodyPipeline::load(&files, None) {
+        Ok(_) => {
+            println!(
+                "ok       body {}: RTMDet-m and Sapiens2 load with every key and shape in place",
+                size.name()
+            );
+            true
+        }
+        Err(e) => {
+            println!("FAILED   body {}: {e}", size.name());
             false
         }
     }
