@@ -93,6 +93,8 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HandsConfig {
+    /// Run the hand route (on by default).
+    pub enabled: bool,
     /// Folder with `detector_weights.safetensors`, `wilor_weights.safetensors`
     /// and `mano.npz` (and optionally `detector_config.json`,
     /// `wilor_config.json`; the published sizes otherwise).
@@ -119,6 +121,7 @@ impl Default for HandsConfig {
     fn default() -> Self {
         let p = crate::smoothing::OneEuroParams::default();
         HandsConfig {
+            enabled: true,
             models_dir: String::new(),
             variant: "f32".into(),
             mano: String::new(),
@@ -231,6 +234,7 @@ const KEYS: &[(&str, Setter)] = &[
     ("server.shutdown_deadline_ms", |c, v| {
         set_num(&mut c.server.shutdown_deadline_ms, v)
     }),
+    ("hands.enabled", |c, v| set_bool(&mut c.hands.enabled, v)),
     ("hands.models_dir", |c, v| {
         set_string(&mut c.hands.models_dir, v)
     }),
@@ -417,6 +421,12 @@ impl Config {
         }
         if self.hands.max_hands == 0 {
             return Err(bad("hands.max_hands", "must be at least 1".into()));
+        }
+        if !self.hands.enabled && !self.body.enabled {
+            return Err(bad(
+                "hands.enabled",
+                "both hands.enabled and body.enabled are false: no route to run".into(),
+            ));
         }
         if posed_models::sapiens2::Sapiens2Size::parse(&self.body.size).is_none() {
             return Err(bad(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use posed_models::body_pipeline::{BodyModelFiles, BodyPipeline};
-use posed_models::hand_pipeline::HandPipeline;
+use posed_models::hand_pipeline::{HandModelFiles, HandPipeline};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
@@ -84,7 +84,11 @@ pub async fn run(config: Config) -> Result<()> {
             // thread, so the server already answers NOT_SERVING meanwhile.
             let config = loader_config;
             let hands = &config.hands;
-            let files = runtime.block_on(crate::weights::resolve::hand_files(hands, &hub))?;
+            let hand_files = if hands.enabled {
+                Some(runtime.block_on(crate::weights::resolve::hand_files(hands, &hub))?)
+            } else {
+                None
+            };
             let body_files = if config.body.enabled {
                 Some(runtime.block_on(crate::weights::resolve::body_files(&config.body, &hub))?)
             } else {
@@ -92,33 +96,33 @@ pub async fn run(config: Config) -> Result<()> {
             };
             {
                 let mut m = models.lock().expect("status lock");
-                *m = vec![
-                    model_status(
-                        "hand-detector",
-                        proto::Route::Hands,
-                        &files.detector_weights,
-                        "float32",
-                    ),
-                    model_status(
-                        "wilor",
-                        proto::Route::Hands,
-                        &files.wilor_weights,
-                        &hands.variant,
-                    ),
-                ];
-                m.extend(body_model_status(&config, body_files.as_ref()));
+                m.clear();
+                if hands.enabled {
+                    m.extend(hand_model_status(&config, hand_files.as_ref()));
+                }
+                if config.body.enabled {
+                    m.extend(body_model_status(&config, body_files.as_ref()));
+                }
             }
-            tracing::info!(
-                detector = %files.detector_weights.display(),
-                wilor = %files.wilor_weights.display(),
-                mano = %files.mano.display(),
-                "loading the hand route"
-            );
-            let (pipeline, mut is_synthetic) = HandPipeline::load(&files)?;
-            let on_gpu = posed_models::runtime::default_device().kind == "gpu";
-            if hands.compile == "on" || (hands.compile == "auto" && on_gpu) {
-                pipeline.compile();
-            }
+            let mut is_synthetic = false;
+            let hand_pipeline = match hand_files {
+                Some(files) => {
+                    tracing::info!(
+                        detector = %files.detector_weights.display(),
+                        wilor = %files.wilor_weights.display(),
+                        mano = %files.mano.display(),
+                        "loading the hand route"
+                    );
+                    let (pipeline, synthetic) = HandPipeline::load(&files)?;
+                    let on_gpu = posed_models::runtime::default_device().kind == "gpu";
+                    if hands.compile == "on" || (hands.compile == "auto" && on_gpu) {
+                        pipeline.compile();
+                    }
+                    is_synthetic |= synthetic;
+                    Some(pipeline)
+                }
+                None => None,
+            };
             let body = match body_files {
                 Some(mut files) => {
                     tracing::info!(
@@ -141,7 +145,7 @@ pub async fn run(config: Config) -> Result<()> {
                 tracing::warn!("RUNNING ON SYNTHETIC (RANDOM) WEIGHTS: poses are meaningless");
             }
             Ok(Models {
-                hands: Some(pipeline),
+                hands: hand_pipeline,
                 body,
             })
         },
@@ -263,6 +267,25 @@ fn source_specs(config: &Config) -> Vec<server::SourceSpec> {
         );
     }
     specs
+}
+
+/// The hand route's two models, with their files once found.
+fn hand_model_status(config: &Config, files: Option<&HandModelFiles>) -> Vec<proto::ModelStatus> {
+    let none = Path::new("");
+    vec![
+        model_status(
+            "hand-detector",
+            proto::Route::Hands,
+            files.map_or(none, |f| &f.detector_weights),
+            "float32",
+        ),
+        model_status(
+            "wilor",
+            proto::Route::Hands,
+            files.map_or(none, |f| &f.wilor_weights),
+            &config.hands.variant,
+        ),
+    ]
 }
 
 /// The body route's two models, with their files once found.

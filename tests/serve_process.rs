@@ -261,3 +261,103 @@ async fn offline_without_weights_says_what_is_missing() {
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("not serving")).collect();
     assert_eq!(lines.len(), 1, "{log}");
 }
+
+/// A body-only daemon configured through the environment (hand route off,
+/// body route on with a models folder): `posed push --route body` prints
+/// the people found, and GetStatus lists the body models and the keypoint
+/// names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_only_daemon_answers_pushes_from_the_cli() {
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let body = posed_models::fixture::fixtures_dir().join("body");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_posed"))
+        .arg("serve")
+        .env("POSED_HANDS_ENABLED", "false")
+        .env("POSED_BODY_ENABLED", "true")
+        .env("POSED_BODY_MODELS_DIR", &body)
+        .env("POSED_SERVER_LISTEN", &grpc)
+        .env("POSED_SERVER_METRICS", "")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://{grpc}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let channel = loop {
+        match tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("daemon never listened: {e}"),
+        }
+    };
+    let mut health = HealthClient::new(channel.clone());
+    while health
+        .check(HealthCheckRequest {
+            service: "posed.v1.PoseService/body".into(),
+        })
+        .await
+        .map(|s| s.into_inner().status)
+        .unwrap_or(0)
+        != 1
+    {
+        assert!(Instant::now() < deadline, "never SERVING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let image = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/replay");
+    let image = std::fs::read_dir(image)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
+    let addr = grpc.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_posed"))
+            .args(["push", "--addr", &addr, "--route", "body"])
+            .arg(&image)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("person(s) ["), "{text}");
+
+    // The hand route is off: asking for it is the client's mistake.
+    let mut client = PoseServiceClient::new(channel);
+    let err = client
+        .push_image(proto::PushImageRequest {
+            image: Some(Image::RawRgb(proto::RawImage {
+                width: 8,
+                height: 8,
+                data: vec![0; 8 * 8 * 3],
+            })),
+            routes: vec![proto::Route::Hands as i32],
+            wait: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    let status = client
+        .get_status(proto::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = status.models.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["person-detector", "sapiens2-pose-0.4b"]);
+    assert!(status.models.iter().all(|m| m.ready));
+    assert_eq!(status.body_keypoint_names.len(), 308);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
