@@ -30,6 +30,25 @@ fn check_passes_on_the_reference_fixtures() {
     assert!(text.contains("all 18 tensors within tolerance"), "{text}");
 }
 
+/// The body folder holds four fixtures: RTMDet, its post-processing,
+/// Sapiens2 and the top-down glue; one command checks them all.
+#[test]
+fn check_passes_on_the_body_fixtures() {
+    let dir = posed_models::fixture::fixtures_dir().join("body");
+    let (ok, text) = posed(&["fixture", "check", "--dir", dir.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    for tensor in [
+        "output.cls_l0",
+        "output.person_keep_index",
+        "intermediate.rope_sin",
+        "output.heatmaps",
+        "output.keypoints_image",
+    ] {
+        assert!(text.contains(tensor), "{tensor} missing: {text}");
+    }
+    assert!(text.contains("all 53 tensors within tolerance"), "{text}");
+}
+
 #[test]
 fn check_fails_and_names_a_tensor_that_drifted() {
     let src = hands_dir();

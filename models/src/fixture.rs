@@ -45,16 +45,18 @@ pub enum FixtureModel {
     RtmdetPost,
     Sapiens2,
     Sapiens2Topdown,
+    CorridorKey,
 }
 
 impl FixtureModel {
-    pub const ALL: [FixtureModel; 6] = [
+    pub const ALL: [FixtureModel; 7] = [
         FixtureModel::Detector,
         FixtureModel::Wilor,
         FixtureModel::Rtmdet,
         FixtureModel::RtmdetPost,
         FixtureModel::Sapiens2,
         FixtureModel::Sapiens2Topdown,
+        FixtureModel::CorridorKey,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +67,7 @@ impl FixtureModel {
             FixtureModel::RtmdetPost => "rtmdet-post",
             FixtureModel::Sapiens2 => "sapiens2",
             FixtureModel::Sapiens2Topdown => "sapiens2-topdown",
+            FixtureModel::CorridorKey => "corridorkey",
         }
     }
 
@@ -121,6 +124,7 @@ impl FixtureModel {
             // up to a few hundred); keypoints to a thousandth of a pixel.
             FixtureModel::Sapiens2Topdown if tensor.contains("scores") => 1e-6,
             FixtureModel::Sapiens2Topdown => 1e-3,
+            FixtureModel::CorridorKey => 1e-4,
         }
     }
 
@@ -232,6 +236,7 @@ pub fn run(model: FixtureModel, dir: &Path) -> Result<Tensors, FixtureError> {
         FixtureModel::RtmdetPost => crate::rtmdet::run_post_fixture(dir),
         FixtureModel::Sapiens2 => crate::sapiens2::run_fixture(dir),
         FixtureModel::Sapiens2Topdown => crate::topdown::run_fixture(dir),
+        FixtureModel::CorridorKey => crate::corridorkey::run_fixture(dir),
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`sapiens2`]: Sapiens2 whole-body pose (308 keypoints), [`topdown`]: its
 //!   crops and heatmap decode
 //! - [`body_pipeline`]: person detector → crops → Sapiens2 → keypoints
+//! - [`corridorkey`]: CorridorKey green-screen matting (Hiera + heads + refiner)
 //! - [`hand_pipeline`]: detector → crops → WiLoR → image space, stage by stage
 //! - [`image`], [`camera`]: CPU crops, letterbox and camera conversion
 //! - [`nn`], [`rotation`]: blocks shared by the networks
@@ -17,6 +18,7 @@
 
 pub mod body_pipeline;
 pub mod camera;
+pub mod corridorkey;
 pub mod fixture;
 pub mod hand_detector;
 pub mod hand_pipeline;

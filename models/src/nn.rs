@@ -97,6 +97,7 @@ pub struct Conv2d {
     bias: Option<Array>,
     stride: i32,
     padding: i32,
+    dilation: i32,
     groups: i32,
 }
 
@@ -115,8 +116,14 @@ impl Conv2d {
             bias: bias.then(|| w.get("bias", &[c_out])),
             stride,
             padding,
+            dilation: 1,
             groups: 1,
         }
+    }
+
+    /// The same convolution with its kernel taps `dilation` pixels apart.
+    pub fn dilated(self, dilation: i32) -> Self {
+        Conv2d { dilation, ..self }
     }
 
     /// A convolution stored in PyTorch's layout (OIHW, `in/groups` input
@@ -138,6 +145,7 @@ impl Conv2d {
             bias: bias.then(|| w.get("bias", &[c_out])),
             stride,
             padding: kernel / 2,
+            dilation: 1,
             groups,
         })
     }
@@ -148,7 +156,7 @@ impl Conv2d {
             &self.weight,
             (self.stride, self.stride),
             (self.padding, self.padding),
-            None,
+            (self.dilation, self.dilation),
             self.groups,
         )?;
         match &self.bias {

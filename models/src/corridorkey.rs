@@ -1,0 +1,660 @@
+//! CorridorKey (GreenFormer), the green-screen keyer of the matte route:
+//! a Hiera encoder (timm `hiera_base_plus_224`, 4-channel patch embed:
+//! normalised RGB + a coarse alpha hint), two SegFormer-style heads (alpha,
+//! foreground) at a quarter of the resolution, and a dilated residual CNN
+//! that refines both at full resolution in logit space.
+//!
+//! Weights in the corridorkey-mlx layout (convolution kernels OHWI,
+//! `refiner.stem_conv`/`stem_gn`, Linear `(out, in)`); `pos_embed` is stored
+//! for the training size and resized bicubically to the run size at load,
+//! as upstream does. Activations NHWC; the encoder's tokens are `(B, N, C)`
+//! in Hiera's unrolled order (see [`unroll`]).
+
+use std::path::Path;
+
+use mlx_rs::ops::indexing::IndexOp;
+use mlx_rs::{fast, ops, Array, Dtype};
+use serde::{Deserialize, Serialize};
+
+use crate::fixture::{self, FixtureError, FixtureModel, Tensors};
+use crate::nn::{gelu, host_f32, relu, BatchNorm, Conv2d, LayerNorm, Linear, Result};
+use crate::weights::Weights;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CorridorKeyConfig {
+    pub embed_dim: i32,
+    pub num_heads: i32,
+    /// Blocks per stage.
+    pub stages: Vec<i32>,
+    /// The square input size `pos_embed` is stored for.
+    pub stored_img_size: i32,
+    /// The square input size the model runs at (a multiple of 32).
+    pub img_size: i32,
+    pub decoder_embedding_dim: i32,
+    pub refiner_hidden: i32,
+    pub layer_norm_eps: f32,
+    pub batch_norm_eps: f32,
+    pub group_norm_groups: i32,
+}
+
+/// Hiera's fixed choices for the base-plus family.
+const PATCH_KERNEL: i32 = 7;
+const PATCH_STRIDE: i32 = 4;
+const MASK_UNIT: i32 = 8;
+const MASK_UNIT_ATTN: [bool; 4] = [true, true, false, false];
+const Q_POOL: usize = 3;
+const Q_STRIDE: i32 = 4;
+const MLP_RATIO: i32 = 4;
+const GROUP_NORM_EPS: f32 = 1e-5;
+/// The refiner's delta logits are scaled by this.
+const REFINER_SCALE: f32 = 10.0;
+const REFINER_DILATIONS: [i32; 4] = [1, 2, 4, 8];
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+impl CorridorKeyConfig {
+    /// The published model (trained at 2048²), run at `img_size`.
+    pub fn base_plus(img_size: i32) -> Self {
+        CorridorKeyConfig {
+            embed_dim: 112,
+            num_heads: 2,
+            stages: vec![2, 3, 16, 3],
+            stored_img_size: 2048,
+            img_size,
+            decoder_embedding_dim: 256,
+            refiner_hidden: 64,
+            layer_norm_eps: 1e-6,
+            batch_norm_eps: 1e-5,
+            group_norm_groups: 8,
+        }
+    }
+
+    /// Index of the last block of each stage.
+    fn stage_ends(&self) -> Vec<usize> {
+        self.stages
+            .iter()
+            .scan(0usize, |n, &s| {
+                *n += s as usize;
+                Some(*n - 1)
+            })
+            .collect()
+    }
+
+    /// Channels of the four stage outputs.
+    pub fn feature_channels(&self) -> Vec<i32> {
+        (0..self.stages.len())
+            .map(|i| self.embed_dim << i)
+            .collect()
+    }
+}
+
+/// One block's shape, as timm's Hiera lays the blocks out.
+#[derive(Debug, Clone, Copy)]
+struct BlockSpec {
+    dim: i32,
+    dim_out: i32,
+    heads: i32,
+    q_stride: i32,
+    window: i32,
+    mask_unit_attn: bool,
+}
+
+fn block_specs(cfg: &CorridorKeyConfig) -> Vec<BlockSpec> {
+    let ends = cfg.stage_ends();
+    let q_pool_blocks: Vec<usize> = ends.iter().take(Q_POOL).map(|e| e + 1).collect();
+    let depth = ends.last().map_or(0, |e| e + 1);
+    let (mut dim, mut heads, mut stage) = (cfg.embed_dim, cfg.num_heads, 0usize);
+    let mut window = MASK_UNIT * MASK_UNIT;
+    let mut specs = Vec::with_capacity(depth);
+    for i in 0..depth {
+        let mut dim_out = dim;
+        // The attention kind is the stage's *before* a transition block
+        // moves to the next stage (so the first block of a stage keeps the
+        // previous stage's kind).
+        let mask_unit_attn = MASK_UNIT_ATTN[stage];
+        if i > 0 && ends.contains(&(i - 1)) {
+            dim_out = dim * 2;
+            heads *= 2;
+            stage += 1;
+            if q_pool_blocks.contains(&i) {
+                window /= Q_STRIDE;
+            }
+        }
+        specs.push(BlockSpec {
+            dim,
+            dim_out,
+            heads,
+            q_stride: if q_pool_blocks.contains(&i) {
+                Q_STRIDE
+            } else {
+                1
+            },
+            window,
+            mask_unit_attn,
+        });
+        dim = dim_out;
+    }
+    specs
+}
+
+/// Max over `stride` groups of tokens: `(B, stride·M, C) → (B, M, C)`, the
+/// groups being the slow axis (Hiera's q-pooling in unrolled order).
+fn pool_tokens(x: &Array, stride: i32) -> Result<Array> {
+    let (b, n, c) = (x.dim(0), x.dim(1), x.dim(2));
+    x.reshape(&[b, stride, n / stride, c])?.max_axis(1, false)
+}
+
+/// Attention within mask units (or over everything, one window): tokens
+/// are laid out window-fastest, so window `w` holds tokens `t·windows + w`.
+struct MaskUnitAttention {
+    qkv: Linear,
+    proj: Linear,
+    spec: BlockSpec,
+}
+
+impl MaskUnitAttention {
+    fn forward(&self, x: &Array) -> Result<Array> {
+        let s = self.spec;
+        let (b, n) = (x.dim(0), x.dim(1));
+        let hd = s.dim_out / s.heads;
+        let windows = if s.mask_unit_attn {
+            n / (s.q_stride * s.window)
+        } else {
+            1
+        };
+        // (B, T, windows, 3, heads, hd) → (3, B, heads, windows, T, hd)
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape(&[b, -1, windows, 3, s.heads, hd])?
+            .transpose_axes(&[3, 0, 4, 2, 1, 5])?;
+        let (mut q, k, v) = (qkv.index(0), qkv.index(1), qkv.index(2));
+        if s.q_stride > 1 {
+            let t = q.dim(3);
+            q = q
+                .reshape(&[b, s.heads, windows, s.q_stride, t / s.q_stride, hd])?
+                .max_axis(3, false)?;
+        }
+        let t = q.dim(3);
+        let scale = (hd as f32).powf(-0.5);
+        // SDPA over the last two axes, windows folded into the batch.
+        let fold = |a: &Array| a.reshape(&[b * s.heads * windows, 1, a.dim(3), hd]);
+        let o =
+            fast::scaled_dot_product_attention(fold(&q)?, fold(&k)?, fold(&v)?, scale, None, None)?
+                .reshape(&[b, s.heads, windows, t, hd])?;
+        // PyTorch's transpose(1, 3): (B, T, windows, heads, hd).
+        let o = o
+            .transpose_axes(&[0, 3, 2, 1, 4])?
+            .reshape(&[b, -1, s.dim_out])?;
+        self.proj.forward(&o)
+    }
+}
+
+struct HieraBlock {
+    norm1: LayerNorm,
+    proj: Option<Linear>,
+    attn: MaskUnitAttention,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    spec: BlockSpec,
+}
+
+impl HieraBlock {
+    fn new(w: &Weights, spec: BlockSpec, eps: f32) -> Self {
+        let (d, o) = (spec.dim, spec.dim_out);
+        HieraBlock {
+            norm1: LayerNorm::new(&w.pp("norm1"), d, eps),
+            proj: (d != o).then(|| Linear::new(&w.pp("proj"), d, o)),
+            attn: MaskUnitAttention {
+                qkv: Linear::new(&w.pp("attn.qkv"), d, 3 * o),
+                proj: Linear::new(&w.pp("attn.proj"), o, o),
+                spec,
+            },
+            norm2: LayerNorm::new(&w.pp("norm2"), o, eps),
+            fc1: Linear::new(&w.pp("mlp.fc1"), o, MLP_RATIO * o),
+            fc2: Linear::new(&w.pp("mlp.fc2"), MLP_RATIO * o, o),
+            spec,
+        }
+    }
+
+    /// The attention reads the normalised input; at a transition the
+    /// residual is the pooled projection of it.
+    fn forward(&self, x: &Array) -> Result<Array> {
+        let x_norm = self.norm1.forward(x)?;
+        let residual = match &self.proj {
+            Some(p) => pool_tokens(&p.forward(&x_norm)?, self.spec.q_stride)?,
+            None => x.clone(),
+        };
+        let x = residual.add(self.attn.forward(&x_norm)?)?;
+        let h = gelu(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
+        x.add(self.fc2.forward(&h)?)
+    }
+}
+
+/// Hiera's unroll: three times, the 2×2 sub-grid offsets move to the batch
+/// axis, so that in the final `(B, N, C)` order each 8×8 mask unit's tokens
+/// are `N / 64` apart and q-pooling is a max over the slowest axis.
+pub fn unroll(x: &Array, grid: i32, steps: usize) -> Result<Array> {
+    let (b0, c) = (x.dim(0), x.dim(2));
+    let mut b = b0;
+    let mut size = grid;
+    let mut y = x.reshape(&[b, size, size, c])?;
+    for _ in 0..steps {
+        size /= 2;
+        // (B, H/2, 2, W/2, 2, C) → (B, 2, 2, H/2, W/2, C) → (4B, H/2, W/2, C)
+        y = y
+            .reshape(&[b, size, 2, size, 2, c])?
+            .transpose_axes(&[0, 2, 4, 1, 3, 5])?
+            .reshape(&[b * 4, size, size, c])?;
+        b *= 4;
+    }
+    y.reshape(&[b0, grid * grid, c])
+}
+
+/// The inverse for the tokens after `pooled` q-poolings: back to a
+/// row-major `(B, h, w, C)` grid.
+fn reroll(x: &Array, grid: i32, steps: usize, pooled: usize) -> Result<Array> {
+    let (b, n, c) = (x.dim(0), x.dim(1), x.dim(2));
+    // Each pooling consumed the finest remaining unroll step.
+    let remaining = steps.saturating_sub(pooled);
+    let size = grid >> pooled.min(steps);
+    let mut mu = 1;
+    let mut y = x.clone();
+    let mut n_cur = n;
+    for _ in 0..remaining {
+        // (B, 2, 2, N/4, mu, mu, C) → (B, N/4, 2, mu, 2, mu, C)
+        y = y
+            .reshape(&[b, 2, 2, n_cur / 4, mu, mu, c])?
+            .transpose_axes(&[0, 3, 1, 4, 2, 5, 6])?;
+        mu *= 2;
+        y = y.reshape(&[b, -1, mu, mu, c])?;
+        n_cur = y.dim(1);
+    }
+    // (B, #MUy·#MUx, mu, mu, C) → (B, #MUy, mu, #MUx, mu, C) → (B, h, w, C)
+    let units = size / mu;
+    y.reshape(&[b, units, units, mu, mu, c])?
+        .transpose_axes(&[0, 1, 3, 2, 4, 5])?
+        .reshape(&[b, size, size, c])
+}
+
+/// Bicubic resampling taps per output index (PyTorch `align_corners=False`,
+/// a = −0.75, source index clamped at the edges).
+fn cubic_axis(n_in: usize, n_out: usize) -> Vec<[(usize, f64); 4]> {
+    const A: f64 = -0.75;
+    let scale = n_in as f64 / n_out as f64;
+    (0..n_out)
+        .map(|i| {
+            let u = (i as f64 + 0.5) * scale - 0.5;
+            let f = u.floor();
+            let t = u - f;
+            let w = [
+                ((A * (t + 1.0) - 5.0 * A) * (t + 1.0) + 8.0 * A) * (t + 1.0) - 4.0 * A,
+                ((A + 2.0) * t - (A + 3.0)) * t * t + 1.0,
+                ((A + 2.0) * (1.0 - t) - (A + 3.0)) * (1.0 - t) * (1.0 - t) + 1.0,
+                ((A * (2.0 - t) - 5.0 * A) * (2.0 - t) + 8.0 * A) * (2.0 - t) - 4.0 * A,
+            ];
+            std::array::from_fn(|k| {
+                let idx = (f as i64 - 1 + k as i64).clamp(0, n_in as i64 - 1) as usize;
+                (idx, w[k])
+            })
+        })
+        .collect()
+}
+
+/// The stored positional embedding `(1, G0², C)` resized to `(1, G², C)`.
+fn resize_pos_embed(stored: &Array, from: i32, to: i32) -> Result<Array> {
+    if from == to {
+        return Ok(stored.clone());
+    }
+    let c = stored.dim(2) as usize;
+    let v = host_f32(stored)?;
+    let (n_in, n_out) = (from as usize, to as usize);
+    let taps = cubic_axis(n_in, n_out);
+    // Rows first, then columns.
+    let mut rows = vec![0f64; n_out * n_in * c];
+    for (y, ty) in taps.iter().enumerate() {
+        for &(sy, wy) in ty {
+            for x in 0..n_in {
+                for ch in 0..c {
+                    rows[(y * n_in + x) * c + ch] += wy * v[(sy * n_in + x) * c + ch] as f64;
+                }
+            }
+        }
+    }
+    let mut out = vec![0f32; n_out * n_out * c];
+    for y in 0..n_out {
+        for (x, tx) in taps.iter().enumerate() {
+            for &(sx, wx) in tx {
+                for ch in 0..c {
+                    out[(y * n_out + x) * c + ch] += (wx * rows[(y * n_in + sx) * c + ch]) as f32;
+                }
+            }
+        }
+    }
+    Ok(Array::from_slice(
+        &out,
+        &[1, (n_out * n_out) as i32, c as i32],
+    ))
+}
+
+/// Bilinear resize of an NHWC map by an integer factor, PyTorch
+/// `align_corners=False` (source clamped at the edges), as two gathers.
+pub fn upsample_bilinear(x: &Array, factor: i32) -> Result<Array> {
+    if factor == 1 {
+        return Ok(x.clone());
+    }
+    let axis = |n: i32| -> (Array, Array, Array) {
+        let m = n * factor;
+        let (mut lo, mut hi, mut w) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..m {
+            let u = ((i as f32 + 0.5) / factor as f32 - 0.5).clamp(0.0, (n - 1) as f32);
+            let l = u.floor() as i32;
+            lo.push(l);
+            hi.push((l + 1).min(n - 1));
+            w.push(u - l as f32);
+        }
+        (
+            Array::from_slice(&lo, &[m]),
+            Array::from_slice(&hi, &[m]),
+            Array::from_slice(&w, &[m]),
+        )
+    };
+    let (h, w) = (x.dim(1), x.dim(2));
+    let (ylo, yhi, yw) = axis(h);
+    let yw = yw.reshape(&[1, -1, 1, 1])?;
+    let top = x.take_axis(&ylo, 1)?;
+    let bottom = x.take_axis(&yhi, 1)?;
+    let rows = top.add(bottom.subtract(&top)?.multiply(&yw)?)?;
+    let (xlo, xhi, xw) = axis(w);
+    let xw = xw.reshape(&[1, 1, -1, 1])?;
+    let left = rows.take_axis(&xlo, 2)?;
+    let right = rows.take_axis(&xhi, 2)?;
+    left.add(right.subtract(&left)?.multiply(&xw)?)
+}
+
+/// Per-level Linear to a shared width, upsampled to the finest level,
+/// concatenated deepest first, fused by a 1×1 conv with eval BatchNorm and
+/// ReLU, classified by a 1×1 conv.
+struct DecoderHead {
+    linear_c: Vec<Linear>,
+    fuse: Conv2d,
+    bn: BatchNorm,
+    classifier: Conv2d,
+}
+
+impl DecoderHead {
+    fn new(w: &Weights, cfg: &CorridorKeyConfig, out: i32) -> Result<Self> {
+        let e = cfg.decoder_embedding_dim;
+        let channels = cfg.feature_channels();
+        Ok(DecoderHead {
+            linear_c: channels
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| Linear::new(&w.pp(format!("linear_c{}.proj", i + 1)), c, e))
+                .collect(),
+            fuse: Conv2d::new(
+                &w.pp("linear_fuse"),
+                e * channels.len() as i32,
+                e,
+                1,
+                1,
+                0,
+                false,
+            ),
+            bn: BatchNorm::new(&w.pp("bn"), e, cfg.batch_norm_eps)?,
+            classifier: Conv2d::new(&w.pp("classifier"), e, out, 1, 1, 0, true),
+        })
+    }
+
+    fn forward(&self, features: &[Array]) -> Result<Array> {
+        let finest = features[0].dim(1);
+        let mut parts = Vec::with_capacity(features.len());
+        for (f, lin) in features.iter().zip(&self.linear_c).rev() {
+            let p = lin.forward(f)?;
+            parts.push(upsample_bilinear(&p, finest / f.dim(1))?);
+        }
+        let fused = relu(
+            &self
+                .bn
+                .forward(&self.fuse.forward(&ops::concatenate(&parts, -1)?)?)?,
+        )?;
+        self.classifier.forward(&fused)
+    }
+}
+
+/// GroupNorm with PyTorch's grouping: consecutive channels form a group;
+/// statistics over H, W and the group's channels, per sample.
+struct GroupNorm {
+    weight: Array,
+    bias: Array,
+    groups: i32,
+}
+
+impl GroupNorm {
+    fn new(w: &Weights, channels: i32, groups: i32) -> Self {
+        GroupNorm {
+            weight: w.get("weight", &[channels]),
+            bias: w.get("bias", &[channels]),
+            groups,
+        }
+    }
+
+    fn forward(&self, x: &Array) -> Result<Array> {
+        let (b, h, w, c) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+        let g = x.reshape(&[b, h, w, self.groups, c / self.groups])?;
+        let mean = g.mean_axes(&[1, 2, 4], true)?;
+        let centred = g.subtract(&mean)?;
+        let var = centred.square()?.mean_axes(&[1, 2, 4], true)?;
+        let y = centred
+            .multiply(ops::rsqrt(&var.add(Array::from_f32(GROUP_NORM_EPS))?)?)?
+            .reshape(&[b, h, w, c])?;
+        y.multiply(&self.weight)?.add(&self.bias)
+    }
+}
+
+/// conv → GN → ReLU → conv → GN, plus the input, ReLU; both convolutions
+/// 3×3 with the block's dilation.
+struct RefinerBlock {
+    conv1: Conv2d,
+    gn1: GroupNorm,
+    conv2: Conv2d,
+    gn2: GroupNorm,
+}
+
+impl RefinerBlock {
+    fn forward(&self, x: &Array) -> Result<Array> {
+        let y = relu(&self.gn1.forward(&self.conv1.forward(x)?)?)?;
+        let y = self.gn2.forward(&self.conv2.forward(&y)?)?;
+        relu(&y.add(x)?)
+    }
+}
+
+struct Refiner {
+    stem_conv: Conv2d,
+    stem_gn: GroupNorm,
+    blocks: Vec<RefinerBlock>,
+    final_conv: Conv2d,
+}
+
+impl Refiner {
+    fn new(w: &Weights, cfg: &CorridorKeyConfig) -> Self {
+        let (h, g) = (cfg.refiner_hidden, cfg.group_norm_groups);
+        let blocks = REFINER_DILATIONS
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| {
+                let wb = w.pp(format!("res{}", i + 1));
+                RefinerBlock {
+                    conv1: Conv2d::new(&wb.pp("conv1"), h, h, 3, 1, d, true).dilated(d),
+                    gn1: GroupNorm::new(&wb.pp("gn1"), h, g),
+                    conv2: Conv2d::new(&wb.pp("conv2"), h, h, 3, 1, d, true).dilated(d),
+                    gn2: GroupNorm::new(&wb.pp("gn2"), h, g),
+                }
+            })
+            .collect();
+        Refiner {
+            stem_conv: Conv2d::new(&w.pp("stem_conv"), 7, h, 3, 1, 1, true),
+            stem_gn: GroupNorm::new(&w.pp("stem_gn"), h, g),
+            blocks,
+            final_conv: Conv2d::new(&w.pp("final"), h, 4, 1, 1, 0, true),
+        }
+    }
+
+    /// Delta logits (alpha, fg) at full resolution, already ×10.
+    fn forward(&self, x: &Array) -> Result<Array> {
+        let mut y = relu(&self.stem_gn.forward(&self.stem_conv.forward(x)?)?)?;
+        for b in &self.blocks {
+            y = b.forward(&y)?;
+        }
+        self.final_conv
+            .forward(&y)?
+            .multiply(Array::from_f32(REFINER_SCALE))
+    }
+}
+
+/// Everything one forward pass produces, by name.
+pub struct MatteOutput {
+    /// The four stage outputs, NHWC.
+    pub features: Vec<Array>,
+    /// Quarter-resolution logits.
+    pub alpha_logits: Array,
+    pub fg_logits: Array,
+    pub delta_logits: Array,
+    /// Final probabilities at the input resolution.
+    pub alpha: Array,
+    pub fg: Array,
+}
+
+pub struct CorridorKey {
+    cfg: CorridorKeyConfig,
+    patch_embed: Conv2d,
+    pos_embed: Array,
+    blocks: Vec<HieraBlock>,
+    alpha_decoder: DecoderHead,
+    fg_decoder: DecoderHead,
+    refiner: Refiner,
+}
+
+impl CorridorKey {
+    pub fn new(cfg: CorridorKeyConfig, w: &Weights) -> Result<Self> {
+        let enc = w.pp("encoder.model");
+        let e = cfg.embed_dim;
+        let stored_grid = cfg.stored_img_size / PATCH_STRIDE;
+        let grid = cfg.img_size / PATCH_STRIDE;
+        let stored = enc.get("pos_embed", &[1, stored_grid * stored_grid, e]);
+        let pos_embed = resize_pos_embed(&stored, stored_grid, grid)?;
+        let blocks = block_specs(&cfg)
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| HieraBlock::new(&enc.pp("blocks").pp(i), s, cfg.layer_norm_eps))
+            .collect();
+        Ok(CorridorKey {
+            patch_embed: Conv2d::new(
+                &enc.pp("patch_embed.proj"),
+                4,
+                e,
+                PATCH_KERNEL,
+                PATCH_STRIDE,
+                PATCH_KERNEL / 2,
+                true,
+            ),
+            pos_embed,
+            blocks,
+            alpha_decoder: DecoderHead::new(&w.pp("alpha_decoder"), &cfg, 1)?,
+            fg_decoder: DecoderHead::new(&w.pp("fg_decoder"), &cfg, 3)?,
+            refiner: Refiner::new(&w.pp("refiner"), &cfg),
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &CorridorKeyConfig {
+        &self.cfg
+    }
+
+    /// `x`: (B, S, S, 4) = ImageNet-normalised RGB and the alpha hint in
+    /// [0, 1], S the configured size.
+    pub fn forward(&self, x: &Array) -> Result<MatteOutput> {
+        let s = self.cfg.img_size;
+        if x.dim(1) != s || x.dim(2) != s || x.dim(3) != 4 {
+            return Err(mlx_rs::error::Exception::custom(format!(
+                "CorridorKey runs on (B, {s}, {s}, 4) inputs, got {:?}",
+                x.shape()
+            )));
+        }
+        let b = x.dim(0);
+        let grid = s / PATCH_STRIDE;
+        let steps = self.cfg.stages.len() - 1;
+        let tokens = self
+            .patch_embed
+            .forward(x)?
+            .reshape(&[b, grid * grid, self.cfg.embed_dim])?
+            .add(&self.pos_embed)?;
+        let mut t = unroll(&tokens, grid, steps)?;
+        let ends = self.cfg.stage_ends();
+        let mut features = Vec::with_capacity(ends.len());
+        for (i, block) in self.blocks.iter().enumerate() {
+            t = block.forward(&t)?;
+            if let Some(stage) = ends.iter().position(|&e| e == i) {
+                features.push(reroll(&t, grid, steps, stage.min(Q_POOL))?);
+            }
+        }
+        let alpha_logits = self.alpha_decoder.forward(&features)?;
+        let fg_logits = self.fg_decoder.forward(&features)?;
+        let up = s / alpha_logits.dim(1);
+        let alpha_up = upsample_bilinear(&alpha_logits, up)?;
+        let fg_up = upsample_bilinear(&fg_logits, up)?;
+        let rgb = x.index((.., .., .., ..3));
+        let refiner_in =
+            ops::concatenate(&[rgb, ops::sigmoid(&alpha_up)?, ops::sigmoid(&fg_up)?], -1)?;
+        let delta_logits = self.refiner.forward(&refiner_in)?;
+        let alpha = ops::sigmoid(&alpha_up.add(delta_logits.index((.., .., .., ..1)))?)?;
+        let fg = ops::sigmoid(&fg_up.add(delta_logits.index((.., .., .., 1..)))?)?;
+        Ok(MatteOutput {
+            features,
+            alpha_logits,
+            fg_logits,
+            delta_logits,
+            alpha,
+            fg,
+        })
+    }
+}
+
+/// The network input from RGB in [0, 1] (B, S, S, 3) and a hint (B, S, S, 1).
+pub fn network_input(rgb: &Array, hint: &Array) -> Result<Array> {
+    let mean = Array::from_slice(&IMAGENET_MEAN, &[1, 1, 1, 3]);
+    let std = Array::from_slice(&IMAGENET_STD, &[1, 1, 1, 3]);
+    let norm = rgb
+        .as_dtype(Dtype::Float32)?
+        .subtract(&mean)?
+        .divide(&std)?;
+    ops::concatenate(&[norm, hint.as_dtype(Dtype::Float32)?], -1)
+}
+
+/// Runs the CorridorKey fixture in `dir`.
+pub fn run_fixture(dir: &Path) -> std::result::Result<Tensors, FixtureError> {
+    let cfg: CorridorKeyConfig = fixture::read_json(&dir.join("corridorkey_config.json"))?;
+    let w = Weights::from_file(dir.join("corridorkey_weights.safetensors"))?;
+    let net = CorridorKey::new(cfg, &w)?;
+    w.finish()?;
+    let io = fixture::read_tensors(&FixtureModel::CorridorKey.io_file(dir))?;
+    let get = |name: &str| {
+        io.get(name)
+            .ok_or_else(|| FixtureError::MissingTensor(name.into()))
+    };
+    let mut t = Tensors::new();
+    let out = net.forward(get("input.x_nhwc")?)?;
+    for (i, f) in out.features.iter().enumerate() {
+        t.insert(format!("intermediate.encoder_feature_{i}"), f.clone());
+    }
+    t.insert("intermediate.alpha_logits".into(), out.alpha_logits);
+    t.insert("intermediate.fg_logits".into(), out.fg_logits);
+    t.insert("intermediate.delta_logits".into(), out.delta_logits);
+    t.insert("output.alpha".into(), out.alpha);
+    t.insert("output.fg".into(), out.fg);
+    for a in t.values() {
+        a.eval()?;
+    }
+    Ok(t)
+}
