@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod engine;
 pub mod fanout;
 pub mod fixture_cmd;
+pub mod notify;
 pub mod post;
 pub mod proto;
 pub mod recording;

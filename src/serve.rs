@@ -31,6 +31,7 @@ pub fn init_logging(json: bool) {
 }
 
 pub async fn run(config: Config) -> Result<()> {
+    let shutdown = shutdown_signal()?;
     let hub = crate::weights::hub::Hub::new(crate::weights::hub::HubOptions::from_env())?;
     let device = posed_models::runtime::default_device();
     let device_name = match device.name() {
@@ -169,7 +170,7 @@ pub async fn run(config: Config) -> Result<()> {
             }
             _ => "serving".to_owned(),
         };
-        let _ = sd_notify::notify(&[
+        crate::notify::notify(&[
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status(&status),
         ]);
@@ -212,15 +213,8 @@ pub async fn run(config: Config) -> Result<()> {
         telemetry,
         status,
     };
-    server::run(
-        listeners,
-        backend,
-        source_specs(&config),
-        options,
-        shutdown_signal(),
-    )
-    .await?;
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    server::run(listeners, backend, source_specs(&config), options, shutdown).await?;
+    crate::notify::notify(&[sd_notify::NotifyState::Stopping]);
     ready_notifier.abort();
     for task in [metrics, logger, watchdog].into_iter().flatten() {
         task.abort();
@@ -323,13 +317,20 @@ fn model_status(
 }
 
 /// SIGTERM (launchd, systemd) or SIGINT (a terminal).
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+/// Handlers are installed when this is called, not when the future is
+/// first polled: the server answers from other tasks before the main one
+/// awaits the signal, and a SIGTERM in that window must not kill the
+/// process with the default action.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 /// systemd's watchdog: ping at half the interval it asks for.
@@ -340,7 +341,7 @@ fn watchdog() -> Option<tokio::task::JoinHandle<()>> {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            crate::notify::notify(&[sd_notify::NotifyState::Watchdog]);
         }
     }))
 }

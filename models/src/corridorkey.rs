@@ -384,7 +384,8 @@ struct DecoderHead {
 }
 
 impl DecoderHead {
-    fn new(w: &Weights, cfg: &CorridorKeyConfig, out: i32) -> Result<Self> {
+    fn new(w: &Weights, cfg: &CorridorKeyConfig, out: i32, dtype: Dtype) -> Result<Self> {
+        let w = &w.cast_to(dtype);
         let e = cfg.decoder_embedding_dim;
         let channels = cfg.feature_channels();
         Ok(DecoderHead {
@@ -440,17 +441,35 @@ impl GroupNorm {
         }
     }
 
-    fn forward(&self, x: &Array) -> Result<Array> {
+    /// Normalises with `stats` (mean, variance per sample and group) when
+    /// given, else with `x`'s own; returns the statistics used.
+    fn forward(&self, x: &Array, stats: Option<&GroupStats>) -> Result<(Array, GroupStats)> {
         let (b, h, w, c) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
         let g = x.reshape(&[b, h, w, self.groups, c / self.groups])?;
-        let mean = g.mean_axes(&[1, 2, 4], true)?;
-        let centred = g.subtract(&mean)?;
-        let var = centred.square()?.mean_axes(&[1, 2, 4], true)?;
-        let y = centred
+        let (mean, var) = match stats {
+            Some(s) => (s.mean.clone(), s.var.clone()),
+            None => {
+                let mean = g.mean_axes(&[1, 2, 4], true)?;
+                let var = g.subtract(&mean)?.square()?.mean_axes(&[1, 2, 4], true)?;
+                (mean, var)
+            }
+        };
+        let y = g
+            .subtract(&mean)?
             .multiply(ops::rsqrt(&var.add(Array::from_f32(GROUP_NORM_EPS))?)?)?
             .reshape(&[b, h, w, c])?;
-        y.multiply(&self.weight)?.add(&self.bias)
+        Ok((
+            y.multiply(&self.weight)?.add(&self.bias)?,
+            GroupStats { mean, var },
+        ))
     }
+}
+
+/// One GroupNorm's statistics, (B, 1, 1, groups, 1) each.
+#[derive(Clone)]
+pub struct GroupStats {
+    mean: Array,
+    var: Array,
 }
 
 /// conv → GN → ReLU → conv → GN, plus the input, ReLU; both convolutions
@@ -463,10 +482,36 @@ struct RefinerBlock {
 }
 
 impl RefinerBlock {
-    fn forward(&self, x: &Array) -> Result<Array> {
-        let y = relu(&self.gn1.forward(&self.conv1.forward(x)?)?)?;
-        let y = self.gn2.forward(&self.conv2.forward(&y)?)?;
+    fn forward(&self, x: &Array, stats: &mut Stats) -> Result<Array> {
+        let y = relu(&stats.norm(&self.gn1, &self.conv1.forward(x)?)?)?;
+        let y = stats.norm(&self.gn2, &self.conv2.forward(&y)?)?;
         relu(&y.add(x)?)
+    }
+}
+
+/// The refiner's GroupNorm statistics in layer order: recorded by a
+/// whole-image pass, then replayed for every tile so tiles normalise
+/// exactly as the whole image does.
+enum Stats {
+    Record(Vec<GroupStats>),
+    Replay(std::vec::IntoIter<GroupStats>),
+}
+
+impl Stats {
+    fn norm(&mut self, gn: &GroupNorm, x: &Array) -> Result<Array> {
+        match self {
+            Stats::Record(seen) => {
+                let (y, s) = gn.forward(x, None)?;
+                seen.push(s);
+                Ok(y)
+            }
+            Stats::Replay(next) => {
+                let s = next.next().ok_or_else(|| {
+                    mlx_rs::error::Exception::custom("fewer GroupNorm statistics than layers")
+                })?;
+                Ok(gn.forward(x, Some(&s))?.0)
+            }
+        }
     }
 }
 
@@ -478,7 +523,8 @@ struct Refiner {
 }
 
 impl Refiner {
-    fn new(w: &Weights, cfg: &CorridorKeyConfig) -> Self {
+    fn new(w: &Weights, cfg: &CorridorKeyConfig, dtype: Dtype) -> Result<Self> {
+        let w = &w.cast_to(dtype);
         let (h, g) = (cfg.refiner_hidden, cfg.group_norm_groups);
         let blocks = REFINER_DILATIONS
             .iter()
@@ -493,25 +539,73 @@ impl Refiner {
                 }
             })
             .collect();
-        Refiner {
+        Ok(Refiner {
             stem_conv: Conv2d::new(&w.pp("stem_conv"), 7, h, 3, 1, 1, true),
             stem_gn: GroupNorm::new(&w.pp("stem_gn"), h, g),
             blocks,
             final_conv: Conv2d::new(&w.pp("final"), h, 4, 1, 1, 0, true),
-        }
+        })
     }
 
     /// Delta logits (alpha, fg) at full resolution, already ×10.
     fn forward(&self, x: &Array) -> Result<Array> {
-        let mut y = relu(&self.stem_gn.forward(&self.stem_conv.forward(x)?)?)?;
+        self.run(x, &mut Stats::Record(Vec::new()))
+    }
+
+    fn run(&self, x: &Array, stats: &mut Stats) -> Result<Array> {
+        let mut y = relu(&stats.norm(&self.stem_gn, &self.stem_conv.forward(x)?)?)?;
         for b in &self.blocks {
-            y = b.forward(&y)?;
+            y = b.forward(&y, stats)?;
         }
         self.final_conv
             .forward(&y)?
             .multiply(Array::from_f32(REFINER_SCALE))
     }
+
+    /// The same result computed tile by tile: `tile`² owned regions, each
+    /// run with a `halo` of context (at least the receptive-field radius,
+    /// 31 px) and the whole image's GroupNorm statistics, then stitched.
+    /// The statistics come from one whole-image pass; the tiles bound the
+    /// size of the second pass's intermediates.
+    fn forward_tiled(&self, x: &Array, tile: i32, halo: i32) -> Result<Array> {
+        let mut record = Stats::Record(Vec::new());
+        let (h, w) = (x.dim(1), x.dim(2));
+        if h <= tile && w <= tile {
+            return self.run(x, &mut record);
+        }
+        // Statistics only: the whole-image pass's output is not needed.
+        let _ = self.run(x, &mut record)?;
+        let Stats::Record(stats) = record else {
+            unreachable!("recorded above")
+        };
+        for s in &stats {
+            s.mean.eval()?;
+            s.var.eval()?;
+        }
+        let starts = |n: i32| (0..n).step_by(tile as usize).collect::<Vec<i32>>();
+        let mut rows = Vec::new();
+        for &y0 in &starts(h) {
+            let y1 = (y0 + tile).min(h);
+            let mut cols = Vec::new();
+            for &x0 in &starts(w) {
+                let x1 = (x0 + tile).min(w);
+                let (cy0, cx0) = ((y0 - halo).max(0), (x0 - halo).max(0));
+                let (cy1, cx1) = ((y1 + halo).min(h), (x1 + halo).min(w));
+                let patch = x.index((.., cy0..cy1, cx0..cx1, ..));
+                let out = self.run(&patch, &mut Stats::Replay(stats.clone().into_iter()))?;
+                let owned = out.index((.., y0 - cy0..y1 - cy0, x0 - cx0..x1 - cx0, ..));
+                owned.eval()?;
+                cols.push(owned);
+            }
+            rows.push(ops::concatenate(&cols, 2)?);
+        }
+        ops::concatenate(&rows, 1)
+    }
 }
+
+/// Context around each refiner tile: the refiner's receptive-field radius
+/// is 1 + 2 + 4 + 8 + 16 = 31 px.
+pub const REFINER_HALO: i32 = 32;
 
 /// Everything one forward pass produces, by name.
 pub struct MatteOutput {
@@ -528,6 +622,9 @@ pub struct MatteOutput {
 
 pub struct CorridorKey {
     cfg: CorridorKeyConfig,
+    /// Float type of the decoders and the refiner (the encoder is float32).
+    head_dtype: Dtype,
+    refiner_dtype: Dtype,
     patch_embed: Conv2d,
     pos_embed: Array,
     blocks: Vec<HieraBlock>,
@@ -538,6 +635,12 @@ pub struct CorridorKey {
 
 impl CorridorKey {
     pub fn new(cfg: CorridorKeyConfig, w: &Weights) -> Result<Self> {
+        Self::with_head_dtype(cfg, w, Dtype::Float32)
+    }
+
+    /// The decoders and the refiner with their weights cast to `dtype`
+    /// (bf16 halves their memory traffic); the encoder stays float32.
+    pub fn with_head_dtype(cfg: CorridorKeyConfig, w: &Weights, dtype: Dtype) -> Result<Self> {
         let enc = w.pp("encoder.model");
         let e = cfg.embed_dim;
         let stored_grid = cfg.stored_img_size / PATCH_STRIDE;
@@ -561,9 +664,11 @@ impl CorridorKey {
             ),
             pos_embed,
             blocks,
-            alpha_decoder: DecoderHead::new(&w.pp("alpha_decoder"), &cfg, 1)?,
-            fg_decoder: DecoderHead::new(&w.pp("fg_decoder"), &cfg, 3)?,
-            refiner: Refiner::new(&w.pp("refiner"), &cfg),
+            alpha_decoder: DecoderHead::new(&w.pp("alpha_decoder"), &cfg, 1, dtype)?,
+            fg_decoder: DecoderHead::new(&w.pp("fg_decoder"), &cfg, 3, dtype)?,
+            refiner: Refiner::new(&w.pp("refiner"), &cfg, dtype)?,
+            head_dtype: dtype,
+            refiner_dtype: dtype,
             cfg,
         })
     }
@@ -575,6 +680,13 @@ impl CorridorKey {
     /// `x`: (B, S, S, 4) = ImageNet-normalised RGB and the alpha hint in
     /// [0, 1], S the configured size.
     pub fn forward(&self, x: &Array) -> Result<MatteOutput> {
+        self.forward_with(x, None)
+    }
+
+    /// With `refiner_tile`, the refiner runs in tiles of that size with the
+    /// whole image's GroupNorm statistics (the same result, smaller
+    /// intermediates).
+    pub fn forward_with(&self, x: &Array, refiner_tile: Option<i32>) -> Result<MatteOutput> {
         let s = self.cfg.img_size;
         if x.dim(1) != s || x.dim(2) != s || x.dim(3) != 4 {
             return Err(mlx_rs::error::Exception::custom(format!(
@@ -599,15 +711,32 @@ impl CorridorKey {
                 features.push(reroll(&t, grid, steps, stage.min(Q_POOL))?);
             }
         }
-        let alpha_logits = self.alpha_decoder.forward(&features)?;
-        let fg_logits = self.fg_decoder.forward(&features)?;
+        // The heads (and the refiner) may run in a lower precision; the
+        // encoder stays in float32 (its first stage is precision-sensitive).
+        let features: Vec<Array> = features
+            .into_iter()
+            .map(|f| f.as_dtype(self.head_dtype))
+            .collect::<Result<_>>()?;
+        let alpha_logits = self
+            .alpha_decoder
+            .forward(&features)?
+            .as_dtype(Dtype::Float32)?;
+        let fg_logits = self
+            .fg_decoder
+            .forward(&features)?
+            .as_dtype(Dtype::Float32)?;
         let up = s / alpha_logits.dim(1);
         let alpha_up = upsample_bilinear(&alpha_logits, up)?;
         let fg_up = upsample_bilinear(&fg_logits, up)?;
         let rgb = x.index((.., .., .., ..3));
         let refiner_in =
             ops::concatenate(&[rgb, ops::sigmoid(&alpha_up)?, ops::sigmoid(&fg_up)?], -1)?;
-        let delta_logits = self.refiner.forward(&refiner_in)?;
+        let refiner_in = refiner_in.as_dtype(self.refiner_dtype)?;
+        let delta_logits = match refiner_tile {
+            Some(t) => self.refiner.forward_tiled(&refiner_in, t, REFINER_HALO)?,
+            None => self.refiner.forward(&refiner_in)?,
+        }
+        .as_dtype(Dtype::Float32)?;
         let alpha = ops::sigmoid(&alpha_up.add(delta_logits.index((.., .., .., ..1)))?)?;
         let fg = ops::sigmoid(&fg_up.add(delta_logits.index((.., .., .., 1..)))?)?;
         Ok(MatteOutput {

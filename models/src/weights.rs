@@ -105,6 +105,8 @@ struct Store {
 pub struct Weights {
     store: Rc<Store>,
     prefix: String,
+    /// Float type this view casts to (overrides the file-wide policy).
+    cast: Option<Dtype>,
 }
 
 impl Weights {
@@ -145,6 +147,16 @@ impl Weights {
                 float_dtype: None,
             }),
             prefix: String::new(),
+            cast: None,
+        }
+    }
+
+    /// This view with every floating-point tensor taken in `dtype` (one
+    /// sub-network of a file in another precision).
+    pub fn cast_to(&self, dtype: Dtype) -> Weights {
+        Weights {
+            cast: Some(dtype),
+            ..self.clone()
         }
     }
 
@@ -160,6 +172,7 @@ impl Weights {
                 ..store
             }),
             prefix: self.prefix,
+            cast: self.cast,
         }
     }
 
@@ -184,6 +197,7 @@ impl Weights {
         Weights {
             store: self.store.clone(),
             prefix: self.key(&name.to_string()),
+            cast: self.cast,
         }
     }
 
@@ -272,7 +286,7 @@ impl Weights {
                 ));
                 placeholder()
             }
-            None => match self.store.float_dtype {
+            None => match self.cast.or(self.store.float_dtype) {
                 Some(want) if want != dtype => tensor.as_dtype(want).expect("float cast"),
                 _ => tensor.clone(),
             },
