@@ -34,6 +34,7 @@ run: release
 	target/release/posed doctor
 	target/release/posed fixture check --dir $(FIXTURES)/hands
 	target/release/posed fixture check --dir $(FIXTURES)/body
+	target/release/posed fixture check --dir $(FIXTURES)/matte
 	scripts/demo.sh $(DEMO_MODELS) $(DEMO_SECONDS) $(DEMO_EVENTS)
 
 # Every test, after installing what they need.

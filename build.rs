@@ -34,6 +34,8 @@ fn compile_protos() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc);
+    // Matte images are shared by every subscriber's copy of an event.
+    config.bytes([".posed.v1.Matte"]);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("posed_v1_descriptor.bin"))
         .compile_with_config(config, &["proto/posed/v1/posed.proto"], &["proto"])

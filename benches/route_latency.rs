@@ -37,6 +37,10 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .map(|h| h.parse())
             .collect::<Result<_, _>>()?,
+        matte_sizes: list("--sizes", "512,1024")
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()?,
         warmup: value("--warmup").map_or(Ok(10), |v| v.parse())?,
         runs: value("--runs").map_or(Ok(100), |v| v.parse())?,
     };

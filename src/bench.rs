@@ -13,6 +13,12 @@
 //! (flip average, DARK decode, back to the image), post. The detector always
 //! runs; the pose batch is the given number of fixed boxes, so a batch size
 //! does not depend on what random weights happen to detect.
+//!
+//! Matte: a 1920×1080 JPEG with a pushed hint, per model size and decoder
+//! dtype: decode (frame and hint), preprocess (resize to the model size,
+//! normalise, evaluated), matte (CorridorKey, evaluated), resize (alpha and
+//! foreground back to 1920×1080 as bytes), post (the event with PNG alpha,
+//! foreground and composite, protobuf-encoded).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,10 +29,11 @@ use hdrhistogram::Histogram;
 use posed_models::body_pipeline::{BodyModelFiles, BodyPipeline};
 use posed_models::hand_pipeline::{HandBox, HandModelFiles, HandPipeline};
 use posed_models::image::RgbImage;
+use posed_models::matte_pipeline::{FrameFit, Hint, MatteModelFiles, MattePipeline};
 use prost::Message;
 use serde::Serialize;
 
-use crate::engine::{BodyResult, Frame, HandsResult};
+use crate::engine::{BodyResult, Frame, HandsResult, HintSource, MatteResult};
 use crate::proto;
 
 pub struct BenchOptions {
@@ -37,6 +44,8 @@ pub struct BenchOptions {
     pub per_frame: Vec<usize>,
     /// Body route: the reference's flip test (a mirrored copy of each crop).
     pub flip_test: bool,
+    /// Matte route: the model sizes to compare.
+    pub matte_sizes: Vec<i32>,
     pub warmup: usize,
     pub runs: usize,
 }
@@ -55,8 +64,11 @@ pub struct CaseResult {
     pub route: &'static str,
     pub pose_dtype: String,
     pub compiled: bool,
-    /// Hands or people per frame (the pose batch).
+    /// Hands or people per frame (the pose batch); 1 for the matte route.
     pub per_frame: usize,
+    /// Matte route: the model's square input size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub img_size: Option<i32>,
     pub stages: BTreeMap<String, Percentiles>,
 }
 
@@ -96,24 +108,34 @@ const BODY_STAGES: [&str; 8] = [
     "end_to_end",
 ];
 
+const MATTE_STAGES: [&str; 6] = [
+    "decode",
+    "preprocess",
+    "matte",
+    "resize",
+    "post",
+    "end_to_end",
+];
+
 fn stages_of(route: &str) -> &'static [&'static str] {
-    if route == "body" {
-        &BODY_STAGES
-    } else {
-        &HAND_STAGES
+    match route {
+        "body" => &BODY_STAGES,
+        "matte" => &MATTE_STAGES,
+        _ => &HAND_STAGES,
     }
 }
 
 /// A 640×480 JPEG with some structure (gradients and a disc), encoded once.
 pub fn test_jpeg() -> Vec<u8> {
-    let (w, h) = (640u32, 480u32);
+    sized_jpeg(640, 480)
+}
+
+/// The same picture at `w × h`.
+pub fn sized_jpeg(w: u32, h: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(w, h, |x, y| {
-        let (dx, dy) = (x as f32 - 320.0, y as f32 - 240.0);
-        let disc = if dx * dx + dy * dy < 90.0 * 90.0 {
-            80
-        } else {
-            0
-        };
+        let (dx, dy) = (x as f32 - w as f32 / 2.0, y as f32 - h as f32 / 2.0);
+        let r = h as f32 * 0.19;
+        let disc = if dx * dx + dy * dy < r * r { 80 } else { 0 };
         image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, (120 + disc) as u8])
     });
     let mut out = std::io::Cursor::new(Vec::new());
@@ -174,6 +196,7 @@ pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
                     pose_dtype: name.clone(),
                     compiled,
                     per_frame: n,
+                    img_size: None,
                     stages,
                 });
             }
@@ -236,6 +259,7 @@ pub fn run_body(files: &BodyModelFiles, options: &BenchOptions) -> Result<Report
                 pose_dtype: name.clone(),
                 compiled: false,
                 per_frame: n,
+                img_size: None,
                 stages,
             });
         }
@@ -293,6 +317,95 @@ fn time_body_case(
         };
         let ids: Vec<u32> = (1..=people as u32).collect();
         let event = crate::post::body_event(&result, &ids, Duration::ZERO);
+        std::hint::black_box(event.encode_to_vec());
+        mark("post");
+        Ok(start)
+    })
+}
+
+/// The matte route for every model size and decoder dtype.
+pub fn run_matte(files: &MatteModelFiles, options: &BenchOptions) -> Result<Report> {
+    let (w, h) = (1920u32, 1080u32);
+    let jpeg = sized_jpeg(w, h);
+    // A soft disc as the client's hint, sent as PNG.
+    let hint: Vec<u8> = (0..h)
+        .flat_map(|y| {
+            (0..w).map(move |x| {
+                let (dx, dy) = (x as f32 - 960.0, y as f32 - 540.0);
+                if dx * dx + dy * dy < 300.0 * 300.0 {
+                    255
+                } else {
+                    0
+                }
+            })
+        })
+        .collect();
+    let hint_png = crate::decode::encode_png(&hint, w as usize, h as usize, 1);
+    let mut cases = Vec::new();
+    let mut synthetic_weights = false;
+    for &size in &options.matte_sizes {
+        for name in &options.pose_dtypes {
+            let mut files = files.clone();
+            files.config.img_size = size;
+            let head = dtype(name)?.unwrap_or(mlx_rs::Dtype::Float32);
+            let (pipeline, synthetic) = MattePipeline::load(&files, head, FrameFit::Resize)
+                .with_context(|| format!("loading CorridorKey at {size} ({name})"))?;
+            synthetic_weights |= synthetic;
+            let stages = time_matte_case(&pipeline, &jpeg, &hint_png, options)?;
+            eprintln!(
+                "{}",
+                case_line("matte", &format!("{name} @{size}"), 1, &stages)
+            );
+            cases.push(CaseResult {
+                route: "matte",
+                pose_dtype: name.clone(),
+                compiled: false,
+                per_frame: 1,
+                img_size: Some(size),
+                stages,
+            });
+        }
+    }
+    let mut r = report(
+        files.weights.display().to_string(),
+        synthetic_weights,
+        options,
+        cases,
+    );
+    r.image = "1920x1080 JPEG + PNG hint";
+    Ok(r)
+}
+
+fn time_matte_case(
+    p: &MattePipeline,
+    jpeg: &[u8],
+    hint_png: &[u8],
+    options: &BenchOptions,
+) -> Result<BTreeMap<String, Percentiles>> {
+    let image = proto::push_image_request::Image::Encoded(jpeg.to_vec());
+    measure(&MATTE_STAGES, options, |i, mark| {
+        let start = Instant::now();
+        let rgb = crate::decode::decode(Some(&image), u64::MAX)
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        let hint = crate::decode::decode_hint(hint_png, rgb.width, rgb.height)
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        mark("decode");
+        let img = RgbImage::new(rgb.width, rgb.height, &rgb.data).context("decoded frame")?;
+        let x = p.prepare(img, Hint::Plane(&hint))?;
+        x.eval()?;
+        mark("preprocess");
+        let out = p.run(&x)?;
+        mark("matte");
+        let matte = p.to_frame(&out, rgb.width, rgb.height)?;
+        mark("resize");
+        let result = MatteResult {
+            frame: bench_frame(i, rgb.width, rgb.height, start),
+            matte,
+            hint: HintSource::Pushed,
+            timings: Vec::new(),
+            dropped_before: 0,
+        };
+        let event = crate::post::matte_event(&result, crate::post::MatteEncoding::Png, true);
         std::hint::black_box(event.encode_to_vec());
         mark("post");
         Ok(start)
@@ -428,7 +541,8 @@ pub fn table(r: &Report) -> String {
                 c.route,
                 c.pose_dtype,
                 if c.compiled { "yes" } else { "no" },
-                c.per_frame,
+                c.img_size
+                    .map_or(c.per_frame.to_string(), |s| format!("{s}² model")),
                 p.p50_ms,
                 p.p90_ms,
                 p.p99_ms,
@@ -456,7 +570,14 @@ pub fn run_dir(
             &BodyModelFiles::from_dir(dir).map_err(anyhow::Error::msg)?,
             options,
         )?,
-        other => anyhow::bail!("no latency harness for route {other:?} (hands, body)"),
+        "matte" => {
+            let size = options.matte_sizes.first().copied().unwrap_or(512);
+            run_matte(
+                &MatteModelFiles::from_dir(dir, size).map_err(anyhow::Error::msg)?,
+                options,
+            )?
+        }
+        other => anyhow::bail!("no latency harness for route {other:?} (hands, body, matte)"),
     };
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)

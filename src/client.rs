@@ -98,9 +98,28 @@ pub fn describe(e: &proto::Event) -> String {
                 .collect();
             format!("{} person(s) [{}]", b.people.len(), people.join(", "))
         }
+        Some(proto::event::Payload::Matte(m)) => {
+            let hint = proto::MatteHintSource::try_from(m.hint_source)
+                .map(|h| {
+                    h.as_str_name()
+                        .trim_start_matches("MATTE_HINT_SOURCE_")
+                        .to_lowercase()
+                })
+                .unwrap_or_default();
+            let mut line = format!(
+                "matte {}x{} coverage {:.3} hint {hint} alpha {} B",
+                m.width,
+                m.height,
+                m.coverage,
+                m.alpha.len()
+            );
+            if !m.composite.is_empty() {
+                line.push_str(&format!(" composite {} B", m.composite.len()));
+            }
+            line
+        }
         Some(proto::event::Payload::Error(err)) => format!("error {}: {}", err.code, err.message),
         Some(proto::event::Payload::Skipped(_)) => "skipped (a newer frame replaced it)".into(),
-        Some(other) => format!("{other:?}"),
         None => "empty".into(),
     };
     let dropped = if e.dropped_frames + e.dropped_for_subscriber > 0 {
@@ -261,22 +280,36 @@ async fn print_table(client: &mut PoseServiceClient<Channel>) -> Result<()> {
     Ok(())
 }
 
+pub struct PushArgs {
+    pub files: Vec<PathBuf>,
+    pub routes: Vec<proto::Route>,
+    pub vertices: bool,
+    /// A grey PNG/JPEG matte hint sent with every file.
+    pub matte_hint: Option<PathBuf>,
+    /// Write each matte's alpha, foreground and composite PNGs here.
+    pub matte_out: Option<PathBuf>,
+}
+
 /// Pushes each file (JPEG or PNG) and prints the event computed for it.
-pub async fn push(
-    target: &Target,
-    files: &[PathBuf],
-    routes: &[proto::Route],
-    vertices: bool,
-) -> Result<()> {
+pub async fn push(target: &Target, args: &PushArgs) -> Result<()> {
     let mut client = connect(target).await?;
-    for file in files {
+    let hint = match &args.matte_hint {
+        Some(p) => read(p)?,
+        None => Vec::new(),
+    };
+    if let Some(dir) = &args.matte_out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    for file in &args.files {
         let bytes = read(file)?;
         let reply = client
             .push_image(proto::PushImageRequest {
                 image: Some(Image::Encoded(bytes)),
-                routes: routes.iter().map(|&r| r as i32).collect(),
+                routes: args.routes.iter().map(|&r| r as i32).collect(),
                 wait: true,
-                include_vertices: vertices,
+                include_vertices: args.vertices,
+                include_matte_images: args.matte_out.is_some(),
+                matte_hint: hint.clone(),
                 capture_unix_ns: crate::post::unix_ns(SystemTime::now()),
                 source_id: "cli".into(),
                 ..Default::default()
@@ -286,7 +319,38 @@ pub async fn push(
             .into_inner();
         for e in &reply.events {
             println!("{}: {}", file.display(), describe(e));
+            if let (Some(dir), Some(proto::event::Payload::Matte(m))) =
+                (&args.matte_out, &e.payload)
+            {
+                save_matte(dir, file, m)?;
+            }
         }
+    }
+    Ok(())
+}
+
+/// `<stem>.alpha.png`, `<stem>.fg.png`, `<stem>.rgba.png` in `dir` (PNG
+/// events as they are; raw ones encoded here).
+fn save_matte(dir: &Path, source: &Path, m: &proto::Matte) -> Result<()> {
+    let stem = source.file_stem().unwrap_or_default().to_string_lossy();
+    let (w, h) = (m.width as usize, m.height as usize);
+    let raw = m.encoding == proto::ImageEncoding::Raw as i32;
+    for (suffix, data, channels) in [
+        ("alpha", &m.alpha, 1),
+        ("fg", &m.foreground, 3),
+        ("rgba", &m.composite, 4),
+    ] {
+        if data.is_empty() {
+            continue;
+        }
+        let png = if raw {
+            crate::decode::encode_png(data, w, h, channels)
+        } else {
+            data.to_vec()
+        };
+        let path = dir.join(format!("{stem}.{suffix}.png"));
+        std::fs::write(&path, png).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {}", path.display());
     }
     Ok(())
 }

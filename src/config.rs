@@ -14,6 +14,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub hands: HandsConfig,
     pub body: BodyConfig,
+    pub matte: MatteConfig,
     pub replay: ReplayConfig,
     pub camera: CameraConfig,
     pub recording: RecordingConfig,
@@ -171,6 +172,55 @@ impl Default for BodyConfig {
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct MatteConfig {
+    /// Run the matte route: CorridorKey alpha and foreground.
+    pub enabled: bool,
+    /// Folder with `corridorkey_weights.safetensors` (and optionally
+    /// `corridorkey_config.json`); "" = the published file.
+    pub models_dir: String,
+    /// The network's square input size (a multiple of 32); the published
+    /// model was trained at 2048.
+    pub img_size: i32,
+    /// Float type of the decoders and refiner: "float32" or "bfloat16"
+    /// (the encoder stays float32).
+    pub head_dtype: String,
+    /// "resize": stretch every frame to img_size² and back; "tiles": native
+    /// resolution in img_size² tiles (sharper, slower on large frames).
+    pub fit: String,
+    /// Overlap of neighbouring tiles in pixels (fit = "tiles").
+    pub tile_overlap: i32,
+    /// Run the refiner in tiles of this size (0 = whole frame): bounds its
+    /// memory at large img_size, same result.
+    pub refiner_tile: i32,
+    /// Streams (camera, replay, PushStream) without a pushed hint use
+    /// their previous frame's alpha as the hint.
+    pub hint_from_previous: bool,
+    /// The hint otherwise: "ones" (all foreground) or "chroma" (a soft
+    /// green-screen key of the frame).
+    pub fallback_hint: String,
+    /// How events carry the images: "png" or "raw" (8-bit planes).
+    pub encoding: String,
+}
+
+impl Default for MatteConfig {
+    fn default() -> Self {
+        MatteConfig {
+            enabled: false,
+            models_dir: String::new(),
+            img_size: 1024,
+            head_dtype: "bfloat16".into(),
+            fit: "resize".into(),
+            tile_overlap: 64,
+            refiner_tile: 0,
+            hint_from_previous: true,
+            fallback_hint: "chroma".into(),
+            encoding: "png".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// "text" or "json".
     pub format: String,
@@ -263,6 +313,30 @@ const KEYS: &[(&str, Setter)] = &[
     ("body.dtype", |c, v| set_string(&mut c.body.dtype, v)),
     ("body.max_people", |c, v| set_num(&mut c.body.max_people, v)),
     ("body.flip_test", |c, v| set_bool(&mut c.body.flip_test, v)),
+    ("matte.enabled", |c, v| set_bool(&mut c.matte.enabled, v)),
+    ("matte.models_dir", |c, v| {
+        set_string(&mut c.matte.models_dir, v)
+    }),
+    ("matte.img_size", |c, v| set_num(&mut c.matte.img_size, v)),
+    ("matte.head_dtype", |c, v| {
+        set_string(&mut c.matte.head_dtype, v)
+    }),
+    ("matte.fit", |c, v| set_string(&mut c.matte.fit, v)),
+    ("matte.tile_overlap", |c, v| {
+        set_num(&mut c.matte.tile_overlap, v)
+    }),
+    ("matte.refiner_tile", |c, v| {
+        set_num(&mut c.matte.refiner_tile, v)
+    }),
+    ("matte.hint_from_previous", |c, v| {
+        set_bool(&mut c.matte.hint_from_previous, v)
+    }),
+    ("matte.fallback_hint", |c, v| {
+        set_string(&mut c.matte.fallback_hint, v)
+    }),
+    ("matte.encoding", |c, v| {
+        set_string(&mut c.matte.encoding, v)
+    }),
     ("replay.dir", |c, v| set_string(&mut c.replay.dir, v)),
     ("replay.pace", |c, v| set_string(&mut c.replay.pace, v)),
     ("replay.fps", |c, v| set_float(&mut c.replay.fps, v)),
@@ -422,10 +496,54 @@ impl Config {
         if self.hands.max_hands == 0 {
             return Err(bad("hands.max_hands", "must be at least 1".into()));
         }
-        if !self.hands.enabled && !self.body.enabled {
+        if !self.hands.enabled && !self.body.enabled && !self.matte.enabled {
             return Err(bad(
                 "hands.enabled",
-                "both hands.enabled and body.enabled are false: no route to run".into(),
+                "hands.enabled, body.enabled and matte.enabled are all false: no route to run"
+                    .into(),
+            ));
+        }
+        let m = &self.matte;
+        if m.img_size < 32 || m.img_size % 32 != 0 {
+            return Err(bad(
+                "matte.img_size",
+                format!("{} is not a positive multiple of 32", m.img_size),
+            ));
+        }
+        for (key, value, allowed) in [
+            (
+                "matte.head_dtype",
+                &m.head_dtype,
+                &["float32", "bfloat16"][..],
+            ),
+            ("matte.fit", &m.fit, &["resize", "tiles"][..]),
+            (
+                "matte.fallback_hint",
+                &m.fallback_hint,
+                &["ones", "chroma"][..],
+            ),
+            ("matte.encoding", &m.encoding, &["png", "raw"][..]),
+        ] {
+            if !allowed.contains(&value.as_str()) {
+                return Err(bad(
+                    key,
+                    format!("{value:?} is not one of {}", allowed.join(", ")),
+                ));
+            }
+        }
+        if !(0..m.img_size).contains(&m.tile_overlap) {
+            return Err(bad(
+                "matte.tile_overlap",
+                format!(
+                    "{} must be at least 0 and below matte.img_size ({})",
+                    m.tile_overlap, m.img_size
+                ),
+            ));
+        }
+        if m.refiner_tile < 0 {
+            return Err(bad(
+                "matte.refiner_tile",
+                "must be 0 (off) or a size".into(),
             ));
         }
         if posed_models::sapiens2::Sapiens2Size::parse(&self.body.size).is_none() {

@@ -1,5 +1,6 @@
-//! Pushed images → RGB8 frames, with every way an image can be bad turned
-//! into a gRPC status the client can act on.
+//! Pushed images → RGB8 frames (and matte hints → grey planes), with every
+//! way an image can be bad turned into a gRPC status the client can act on;
+//! and the matte route's planes → PNG for events.
 
 use std::io::Cursor;
 
@@ -90,6 +91,56 @@ fn decode_encoded(bytes: &[u8], max_pixels: u64) -> Result<Rgb8, Status> {
         height: rgb.height() as usize,
         data: rgb.into_raw(),
     })
+}
+
+/// A pushed matte hint as one 8-bit grey plane of `width × height`: a
+/// PNG/JPEG file (converted to grey) or exactly `width × height` raw bytes.
+pub fn decode_hint(bytes: &[u8], width: usize, height: usize) -> Result<Vec<u8>, Status> {
+    let format = image::guess_format(bytes)
+        .ok()
+        .filter(|f| matches!(f, ImageFormat::Jpeg | ImageFormat::Png));
+    let Some(format) = format else {
+        if bytes.len() == width * height {
+            return Ok(bytes.to_vec());
+        }
+        return Err(Status::invalid_argument(format!(
+            "matte_hint is {} bytes: neither a PNG/JPEG file nor raw {width}x{height} grey ({} bytes)",
+            bytes.len(),
+            width * height
+        )));
+    };
+    let corrupt =
+        |e: image::ImageError| Status::invalid_argument(format!("cannot decode matte_hint: {e}"));
+    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(corrupt)?;
+    if (w as usize, h as usize) != (width, height) {
+        return Err(Status::invalid_argument(format!(
+            "matte_hint is {w}x{h}; the image is {width}x{height}"
+        )));
+    }
+    let grey = ImageReader::with_format(Cursor::new(bytes), format)
+        .decode()
+        .map_err(corrupt)?
+        .into_luma8();
+    Ok(grey.into_raw())
+}
+
+/// PNG of 8-bit rows with `channels` samples per pixel (1 grey, 3 RGB,
+/// 4 RGBA). Fast compression: events are produced at frame rate.
+pub fn encode_png(data: &[u8], width: usize, height: usize, channels: usize) -> Vec<u8> {
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    use image::ImageEncoder;
+    let colour = match channels {
+        1 => image::ExtendedColorType::L8,
+        3 => image::ExtendedColorType::Rgb8,
+        _ => image::ExtendedColorType::Rgba8,
+    };
+    let mut out = Vec::with_capacity(data.len() / 4);
+    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Sub)
+        .write_image(data, width as u32, height as u32, colour)
+        .expect("writing a PNG of a consistent buffer into memory");
+    out
 }
 
 #[cfg(test)]
@@ -194,5 +245,33 @@ mod tests {
             status(None, DEFAULT_MAX_PIXELS).code(),
             Code::InvalidArgument
         );
+    }
+
+    #[test]
+    fn hints_are_grey_files_or_raw_planes_of_the_image_size() {
+        use tonic::Code;
+        let raw = vec![7u8; 5 * 3];
+        assert_eq!(decode_hint(&raw, 5, 3).unwrap(), raw);
+        let grey = decode_hint(&png(5, 3), 5, 3).unwrap();
+        assert_eq!(grey.len(), 15);
+        // Luma of (x, y, 7) at (4, 2).
+        let want = (0.2126f32 * 4.0 + 0.7152 * 2.0 + 0.0722 * 7.0).round() as u8;
+        assert!(grey[2 * 5 + 4].abs_diff(want) <= 1, "{}", grey[14]);
+        let s = decode_hint(&png(4, 3), 5, 3).unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.message(), "matte_hint is 4x3; the image is 5x3");
+        let s = decode_hint(&[0; 14], 5, 3).unwrap_err();
+        assert!(s.message().contains("neither a PNG/JPEG file nor raw 5x3"));
+    }
+
+    #[test]
+    fn png_round_trips_every_channel_count() {
+        for channels in [1, 3, 4] {
+            let data: Vec<u8> = (0..6 * 4 * channels).map(|i| (i * 7) as u8).collect();
+            let png = encode_png(&data, 6, 4, channels);
+            let back = image::load_from_memory(&png).unwrap();
+            assert_eq!(back.color().channel_count() as usize, channels);
+            assert_eq!(back.as_bytes(), &data[..]);
+        }
     }
 }

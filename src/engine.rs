@@ -8,7 +8,7 @@
 //! never replaced: they wait in a short FIFO of their own, and when that is
 //! full the sender is told so at once.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use posed_models::body_pipeline::{BodyEstimate, BodyPipeline};
 use posed_models::hand_pipeline::{HandBox, HandEstimate, HandPipeline};
 use posed_models::image::RgbImage;
+use posed_models::matte_pipeline::{FallbackHint, Hint, MatteEstimate, MattePipeline};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::proto::Route;
@@ -48,17 +49,27 @@ pub struct FrameJob {
     pub hand_boxes: Option<Vec<HandBox>>,
     /// People the client already knows: the person detector is skipped.
     pub person_boxes: Option<Vec<[f32; 4]>>,
+    /// The matte route's hint from the client: 8-bit grey, frame-sized.
+    pub matte_hint: Option<Vec<u8>>,
+    /// The frame continues a stream of its source (camera, replay,
+    /// PushStream): the matte route may use the previous alpha as its hint.
+    pub stream: bool,
+    /// The waiting caller wants the matte's foreground and composite.
+    pub matte_images: bool,
     pub reply: Option<Reply>,
 }
 
 impl FrameJob {
-    /// A frame for every enabled route, detectors on.
+    /// A frame of a stream for every enabled route, detectors on.
     pub fn new(frame: Arc<Frame>, reply: Option<Reply>) -> Self {
         FrameJob {
             frame,
             routes: Vec::new(),
             hand_boxes: None,
             person_boxes: None,
+            matte_hint: None,
+            stream: true,
+            matte_images: false,
             reply,
         }
     }
@@ -70,13 +81,22 @@ impl FrameJob {
 pub struct Models {
     pub hands: Option<HandPipeline>,
     pub body: Option<BodyPipeline>,
+    pub matte: Option<MatteRoute>,
+}
+
+/// CorridorKey and where its hints come from.
+pub struct MatteRoute {
+    pub pipeline: MattePipeline,
+    /// Streams without a pushed hint reuse their previous alpha.
+    pub hint_from_previous: bool,
+    pub fallback: FallbackHint,
 }
 
 impl From<HandPipeline> for Models {
     fn from(hands: HandPipeline) -> Self {
         Models {
             hands: Some(hands),
-            body: None,
+            ..Models::default()
         }
     }
 }
@@ -89,6 +109,9 @@ impl Models {
         }
         if self.body.is_some() {
             r.push(Route::Body);
+        }
+        if self.matte.is_some() {
+            r.push(Route::Matte);
         }
         r
     }
@@ -103,11 +126,30 @@ pub struct BodyResult {
     pub dropped_before: u64,
 }
 
+/// Where a matte's hint came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HintSource {
+    Pushed,
+    Previous,
+    Fallback,
+}
+
+/// The matte route's answer for one frame.
+#[derive(Debug)]
+pub struct MatteResult {
+    pub frame: Arc<Frame>,
+    pub matte: MatteEstimate,
+    pub hint: HintSource,
+    pub timings: Vec<(&'static str, Duration)>,
+    pub dropped_before: u64,
+}
+
 /// One route's answer.
 #[derive(Debug, Clone)]
 pub enum RouteResult {
     Hands(Arc<HandsResult>),
     Body(Arc<BodyResult>),
+    Matte(Arc<MatteResult>),
 }
 
 /// The hand route's answer for one frame.
@@ -127,6 +169,8 @@ pub struct EngineOutput {
     pub frame: Arc<Frame>,
     pub results: Vec<(Route, Result<RouteResult, EngineError>)>,
     pub reply: Option<Reply>,
+    /// The reply's caller wants the matte's heavy images.
+    pub matte_images: bool,
 }
 
 impl EngineOutput {
@@ -354,6 +398,7 @@ fn mlx_thread<F>(
     let enabled = models.routes();
     tracing::info!(routes = ?enabled, "models loaded and warm");
     let _ = ready.send(Readiness::Serving);
+    let mut state = RouteState::default();
 
     while let Some((job, dropped)) = gate.take() {
         let frame = job.frame.clone();
@@ -365,7 +410,7 @@ fn mlx_thread<F>(
         let mut results = Vec::with_capacity(routes.len());
         for route in routes {
             let result = catch_unwind(AssertUnwindSafe(|| {
-                run_route(&models, route, &job, dropped, max_hands)
+                run_route(&models, &mut state, route, &job, dropped, max_hands)
             }))
             .unwrap_or_else(|panic| {
                 Err(EngineError::Route {
@@ -395,6 +440,7 @@ fn mlx_thread<F>(
             frame,
             results,
             reply: job.reply,
+            matte_images: job.matte_images,
         };
         if output.send(out).is_err() {
             break;
@@ -411,8 +457,16 @@ pub fn route_name(route: Route) -> &'static str {
     }
 }
 
+/// What the routes keep between frames (MLX arrays: this thread only).
+#[derive(Default)]
+struct RouteState {
+    /// The last alpha per source, at the network's resolution.
+    previous_alpha: HashMap<String, mlx_rs::Array>,
+}
+
 fn run_route(
     models: &Models,
+    state: &mut RouteState,
     route: Route,
     job: &FrameJob,
     dropped: u64,
@@ -437,7 +491,13 @@ fn run_route(
                 .map(|r| RouteResult::Body(Arc::new(r)))
                 .map_err(failed)
         }
-        _ => Err(not_enabled()),
+        Route::Matte => {
+            let m = models.matte.as_ref().ok_or_else(not_enabled)?;
+            run_matte(m, state, job, dropped)
+                .map(|r| RouteResult::Matte(Arc::new(r)))
+                .map_err(failed)
+        }
+        Route::Unspecified => Err(not_enabled()),
     }
 }
 
@@ -463,6 +523,7 @@ fn fail_all(
                 .map(|r| (r, Err(EngineError::Load(message.clone()))))
                 .collect(),
             reply: job.reply,
+            matte_images: false,
         };
         if output.send(out).is_err() {
             break;
@@ -511,7 +572,64 @@ fn warm_up(models: &Models, max_hands: usize) -> Result<(), String> {
         p.estimate(img, Some(&[[100.0, 40.0, 180.0, 220.0]]))
             .map_err(|e| e.to_string())?;
     }
+    if let Some(m) = &models.matte {
+        let hint = vec![255u8; w * h];
+        let (_, out) = m
+            .pipeline
+            .estimate(img, Hint::Plane(&hint))
+            .map_err(|e| e.to_string())?;
+        // The way a stream's next frame goes, too.
+        m.pipeline
+            .estimate(img, Hint::Previous(&out.network_alpha))
+            .map_err(|e| e.to_string())?;
+    }
     Ok(())
+}
+
+fn run_matte(
+    m: &MatteRoute,
+    state: &mut RouteState,
+    job: &FrameJob,
+    dropped: u64,
+) -> Result<MatteResult, String> {
+    let f = &job.frame;
+    let img = RgbImage::new(f.width, f.height, &f.rgb)
+        .ok_or_else(|| format!("frame is not {}x{} RGB", f.width, f.height))?;
+    let p = &m.pipeline;
+    let (nh, nw) = p.network_size(f.width, f.height);
+    let previous = state.previous_alpha.get(&f.source_id).filter(|a| {
+        job.stream && m.hint_from_previous && a.shape() == [1, nh as i32, nw as i32, 1]
+    });
+    let (hint, source) = match (&job.matte_hint, previous) {
+        (Some(plane), _) => (Hint::Plane(plane), HintSource::Pushed),
+        (None, Some(a)) => (Hint::Previous(a), HintSource::Previous),
+        (None, None) => (Hint::Fallback(m.fallback), HintSource::Fallback),
+    };
+    let mut timings = Vec::with_capacity(3);
+    let t = Instant::now();
+    let x = p.prepare(img, hint).map_err(|e| e.to_string())?;
+    x.eval().map_err(|e| e.to_string())?;
+    timings.push(("preprocess", t.elapsed()));
+    let t = Instant::now();
+    let out = p.run(&x).map_err(|e| e.to_string())?;
+    timings.push(("matte", t.elapsed()));
+    let t = Instant::now();
+    let matte = p
+        .to_frame(&out, f.width, f.height)
+        .map_err(|e| e.to_string())?;
+    timings.push(("resize", t.elapsed()));
+    if job.stream && m.hint_from_previous {
+        state
+            .previous_alpha
+            .insert(f.source_id.clone(), out.network_alpha);
+    }
+    Ok(MatteResult {
+        frame: f.clone(),
+        matte,
+        hint: source,
+        timings,
+        dropped_before: dropped,
+    })
 }
 
 fn run_body(p: &BodyPipeline, job: &FrameJob, dropped: u64) -> Result<BodyResult, String> {
@@ -621,6 +739,9 @@ mod tests {
             routes: Vec::new(),
             hand_boxes: None,
             person_boxes: None,
+            matte_hint: None,
+            stream: true,
+            matte_images: false,
             reply,
         }
     }

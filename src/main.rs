@@ -50,11 +50,19 @@ enum Command {
     Push {
         #[command(flatten)]
         target: TargetArgs,
-        /// Routes to run (hands, body); every enabled route when omitted.
+        /// Routes to run (hands, body, matte); every enabled route when omitted.
         #[arg(long = "route")]
         routes: Vec<String>,
         #[arg(long)]
         vertices: bool,
+        /// Matte route: a grey PNG/JPEG hint (white = subject) sent with
+        /// every file; the images must have its size.
+        #[arg(long)]
+        hint: Option<PathBuf>,
+        /// Matte route: write each file's alpha, foreground and RGBA
+        /// composite as PNGs into this folder.
+        #[arg(long)]
+        matte_out: Option<PathBuf>,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -64,7 +72,8 @@ enum Command {
     #[command(subcommand)]
     Weights(WeightsCommand),
     /// The route latency harness: every stage of the hand or body route on
-    /// a pushed 640x480 JPEG, per pose dtype and hands (people) per frame;
+    /// a pushed 640x480 JPEG, per pose dtype and hands (people) per frame,
+    /// or of the matte route on a 1920x1080 JPEG and hint per model size;
     /// percentiles as a table, and JSON for comparisons.
     Bench(BenchArgs),
     /// Parity fixtures: run a model on a fixture folder, or check it against
@@ -100,14 +109,15 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// hands or body.
+    /// hands, body or matte.
     #[arg(long, default_value = "hands")]
     route: String,
     /// A models folder; default: synthetic full-size weights, made once in
     /// posed's cache (`posed weights synth`).
     #[arg(long)]
     models: Option<PathBuf>,
-    /// Pose model float types to compare (f32, bf16, f16).
+    /// Pose model (matte: decoder and refiner) float types to compare
+    /// (f32, bf16, f16).
     #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
     pose_dtypes: Vec<String>,
     /// Hands (hand route) or people (body route) per frame: the pose batch.
@@ -116,6 +126,9 @@ struct BenchArgs {
     /// Body route: the reference's flip test (on) or plain crops (off).
     #[arg(long, default_value = "on")]
     flip_test: String,
+    /// Matte route: CorridorKey input sizes to compare.
+    #[arg(long, value_delimiter = ',', default_value = "512,1024")]
+    sizes: Vec<i32>,
     /// WiLoR eager and/or compiled into one MLX graph: off, on or off,on.
     #[arg(long, value_delimiter = ',', default_value = "off")]
     compile: Vec<String>,
@@ -279,6 +292,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             "off" => false,
             other => anyhow::bail!("--flip-test takes on or off (not {other:?})"),
         },
+        matte_sizes: args.sizes,
         warmup: args.warmup,
         runs: args.runs,
     };
@@ -313,7 +327,16 @@ fn weights(cmd: WeightsCommand) -> anyhow::Result<()> {
                 );
                 posed::weights::synth::synth_body(&out, seed)
             }
-            other => anyhow::bail!("no weights to synthesize for route {other:?} (hands, body)"),
+            "matte" => {
+                anyhow::ensure!(
+                    size == Size::Full,
+                    "matte weights come in the full size only"
+                );
+                posed::weights::synth::synth_matte(&out, seed)
+            }
+            other => {
+                anyhow::bail!("no weights to synthesize for route {other:?} (hands, body, matte)")
+            }
         },
         WeightsCommand::ConvertMano { pkl, mean, out } => {
             cmd::convert_mano(&pkl, mean.as_deref(), &out)
@@ -378,9 +401,18 @@ fn main() -> ExitCode {
             target,
             routes,
             vertices,
+            hint,
+            matte_out,
             files,
         } => parse_routes(&routes).and_then(|routes| {
-            client_runtime()?.block_on(client::push(&target.target(), &files, &routes, vertices))
+            let args = client::PushArgs {
+                files,
+                routes,
+                vertices,
+                matte_hint: hint,
+                matte_out,
+            };
+            client_runtime()?.block_on(client::push(&target.target(), &args))
         }),
         Command::Weights(cmd) => weights(cmd),
         Command::Bench(args) => bench(args),

@@ -2,7 +2,10 @@
 //! can never block the daemon: `sd_notify::notify` writes to a blocking
 //! socket, and when the manager stops reading (a full queue) the tokio
 //! worker that pings the watchdog would hang there, and with it shutdown.
-//! Here a full queue drops the message instead.
+//! Here a full queue drops a watchdog ping ([`notify`]), while the state
+//! changes that matter (READY, STOPPING) are retried asynchronously until
+//! the manager reads again ([`notify_until_delivered`]): a READY lost to a
+//! queue full of pings would leave the service "activating" forever.
 
 use std::os::unix::net::UnixDatagram;
 
@@ -17,6 +20,31 @@ pub fn notify(states: &[NotifyState]) {
     let message: String = states.iter().map(|s| format!("{s}\n")).collect();
     if let Err(e) = send(&path, message.as_bytes()) {
         tracing::debug!("notify socket {}: {e}", path.to_string_lossy());
+    }
+}
+
+/// Sends `states`, retrying while the manager's queue is full, for up to
+/// `patience`; other errors end it at once (logged at debug level).
+pub async fn notify_until_delivered(states: &[NotifyState<'_>], patience: std::time::Duration) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let message: String = states.iter().map(|s| format!("{s}\n")).collect();
+    let until = std::time::Instant::now() + patience;
+    loop {
+        match send(&path, message.as_bytes()) {
+            Ok(()) => return,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < until =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                tracing::debug!("notify socket {}: {e}", path.to_string_lossy());
+                return;
+            }
+        }
     }
 }
 

@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use posed_models::hand_detector::iou;
 use posed_models::hand_pipeline::HandEstimate;
 
-use crate::engine::{BodyResult, HandsResult};
+use crate::decode::encode_png;
+use crate::engine::{BodyResult, HandsResult, HintSource, MatteResult};
 use crate::proto;
 
 /// Boxes must overlap at least this much to continue a track.
@@ -194,6 +195,83 @@ pub fn body_event(result: &BodyResult, track_ids: &[u32], post_time: Duration) -
     }
 }
 
+/// How matte events carry their images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatteEncoding {
+    Png,
+    Raw,
+}
+
+/// The event for one matte-route result; `with_images` adds the
+/// foreground and the RGBA composite. CPU-heavy (PNG): run it off the
+/// async workers.
+pub fn matte_event(
+    result: &MatteResult,
+    encoding: MatteEncoding,
+    with_images: bool,
+) -> proto::Event {
+    let started = std::time::Instant::now();
+    let f = &result.frame;
+    let m = &result.matte;
+    let (w, h) = (m.width, m.height);
+    let encode = |data: Vec<u8>, channels: usize| -> bytes::Bytes {
+        match encoding {
+            MatteEncoding::Png => encode_png(&data, w, h, channels).into(),
+            MatteEncoding::Raw => data.into(),
+        }
+    };
+    let (foreground, composite) = if with_images {
+        let rgba: Vec<u8> =
+            m.fg.chunks_exact(3)
+                .zip(&m.alpha)
+                .flat_map(|(rgb, &a)| [rgb[0], rgb[1], rgb[2], a])
+                .collect();
+        (encode(m.fg.clone(), 3), encode(rgba, 4))
+    } else {
+        Default::default()
+    };
+    let coverage = m.alpha.iter().map(|&a| a as u64).sum::<u64>() as f64
+        / (255.0 * m.alpha.len().max(1) as f64);
+    let matte = proto::Matte {
+        width: w as u32,
+        height: h as u32,
+        encoding: match encoding {
+            MatteEncoding::Png => proto::ImageEncoding::Png,
+            MatteEncoding::Raw => proto::ImageEncoding::Raw,
+        } as i32,
+        alpha: encode(m.alpha.clone(), 1),
+        foreground,
+        composite,
+        coverage: coverage as f32,
+        hint_source: match result.hint {
+            HintSource::Pushed => proto::MatteHintSource::Pushed,
+            HintSource::Previous => proto::MatteHintSource::Previous,
+            HintSource::Fallback => proto::MatteHintSource::Fallback,
+        } as i32,
+    };
+    let mut timings: Vec<proto::StageTiming> = result
+        .timings
+        .iter()
+        .map(|(stage, d)| timing(stage, *d))
+        .collect();
+    timings.push(timing("post", started.elapsed()));
+    proto::Event {
+        frame_id: f.id,
+        source_id: f.source_id.clone(),
+        client_frame_id: f.client_frame_id,
+        route: proto::Route::Matte as i32,
+        capture_unix_ns: unix_ns(f.captured),
+        emit_unix_ns: unix_ns(SystemTime::now()),
+        timings,
+        dropped_frames: result.dropped_before,
+        dropped_for_subscriber: 0,
+        image_width: f.width as u32,
+        image_height: f.height as u32,
+        mirrored: false,
+        payload: Some(proto::event::Payload::Matte(matte)),
+    }
+}
+
 pub fn timing(stage: &str, d: Duration) -> proto::StageTiming {
     proto::StageTiming {
         stage: stage.to_owned(),
@@ -201,13 +279,25 @@ pub fn timing(stage: &str, d: Duration) -> proto::StageTiming {
     }
 }
 
-/// A copy of `event` without the heavy fields a subscriber did not ask for.
-pub fn without_vertices(event: &proto::Event) -> proto::Event {
+/// A copy of `event` without the heavy fields a subscriber did not ask for
+/// (matte images are shared, not copied).
+pub fn without_heavy_fields(
+    event: &proto::Event,
+    include_vertices: bool,
+    include_matte_images: bool,
+) -> proto::Event {
     let mut e = event.clone();
-    if let Some(proto::event::Payload::Hands(h)) = &mut e.payload {
-        for hand in &mut h.hands {
-            hand.vertices = Vec::new();
+    match &mut e.payload {
+        Some(proto::event::Payload::Hands(h)) if !include_vertices => {
+            for hand in &mut h.hands {
+                hand.vertices = Vec::new();
+            }
         }
+        Some(proto::event::Payload::Matte(m)) if !include_matte_images => {
+            m.foreground = Default::default();
+            m.composite = Default::default();
+        }
+        _ => {}
     }
     e
 }
@@ -276,7 +366,7 @@ mod tests {
             })),
             ..Default::default()
         };
-        let stripped = without_vertices(&e);
+        let stripped = without_heavy_fields(&e, false, false);
         let Some(proto::event::Payload::Hands(hs)) = stripped.payload else {
             panic!()
         };

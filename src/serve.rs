@@ -8,10 +8,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use posed_models::body_pipeline::{BodyModelFiles, BodyPipeline};
 use posed_models::hand_pipeline::{HandModelFiles, HandPipeline};
+use posed_models::matte_pipeline::{FallbackHint, FrameFit, MatteModelFiles, MattePipeline};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::engine::{Engine, Models};
+use crate::engine::{Engine, MatteRoute, Models};
 use crate::proto;
 use crate::server::{self, ServeOptions, StaticStatus};
 use crate::telemetry::{self, Telemetry};
@@ -46,24 +47,19 @@ pub async fn run(config: Config) -> Result<()> {
 
     // The loader runs on the MLX thread and says whether the weights are
     // synthetic; the server answers (health NOT_SERVING) while it loads.
-    let mut routes = vec![proto::Route::Hands];
-    let mut named = vec![
-        model_status(
-            "hand-detector",
-            proto::Route::Hands,
-            Path::new(""),
-            "float32",
-        ),
-        model_status(
-            "wilor",
-            proto::Route::Hands,
-            Path::new(""),
-            &config.hands.variant,
-        ),
-    ];
+    let mut routes = Vec::new();
+    let mut named = Vec::new();
+    if config.hands.enabled {
+        routes.push(proto::Route::Hands);
+        named.extend(hand_model_status(&config, None));
+    }
     if config.body.enabled {
         routes.push(proto::Route::Body);
         named.extend(body_model_status(&config, None));
+    }
+    if config.matte.enabled {
+        routes.push(proto::Route::Matte);
+        named.push(matte_model_status(&config, None));
     }
     let status = StaticStatus {
         device: device_name,
@@ -95,6 +91,11 @@ pub async fn run(config: Config) -> Result<()> {
             } else {
                 None
             };
+            let matte_files = if config.matte.enabled {
+                Some(runtime.block_on(crate::weights::resolve::matte_files(&config.matte, &hub))?)
+            } else {
+                None
+            };
             {
                 let mut m = models.lock().expect("status lock");
                 m.clear();
@@ -103,6 +104,9 @@ pub async fn run(config: Config) -> Result<()> {
                 }
                 if config.body.enabled {
                     m.extend(body_model_status(&config, body_files.as_ref()));
+                }
+                if config.matte.enabled {
+                    m.push(matte_model_status(&config, matte_files.as_ref()));
                 }
             }
             let mut is_synthetic = false;
@@ -141,6 +145,42 @@ pub async fn run(config: Config) -> Result<()> {
                 }
                 None => None,
             };
+            let matte = match matte_files {
+                Some(files) => {
+                    let mc = &config.matte;
+                    tracing::info!(
+                        weights = %files.weights.display(),
+                        img_size = mc.img_size,
+                        fit = %mc.fit,
+                        "loading the matte route"
+                    );
+                    let head_dtype = if mc.head_dtype == "bfloat16" {
+                        mlx_rs::Dtype::Bfloat16
+                    } else {
+                        mlx_rs::Dtype::Float32
+                    };
+                    let fit = if mc.fit == "tiles" {
+                        FrameFit::Tiles {
+                            overlap: mc.tile_overlap,
+                        }
+                    } else {
+                        FrameFit::Resize
+                    };
+                    let (mut pipeline, synthetic) = MattePipeline::load(&files, head_dtype, fit)?;
+                    pipeline.refiner_tile = (mc.refiner_tile > 0).then_some(mc.refiner_tile);
+                    is_synthetic |= synthetic;
+                    Some(MatteRoute {
+                        pipeline,
+                        hint_from_previous: mc.hint_from_previous,
+                        fallback: if mc.fallback_hint == "ones" {
+                            FallbackHint::Ones
+                        } else {
+                            FallbackHint::Chroma
+                        },
+                    })
+                }
+                None => None,
+            };
             synthetic.store(is_synthetic, std::sync::atomic::Ordering::Relaxed);
             if is_synthetic {
                 tracing::warn!("RUNNING ON SYNTHETIC (RANDOM) WEIGHTS: poses are meaningless");
@@ -148,6 +188,7 @@ pub async fn run(config: Config) -> Result<()> {
             Ok(Models {
                 hands: hand_pipeline,
                 body,
+                matte,
             })
         },
         out_tx,
@@ -170,10 +211,14 @@ pub async fn run(config: Config) -> Result<()> {
             }
             _ => "serving".to_owned(),
         };
-        crate::notify::notify(&[
-            sd_notify::NotifyState::Ready,
-            sd_notify::NotifyState::Status(&status),
-        ]);
+        crate::notify::notify_until_delivered(
+            &[
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status(&status),
+            ],
+            Duration::from_secs(120),
+        )
+        .await;
     });
 
     let metrics = match config.metrics() {
@@ -206,6 +251,11 @@ pub async fn run(config: Config) -> Result<()> {
         smoothing: config.smoothing(),
         smoothing_by_default: config.hands.smoothing,
         record_dir: (!config.recording.dir.is_empty()).then(|| config.recording.dir.clone().into()),
+        matte_encoding: if config.matte.encoding == "raw" {
+            crate::post::MatteEncoding::Raw
+        } else {
+            crate::post::MatteEncoding::Png
+        },
     };
     let backend = server::Backend {
         engine,
@@ -214,7 +264,11 @@ pub async fn run(config: Config) -> Result<()> {
         status,
     };
     server::run(listeners, backend, source_specs(&config), options, shutdown).await?;
-    crate::notify::notify(&[sd_notify::NotifyState::Stopping]);
+    crate::notify::notify_until_delivered(
+        &[sd_notify::NotifyState::Stopping],
+        Duration::from_millis(200),
+    )
+    .await;
     ready_notifier.abort();
     for task in [metrics, logger, watchdog].into_iter().flatten() {
         task.abort();
@@ -299,6 +353,16 @@ fn body_model_status(config: &Config, files: Option<&BodyModelFiles>) -> Vec<pro
             &config.body.dtype,
         ),
     ]
+}
+
+/// The matte route's model, with its file once found.
+fn matte_model_status(config: &Config, files: Option<&MatteModelFiles>) -> proto::ModelStatus {
+    model_status(
+        &format!("corridorkey-{}", config.matte.img_size),
+        proto::Route::Matte,
+        files.map_or(Path::new(""), |f| &f.weights),
+        &format!("float32 encoder, {} heads", config.matte.head_dtype),
+    )
 }
 
 fn model_status(

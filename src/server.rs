@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,7 +28,7 @@ use crate::engine::{
     route_name, Engine, EngineError, EngineOutput, Frame, FrameJob, Readiness, RouteResult,
 };
 use crate::fanout::FanOut;
-use crate::post::{self, BoxTracker, HandTracker};
+use crate::post::{self, BoxTracker, HandTracker, MatteEncoding};
 use crate::proto::{self, pose_service_server::PoseServiceServer};
 use crate::recording::Recorder;
 use crate::smoothing::{OneEuroParams, Smoother};
@@ -41,6 +41,7 @@ pub const SERVICE_NAME: &str = "posed.v1.PoseService";
 /// Per-route health service names.
 pub const HANDS_HEALTH_NAME: &str = "posed.v1.PoseService/hands";
 pub const BODY_HEALTH_NAME: &str = "posed.v1.PoseService/body";
+pub const MATTE_HEALTH_NAME: &str = "posed.v1.PoseService/matte";
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -58,6 +59,8 @@ pub struct ServeOptions {
     pub smoothing_by_default: bool,
     /// Record pushed and camera frames to this folder.
     pub record_dir: Option<PathBuf>,
+    /// How matte events carry their images.
+    pub matte_encoding: MatteEncoding,
 }
 
 impl Default for ServeOptions {
@@ -71,6 +74,7 @@ impl Default for ServeOptions {
             smoothing: OneEuroParams::default(),
             smoothing_by_default: false,
             record_dir: None,
+            matte_encoding: MatteEncoding::Png,
         }
     }
 }
@@ -111,6 +115,9 @@ pub struct Shared {
     status: StaticStatus,
     shutdown: watch::Receiver<bool>,
     pushed: AtomicU64,
+    /// Subscribers that asked for matte images: post-processing encodes
+    /// them only while there is one (or a waiting push asks).
+    matte_image_subscribers: Arc<AtomicUsize>,
 }
 
 #[derive(Clone)]
@@ -180,6 +187,7 @@ pub async fn run(
         recorder: recorder.clone(),
     };
     let source_states = start_sources(sources, &submitter, &stop_rx, options.max_pixels);
+    let matte_image_subscribers = Arc::new(AtomicUsize::new(0));
     let shared = Arc::new(Shared {
         engine,
         fanout: fanout.clone(),
@@ -191,8 +199,18 @@ pub async fn run(
         status,
         shutdown: stop_rx.clone(),
         pushed: AtomicU64::new(0),
+        matte_image_subscribers: matte_image_subscribers.clone(),
     });
-    let post = tokio::spawn(post_loop(engine_output, fanout, telemetry, options.mirror));
+    let post = tokio::spawn(post_loop(
+        engine_output,
+        fanout,
+        telemetry,
+        PostOptions {
+            mirror: options.mirror,
+            matte_encoding: options.matte_encoding,
+            matte_image_subscribers,
+        },
+    ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -205,7 +223,8 @@ pub async fn run(
         .filter_map(|r| match r {
             proto::Route::Hands => Some(HANDS_HEALTH_NAME),
             proto::Route::Body => Some(BODY_HEALTH_NAME),
-            _ => None,
+            proto::Route::Matte => Some(MATTE_HEALTH_NAME),
+            proto::Route::Unspecified => None,
         })
         .collect();
     for name in &route_health {
@@ -334,14 +353,21 @@ async fn follow_readiness(
     }
 }
 
+struct PostOptions {
+    mirror: bool,
+    matte_encoding: MatteEncoding,
+    matte_image_subscribers: Arc<AtomicUsize>,
+}
+
 /// Results → events: track ids, telemetry, fan-out, and the answer to a
 /// waiting push. Runs as one task, so tracking state needs no lock.
 async fn post_loop(
     mut results: mpsc::UnboundedReceiver<EngineOutput>,
     fanout: FanOut<proto::Event>,
     telemetry: Arc<Telemetry>,
-    mirror: bool,
+    options: PostOptions,
 ) {
+    let mirror = options.mirror;
     let mut hand_tracker = HandTracker::default();
     let mut body_tracker = BoxTracker::default();
     while let Some(out) = results.recv().await {
@@ -361,6 +387,30 @@ async fn post_loop(
                         r.people.iter().map(|p| (p.bbox, false)).collect();
                     let ids = body_tracker.assign(&r.frame.source_id, &boxes);
                     let e = post::body_event(r, &ids, t.elapsed());
+                    (e, r.timings.as_slice(), r.dropped_before)
+                }
+                Ok(RouteResult::Matte(r)) => {
+                    let with_images = out.matte_images
+                        || options.matte_image_subscribers.load(Ordering::Relaxed) > 0;
+                    let (result, encoding) = (r.clone(), options.matte_encoding);
+                    // PNG encoding takes milliseconds: keep it off the
+                    // async workers (events stay in order: this task waits).
+                    let e = tokio::task::spawn_blocking(move || {
+                        post::matte_event(&result, encoding, with_images)
+                    })
+                    .await
+                    .unwrap_or_else(|panic| {
+                        let message = format!("encoding the matte failed: {panic}");
+                        error_event(
+                            &out.frame,
+                            *route,
+                            &EngineError::Route {
+                                route: "matte",
+                                frame: out.frame.id,
+                                message,
+                            },
+                        )
+                    });
                     (e, r.timings.as_slice(), r.dropped_before)
                 }
                 Err(e) => {
@@ -432,6 +482,7 @@ impl PoseServer {
     async fn frame_job(
         &self,
         req: proto::PushImageRequest,
+        stream: bool,
         reply: Option<crate::engine::Reply>,
     ) -> Result<FrameJob, Status> {
         let mut routes = Vec::with_capacity(req.routes.len());
@@ -453,9 +504,18 @@ impl PoseServer {
         let received = Instant::now();
         let max_pixels = self.shared.options.max_pixels;
         let image = req.image;
-        let rgb = tokio::task::spawn_blocking(move || decode::decode(image.as_ref(), max_pixels))
-            .await
-            .map_err(|e| Status::internal(format!("decoder failed: {e}")))??;
+        let hint = req.matte_hint;
+        let (rgb, matte_hint) = tokio::task::spawn_blocking(move || {
+            let rgb = decode::decode(image.as_ref(), max_pixels)?;
+            let hint = if hint.is_empty() {
+                None
+            } else {
+                Some(decode::decode_hint(&hint, rgb.width, rgb.height)?)
+            };
+            Ok::<_, Status>((rgb, hint))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("decoder failed: {e}")))??;
         self.shared
             .telemetry
             .record("push.decode", received.elapsed());
@@ -498,6 +558,9 @@ impl PoseServer {
             routes,
             hand_boxes,
             person_boxes,
+            matte_hint,
+            stream,
+            matte_images: req.include_matte_images,
             reply,
         })
     }
@@ -507,10 +570,12 @@ impl PoseServer {
     async fn run_and_wait(
         &self,
         req: proto::PushImageRequest,
+        stream: bool,
     ) -> Result<Vec<proto::Event>, Status> {
-        let include_vertices = req.include_vertices;
+        let (include_vertices, include_matte_images) =
+            (req.include_vertices, req.include_matte_images);
         let (tx, rx) = oneshot::channel();
-        let job = self.frame_job(req, Some(tx)).await?;
+        let job = self.frame_job(req, stream, Some(tx)).await?;
         self.shared
             .engine
             .submit(job)
@@ -519,11 +584,10 @@ impl PoseServer {
             .await
             .map_err(|_| Status::unavailable("the engine stopped before answering"))?
             .map_err(|e| engine_status(&e))?;
-        Ok(if include_vertices {
-            events
-        } else {
-            events.iter().map(post::without_vertices).collect()
-        })
+        Ok(events
+            .iter()
+            .map(|e| post::without_heavy_fields(e, include_vertices, include_matte_images))
+            .collect())
     }
 
     /// The route a request's one-line answers (skipped, failed) name.
@@ -638,7 +702,11 @@ impl proto::pose_service_server::PoseService for PoseServer {
             .smoothing
             .unwrap_or(options.smoothing_by_default)
             .then(|| Smoother::new(options.smoothing));
+        let image_interest = req
+            .include_matte_images
+            .then(|| Interest::register(&self.shared.matte_image_subscribers));
         tokio::spawn(async move {
+            let _image_interest = image_interest;
             let mut last_sent: HashMap<(i32, String), Instant> = HashMap::new();
             let mut lost_here = 0u64;
             loop {
@@ -669,11 +737,11 @@ impl proto::pose_service_server::PoseService for PoseServer {
                     }
                     last_sent.insert(key, now);
                 }
-                let mut out = if req.include_vertices {
-                    (*event).clone()
-                } else {
-                    post::without_vertices(&event)
-                };
+                let mut out = post::without_heavy_fields(
+                    &event,
+                    req.include_vertices,
+                    req.include_matte_images,
+                );
                 if let Some(s) = &mut smoother {
                     s.apply(&mut out);
                 }
@@ -692,13 +760,13 @@ impl proto::pose_service_server::PoseService for PoseServer {
     ) -> Result<Response<proto::PushImageReply>, Status> {
         let req = request.into_inner();
         if req.wait {
-            let events = self.run_and_wait(req).await?;
+            let events = self.run_and_wait(req, false).await?;
             return Ok(Response::new(proto::PushImageReply {
                 frame_id: events.first().map_or(0, |e| e.frame_id),
                 events,
             }));
         }
-        let job = self.frame_job(req, None).await?;
+        let job = self.frame_job(req, false, None).await?;
         let frame_id = job.frame.id;
         self.shared
             .engine
@@ -858,7 +926,7 @@ impl PoseServer {
         let client_frame_id = req.client_frame_id;
         let source_id = req.source_id.clone();
         let route = self.first_route(&req);
-        self.run_and_wait(req).await.unwrap_or_else(|status| {
+        self.run_and_wait(req, true).await.unwrap_or_else(|status| {
             vec![proto::Event {
                 client_frame_id,
                 source_id,
@@ -871,6 +939,22 @@ impl PoseServer {
                 ..Default::default()
             }]
         })
+    }
+}
+
+/// One subscriber's interest in matte images, counted while it lives.
+struct Interest(Arc<AtomicUsize>);
+
+impl Interest {
+    fn register(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Interest(count.clone())
+    }
+}
+
+impl Drop for Interest {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -178,6 +178,7 @@ async fn the_body_route_runs_beside_the_hand_route() {
             Ok(Models {
                 hands: Some(HandPipeline::load(&hand_files)?.0),
                 body: Some(BodyPipeline::load(&body_files, None)?.0),
+                matte: None,
             })
         },
         tx,

@@ -24,6 +24,20 @@ fn files() -> HandModelFiles {
     HandModelFiles::from_dir(&posed_models::fixture::fixtures_dir().join("hands")).unwrap()
 }
 
+/// CorridorKey's fixture network (run at its 128² size), hints from pushes,
+/// previous alphas or a green-screen key.
+fn matte_route() -> anyhow::Result<posed::engine::MatteRoute> {
+    use posed_models::matte_pipeline::{FallbackHint, FrameFit, MatteModelFiles, MattePipeline};
+    let dir = posed_models::fixture::fixtures_dir().join("matte");
+    let files = MatteModelFiles::from_dir(&dir, 128).map_err(anyhow::Error::msg)?;
+    let (pipeline, _) = MattePipeline::load(&files, mlx_rs::Dtype::Float32, FrameFit::Resize)?;
+    Ok(posed::engine::MatteRoute {
+        pipeline,
+        hint_from_previous: true,
+        fallback: FallbackHint::Chroma,
+    })
+}
+
 struct Daemon {
     addr: std::net::SocketAddr,
     socket: PathBuf,
@@ -46,17 +60,21 @@ impl Daemon {
         release: Option<std::sync::mpsc::Receiver<()>>,
         sources: Vec<server::SourceSpec>,
     ) -> Daemon {
-        Self::start_routes(options, release, sources, false).await
+        Self::start_routes(options, release, sources, &[]).await
     }
 
-    /// With `body`, the body route's fixture-size networks load beside the
-    /// hand route's.
+    /// With `extra` routes (body, matte), their fixture-size networks load
+    /// beside the hand route's.
     async fn start_routes(
         options: ServeOptions,
         release: Option<std::sync::mpsc::Receiver<()>>,
         sources: Vec<server::SourceSpec>,
-        body: bool,
+        extra: &[proto::Route],
     ) -> Daemon {
+        let (body, matte) = (
+            extra.contains(&proto::Route::Body),
+            extra.contains(&proto::Route::Matte),
+        );
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("posed.sock");
         let listeners = server::bind(
@@ -82,9 +100,14 @@ impl Daemon {
                     }
                     false => None,
                 };
+                let matte = match matte {
+                    true => Some(matte_route()?),
+                    false => None,
+                };
                 Ok(Models {
                     hands: Some(HandPipeline::load(&files)?.0),
                     body,
+                    matte,
                 })
             },
             tx,
@@ -97,9 +120,7 @@ impl Daemon {
             mlx_version: "test".into(),
             ..Default::default()
         };
-        if body {
-            status.routes.push(proto::Route::Body);
-        }
+        status.routes.extend_from_slice(extra);
         let backend = server::Backend {
             engine,
             results: rx,
@@ -796,7 +817,8 @@ async fn pushed_frames_are_recorded_in_the_replay_layout() {
 /// routes answered with one event per route.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_with_person_boxes_get_body_pose_events() {
-    let d = Daemon::start_routes(ServeOptions::default(), None, vec![], true).await;
+    let d =
+        Daemon::start_routes(ServeOptions::default(), None, vec![], &[proto::Route::Body]).await;
     d.wait_serving().await;
     let mut health = HealthClient::new(d.channel().await);
     let s = health
@@ -937,5 +959,179 @@ async fn pushes_with_person_boxes_get_body_pose_events() {
         .unwrap();
     assert_eq!(next.route, proto::Route::Body as i32);
     assert_eq!(next.frame_id, reply.events[1].frame_id);
+    d.stop().await;
+}
+
+async fn next(s: &mut tonic::Streaming<proto::Event>) -> proto::Event {
+    tokio::time::timeout(Duration::from_secs(60), s.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+}
+
+/// The matte route over gRPC: a push of RGB and a grey hint that waits gets
+/// a Matte event with a PNG alpha at the pushed image's size; a subscriber
+/// that asked for matte images gets the same event with the foreground and
+/// the RGBA composite, one that did not gets the alpha only; a hint of the
+/// wrong size is the client's error, named; PushStream frames after the
+/// first use the previous alpha; telemetry has the matte stages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_with_a_hint_get_matte_events() {
+    let d = Daemon::start_routes(
+        ServeOptions::default(),
+        None,
+        vec![],
+        &[proto::Route::Matte],
+    )
+    .await;
+    d.wait_serving().await;
+    let mut health = HealthClient::new(d.channel().await);
+    let s = health
+        .check(HealthCheckRequest {
+            service: server::MATTE_HEALTH_NAME.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.status, ServingStatus::Serving as i32);
+
+    let mut c = d.client().await;
+    let subscribe = |images: bool| {
+        let mut c = c.clone();
+        async move {
+            c.subscribe(proto::SubscribeRequest {
+                routes: vec![proto::Route::Matte as i32],
+                include_matte_images: images,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let mut with_images = subscribe(true).await;
+    let mut alpha_only = subscribe(false).await;
+
+    let (w, h) = (200u32, 150u32);
+    // The hint: the left half is the subject.
+    let hint: Vec<u8> = (0..h)
+        .flat_map(|_| (0..w).map(|x| if x < w / 2 { 255 } else { 0 }))
+        .collect();
+    let mut hint_png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut hint_png)
+        .write_image(&hint, w, h, image::ExtendedColorType::L8)
+        .unwrap();
+    let push = |matte_hint: Vec<u8>, images: bool| proto::PushImageRequest {
+        image: Some(Image::Encoded(jpeg(w, h))),
+        routes: vec![proto::Route::Matte as i32],
+        matte_hint,
+        include_matte_images: images,
+        wait: true,
+        client_frame_id: 5,
+        ..Default::default()
+    };
+    let reply = c
+        .push_image(push(hint_png.clone(), false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.events.len(), 1);
+    let matte_of = |e: &proto::Event| -> proto::Matte {
+        assert_eq!(e.route, proto::Route::Matte as i32);
+        assert_eq!((e.image_width, e.image_height), (w, h));
+        let Some(proto::event::Payload::Matte(m)) = &e.payload else {
+            panic!("not a matte event: {:?}", e.payload)
+        };
+        assert_eq!((m.width, m.height), (w, h));
+        assert_eq!(m.encoding, proto::ImageEncoding::Png as i32);
+        assert!((0.0..=1.0).contains(&m.coverage));
+        let alpha = image::load_from_memory(&m.alpha).unwrap();
+        assert_eq!(alpha.color(), image::ColorType::L8);
+        assert_eq!((alpha.width(), alpha.height()), (w, h));
+        let mean =
+            alpha.as_bytes().iter().map(|&a| a as f64).sum::<f64>() / (255.0 * (w * h) as f64);
+        assert!(
+            (mean - m.coverage as f64).abs() < 1e-3,
+            "{mean} vs {}",
+            m.coverage
+        );
+        let stages: Vec<_> = e.timings.iter().map(|t| t.stage.as_str()).collect();
+        assert_eq!(stages, ["preprocess", "matte", "resize", "post"]);
+        m.clone()
+    };
+    let m = matte_of(&reply.events[0]);
+    assert_eq!(m.hint_source, proto::MatteHintSource::Pushed as i32);
+    assert!(
+        m.foreground.is_empty() && m.composite.is_empty(),
+        "not asked for"
+    );
+
+    let full = matte_of(&next(&mut with_images).await);
+    let fg = image::load_from_memory(&full.foreground).unwrap();
+    assert_eq!(fg.color(), image::ColorType::Rgb8);
+    let comp = image::load_from_memory(&full.composite).unwrap();
+    assert_eq!(comp.color(), image::ColorType::Rgba8);
+    assert_eq!((comp.width(), comp.height()), (w, h));
+    // The composite is the foreground with the alpha as its fourth channel.
+    let alpha = image::load_from_memory(&full.alpha).unwrap();
+    for (i, px) in comp.as_bytes().chunks_exact(4).enumerate().step_by(97) {
+        assert_eq!(&px[..3], &fg.as_bytes()[3 * i..3 * i + 3]);
+        assert_eq!(px[3], alpha.as_bytes()[i]);
+    }
+    assert_eq!(full.alpha, m.alpha, "the same frame");
+    let lean = matte_of(&next(&mut alpha_only).await);
+    assert!(lean.foreground.is_empty() && lean.composite.is_empty());
+
+    // A hint of another size is refused with the reason; the daemon goes on.
+    let err = c.push_image(push(vec![0; 10], false)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("matte_hint"), "{}", err.message());
+
+    // A stream: the first frame has no hint (fallback), the second reuses
+    // the first one's alpha.
+    let (tx, rx) = mpsc::channel(4);
+    let mut answers = c
+        .push_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut sources = Vec::new();
+    for i in 0..2 {
+        tx.send(proto::PushImageRequest {
+            source_id: "clip".into(),
+            client_frame_id: 100 + i,
+            wait: false,
+            ..push(Vec::new(), false)
+        })
+        .await
+        .unwrap();
+        let e = next(&mut answers).await;
+        sources.push(matte_of(&e).hint_source);
+    }
+    assert_eq!(
+        sources,
+        [
+            proto::MatteHintSource::Fallback as i32,
+            proto::MatteHintSource::Previous as i32
+        ]
+    );
+    drop(tx);
+
+    let telemetry = c
+        .get_telemetry(proto::GetTelemetryRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = telemetry.stages.iter().map(|s| s.name.as_str()).collect();
+    for stage in [
+        "matte.preprocess",
+        "matte.matte",
+        "matte.resize",
+        "matte.post",
+        "matte.end_to_end",
+    ] {
+        assert!(names.contains(&stage), "{stage} missing from {names:?}");
+    }
     d.stop().await;
 }

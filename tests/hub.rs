@@ -131,6 +131,46 @@ async fn cdn(
     serve_bytes(&mut s, data, &range, &[])
 }
 
+/// A GitHub release asset (and its `.sha256` sidecar), with range requests.
+async fn release_asset(
+    State(state): State<Shared>,
+    Path((owner, repo, tag, name)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> Response<Body> {
+    let mut s = state.lock().unwrap();
+    let range = range_of(&headers);
+    let key = format!("gh/{owner}/{repo}/{tag}/{name}");
+    s.requests.push((key.clone(), range.clone()));
+    match s.files.get(&key).cloned() {
+        Some(data) if name.ends_with(".sha256") => Response::new(Body::from(data)),
+        Some(data) if s.cut_at.is_some() && range.is_empty() => {
+            // Send the bytes before the cut, let them reach the client, then
+            // drop the connection.
+            let cut = s.cut_at.take().unwrap();
+            let (tx, rx) = tokio::sync::mpsc::channel(2);
+            let total = data.len();
+            tokio::spawn(async move {
+                let _ = tx.send(Ok::<_, std::io::Error>(data[..cut].to_vec())).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = tx
+                    .send(Err(std::io::Error::other("connection cut by the test")))
+                    .await;
+            });
+            Response::builder()
+                .header(header::CONTENT_LENGTH, total.to_string())
+                .body(Body::from_stream(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                ))
+                .unwrap()
+        }
+        Some(data) => serve_bytes(&mut s, data, &range, &[]),
+        None => Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Body::from("Not Found"))
+            .unwrap(),
+    }
+}
+
 /// `data` (or the asked range of it), cut or corrupted if the test says so.
 fn serve_bytes(
     s: &mut MockState,
@@ -205,6 +245,10 @@ impl MockHub {
                 axum::routing::get(resolve),
             )
             .route("/cdn/{*key}", axum::routing::get(cdn))
+            .route(
+                "/{owner}/{repo}/releases/download/{tag}/{name}",
+                axum::routing::get(release_asset),
+            )
             .with_state(state.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         MockHub {
@@ -217,6 +261,8 @@ impl MockHub {
         HubOptions {
             cache_dir: cache.to_owned(),
             endpoint: self.endpoint.clone(),
+            github_endpoint: self.endpoint.clone(),
+            posed_cache: cache.join("posed"),
             offline: false,
             token: None,
             chunk_size: 64 * 1024,
@@ -615,4 +661,102 @@ async fn weights_fetch_converts_the_person_detector_checkpoint() {
         text.contains("missing  facebook/sapiens2-pose-1b/sapiens2_1b_pose.safetensors@main"),
         "{text}"
     );
+}
+
+fn release_file(sha256: Option<&str>) -> ManifestFile {
+    let pin = sha256.map_or(String::new(), |h| format!("sha256 = \"{h}\"\n"));
+    let mut m = manifest::parse(&format!(
+        "route = \"matte\"\n[[file]]\nrole = \"matte\"\nsource = \"github-release\"\nrepo = \"owner/keyer\"\nrevision = \"v1.0.0\"\npath = \"keyer.safetensors\"\n{pin}"
+    ))
+    .unwrap();
+    m.files.remove(0)
+}
+
+/// A GitHub release asset: the sidecar is read and checked against the
+/// manifest's pin first, the download resumes after a cut connection with
+/// a range request, the result is checked against the sidecar, lands in
+/// posed's cache with the sidecar beside it, and later fetches (also
+/// offline) use the cache. A sidecar that disagrees with the pin stops the
+/// fetch before any download; a corrupted download is refused and removed.
+#[tokio::test]
+async fn release_assets_are_checked_against_their_sidecar() {
+    let data = payload(200_000, 9);
+    let hash = sha256_hex(&data);
+    let sidecar = format!("{hash}  keyer.safetensors\n").into_bytes();
+    let mock = MockHub::start(&[
+        ("gh/owner/keyer/v1.0.0/keyer.safetensors", data.clone()),
+        ("gh/owner/keyer/v1.0.0/keyer.safetensors.sha256", sidecar),
+    ])
+    .await;
+    let cache = tempfile::tempdir().unwrap();
+    let mut options = mock.options(cache.path());
+    options.attempts = 3;
+    mock.state.lock().unwrap().cut_at = Some(70_000);
+    let hub = Hub::new(options.clone()).unwrap();
+    let f = release_file(Some(&hash));
+    assert!(hub.cached(&f).is_none());
+    let path = hub.fetch(&f, DownloadProgress::default()).await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    assert!(path.starts_with(cache.path().join("posed/github/owner/keyer/v1.0.0")));
+    let ranges: Vec<String> = mock
+        .requests()
+        .into_iter()
+        .filter(|(p, _)| p.ends_with("keyer.safetensors"))
+        .map(|(_, r)| r)
+        .collect();
+    assert_eq!(ranges, ["", "bytes=70000-"], "one cut, one resume");
+    let v = hub::verify(&path, &f).unwrap();
+    assert_eq!(v.checks, ["manifest sha256", "sidecar sha256"]);
+    assert_eq!(hub.cached(&f), Some(path.clone()));
+
+    // Cached: no request, even offline.
+    let before = mock.requests().len();
+    options.offline = true;
+    let offline = Hub::new(options.clone()).unwrap();
+    assert_eq!(
+        offline
+            .fetch(&f, DownloadProgress::default())
+            .await
+            .unwrap(),
+        path
+    );
+    assert_eq!(mock.requests().len(), before);
+    options.offline = false;
+
+    // The release's sidecar disagrees with the pinned hash: nothing is
+    // downloaded.
+    let fresh = tempfile::tempdir().unwrap();
+    let hub = Hub::new(mock.options(fresh.path())).unwrap();
+    let before = mock.requests().len();
+    let err = hub
+        .fetch(
+            &release_file(Some(&"0".repeat(64))),
+            DownloadProgress::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HubError::Mismatch { .. }), "{err}");
+    assert!(err.to_string().contains("sidecar"), "{err}");
+    let asked: Vec<_> = mock.requests()[before..]
+        .iter()
+        .map(|r| r.0.clone())
+        .collect();
+    assert_eq!(asked, ["gh/owner/keyer/v1.0.0/keyer.safetensors.sha256"]);
+
+    // What arrives does not hash to the sidecar's value: refused, removed.
+    mock.state.lock().unwrap().corrupt = true;
+    let err = hub
+        .fetch(&release_file(None), DownloadProgress::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, HubError::Mismatch { what: "sha256", .. }),
+        "{err}"
+    );
+    let dir = fresh.path().join("posed/github/owner/keyer/v1.0.0");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

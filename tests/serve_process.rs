@@ -361,3 +361,117 @@ async fn a_body_only_daemon_answers_pushes_from_the_cli() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }
+
+/// A matte-only daemon configured through the environment (CorridorKey's
+/// fixture network at 128², raw events): `posed push --route matte --hint
+/// --matte-out` writes the alpha, foreground and composite PNGs at the
+/// pushed image's size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_matte_only_daemon_writes_pngs_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let matte = posed_models::fixture::fixtures_dir().join("matte");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_posed"))
+        .arg("serve")
+        .env("POSED_HANDS_ENABLED", "false")
+        .env("POSED_MATTE_ENABLED", "true")
+        .env("POSED_MATTE_MODELS_DIR", &matte)
+        .env("POSED_MATTE_IMG_SIZE", "128")
+        .env("POSED_MATTE_HEAD_DTYPE", "float32")
+        .env("POSED_MATTE_ENCODING", "raw")
+        .env("POSED_SERVER_LISTEN", &grpc)
+        .env("POSED_SERVER_METRICS", "")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://{grpc}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let channel = loop {
+        match tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("daemon never listened: {e}"),
+        }
+    };
+    let mut health = HealthClient::new(channel.clone());
+    while health
+        .check(HealthCheckRequest {
+            service: "posed.v1.PoseService/matte".into(),
+        })
+        .await
+        .map(|s| s.into_inner().status)
+        .unwrap_or(0)
+        != 1
+    {
+        assert!(Instant::now() < deadline, "never SERVING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (w, h) = (96u32, 64u32);
+    let frame = dir.path().join("frame.png");
+    image::RgbImage::from_fn(w, h, |x, y| {
+        if x > 30 && x < 60 {
+            image::Rgb([200, 150, 120])
+        } else {
+            image::Rgb([30, 200 - y as u8, 40])
+        }
+    })
+    .save(&frame)
+    .unwrap();
+    let hint = dir.path().join("hint.png");
+    image::GrayImage::from_fn(w, h, |x, _| {
+        image::Luma([if x > 30 && x < 60 { 255 } else { 0 }])
+    })
+    .save(&hint)
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let addr = grpc.clone();
+    let (f, hn, od) = (frame.clone(), hint.clone(), out_dir.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_posed"))
+            .args(["push", "--addr", &addr, "--route", "matte", "--hint"])
+            .arg(&hn)
+            .arg("--matte-out")
+            .arg(&od)
+            .arg(&f)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("matte 96x64 coverage"), "{text}");
+    assert!(text.contains("hint pushed"), "{text}");
+    for (name, colour) in [
+        ("frame.alpha.png", image::ColorType::L8),
+        ("frame.fg.png", image::ColorType::Rgb8),
+        ("frame.rgba.png", image::ColorType::Rgba8),
+    ] {
+        let img = image::open(out_dir.join(name)).unwrap();
+        assert_eq!(
+            (img.width(), img.height(), img.color()),
+            (w, h, colour),
+            "{name}"
+        );
+    }
+    let status = PoseServiceClient::new(channel)
+        .get_status(proto::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = status.models.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["corridorkey-128"]);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}

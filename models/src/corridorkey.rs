@@ -750,6 +750,118 @@ impl CorridorKey {
     }
 }
 
+impl CorridorKey {
+    /// A frame of any size at its own resolution (`x`: (1, H, W, 4)
+    /// network input): `img_size` tiles overlapping by `overlap` pixels,
+    /// edge tiles zero-padded, blended with linear ramps across every
+    /// overlap. Returns (alpha, fg) at (1, H, W, ·).
+    pub fn forward_frame_tiled(
+        &self,
+        x: &Array,
+        overlap: i32,
+        refiner_tile: Option<i32>,
+    ) -> Result<(Array, Array)> {
+        let s = self.cfg.img_size;
+        let (h, w) = (x.dim(1), x.dim(2));
+        if x.dim(0) != 1 || x.dim(3) != 4 || !(0..s).contains(&overlap) {
+            return Err(mlx_rs::error::Exception::custom(format!(
+                "tiled CorridorKey runs one (1, H, W, 4) frame with 0 <= overlap < {s}, got {:?} and overlap {overlap}",
+                x.shape()
+            )));
+        }
+        let (ys, xs) = (tile_starts(h, s, overlap), tile_starts(w, s, overlap));
+        let (wy, wx) = (
+            tile_weights(&ys, h, s, overlap),
+            tile_weights(&xs, w, s, overlap),
+        );
+        let mut acc: Option<Array> = None;
+        for (&y0, ry) in ys.iter().zip(&wy) {
+            for (&x0, rx) in xs.iter().zip(&wx) {
+                let (th, tw) = ((h - y0).min(s), (w - x0).min(s));
+                let tile = ops::pad(
+                    x.index((.., y0..y0 + th, x0..x0 + tw, ..)),
+                    &[(0, 0), (0, s - th), (0, s - tw), (0, 0)],
+                    None,
+                    None,
+                )?;
+                let out = self.forward_with(&tile, refiner_tile)?;
+                let both = ops::concatenate(&[out.alpha, out.fg], -1)?.index((.., ..th, ..tw, ..));
+                let weight = Array::from_slice(ry, &[1, th, 1, 1])
+                    .multiply(Array::from_slice(rx, &[1, 1, tw, 1]))?;
+                let placed = ops::pad(
+                    &both.multiply(&weight)?,
+                    &[(0, 0), (y0, h - y0 - th), (x0, w - x0 - tw), (0, 0)],
+                    None,
+                    None,
+                )?;
+                // Bound the graph: one tile's intermediates at a time.
+                placed.eval()?;
+                acc = Some(match acc {
+                    Some(a) => a.add(&placed)?,
+                    None => placed,
+                });
+            }
+        }
+        let total = |starts: &[i32], ramps: &[Vec<f32>], n: i32| {
+            let mut t = vec![0f32; n as usize];
+            for (&p, r) in starts.iter().zip(ramps) {
+                for (i, v) in r.iter().enumerate() {
+                    t[p as usize + i] += v;
+                }
+            }
+            t
+        };
+        let norm = Array::from_slice(&total(&ys, &wy, h), &[1, h, 1, 1])
+            .multiply(Array::from_slice(&total(&xs, &wx, w), &[1, 1, w, 1]))?;
+        let blended = acc.expect("at least one tile").divide(&norm)?;
+        Ok((
+            blended.index((.., .., .., ..1)),
+            blended.index((.., .., .., 1..)),
+        ))
+    }
+}
+
+/// Where tiles of `tile` start along `len`, `tile - overlap` apart, the
+/// last one moved back to end at the border (one tile when `len <= tile`).
+pub fn tile_starts(len: i32, tile: i32, overlap: i32) -> Vec<i32> {
+    if len <= tile {
+        return vec![0];
+    }
+    let stride = tile - overlap;
+    let mut starts: Vec<i32> = (0..)
+        .map(|i| i * stride)
+        .take_while(|&p| p + tile < len)
+        .collect();
+    starts.push(len - tile);
+    starts
+}
+
+/// Per tile, the blend weight of each of its pixels along one axis: 1, with
+/// a linear ramp over the `overlap` pixels that face a neighbour.
+fn tile_weights(starts: &[i32], len: i32, tile: i32, overlap: i32) -> Vec<Vec<f32>> {
+    let n = starts.len();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| {
+            let extent = (len - p).min(tile) as usize;
+            let ov = overlap as usize;
+            (0..extent)
+                .map(|k| {
+                    let mut w = 1f32;
+                    if i > 0 && k < ov {
+                        w = w.min((k as f32 + 0.5) / ov as f32);
+                    }
+                    if i + 1 < n && k + ov >= extent {
+                        w = w.min((extent - k) as f32 / ov as f32 - 0.5 / ov as f32);
+                    }
+                    w
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// The network input from RGB in [0, 1] (B, S, S, 3) and a hint (B, S, S, 1).
 pub fn network_input(rgb: &Array, hint: &Array) -> Result<Array> {
     let mean = Array::from_slice(&IMAGENET_MEAN, &[1, 1, 1, 3]);

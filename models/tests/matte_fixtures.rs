@@ -162,3 +162,158 @@ fn corridorkey_full_size_runs_at_512() {
     let alpha = posed_models::nn::host_f32(&out.alpha).unwrap();
     assert!(alpha.iter().all(|a| (0.0..=1.0).contains(a)));
 }
+
+fn fixture_net(img_size: i32) -> CorridorKey {
+    let dir = matte_dir();
+    let mut cfg: CorridorKeyConfig =
+        fixture::read_json(&dir.join("corridorkey_config.json")).unwrap();
+    cfg.img_size = img_size;
+    let w = posed_models::weights::Weights::from_file(dir.join("corridorkey_weights.safetensors"))
+        .unwrap();
+    let net = CorridorKey::new(cfg, &w).unwrap();
+    w.finish().unwrap();
+    net
+}
+
+fn host(a: &mlx_rs::Array) -> Vec<f32> {
+    // A contiguous copy, whatever slicing made `a`.
+    a.multiply(mlx_rs::Array::from_f32(1.0))
+        .unwrap()
+        .as_slice::<f32>()
+        .to_vec()
+}
+
+/// Frame tiling at native resolution: a frame of exactly the model size is
+/// one plain forward; a 128 × 200 frame is two 128² tiles (at x 0 and 72)
+/// whose own results it keeps where only one tile covers a pixel, and
+/// blends (a convex combination, weights ramping across the overlap) where
+/// both do.
+#[test]
+fn frames_larger_than_the_model_are_blended_from_overlapping_tiles() {
+    use mlx_rs::ops::indexing::IndexOp;
+    assert_eq!(
+        posed_models::corridorkey::tile_starts(200, 128, 32),
+        [0, 72]
+    );
+    assert_eq!(posed_models::corridorkey::tile_starts(128, 128, 32), [0]);
+    assert_eq!(
+        posed_models::corridorkey::tile_starts(400, 128, 32),
+        [0, 96, 192, 272]
+    );
+    let net = fixture_net(128);
+    let square = input(128);
+    let (alpha, _) = net.forward_frame_tiled(&square, 32, None).unwrap();
+    let direct = net.forward(&square).unwrap().alpha;
+    let d = alpha
+        .subtract(&direct)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(None)
+        .unwrap();
+    assert!(d.item_exact::<f32>() < 1e-6);
+
+    let wide = input(200).index((.., ..128, .., ..));
+    let (alpha, fg) = net.forward_frame_tiled(&wide, 32, None).unwrap();
+    assert_eq!(alpha.shape(), [1, 128, 200, 1]);
+    assert_eq!(fg.shape(), [1, 128, 200, 3]);
+    let left = host(&net.forward(&wide.index((.., .., ..128, ..))).unwrap().alpha);
+    let right = host(&net.forward(&wide.index((.., .., 72.., ..))).unwrap().alpha);
+    let got = host(&alpha);
+    let (mut blended, mut mixed) = (0, 0);
+    for y in 0..128 {
+        for x in 0..200 {
+            let g = got[y * 200 + x];
+            let l = (x < 128).then(|| left[y * 128 + x]);
+            let r = (x >= 72).then(|| right[y * 128 + x - 72]);
+            match (l, r) {
+                (Some(l), None) => assert!((g - l).abs() < 1e-5, "({x}, {y}) {g} vs {l}"),
+                (None, Some(r)) => assert!((g - r).abs() < 1e-5, "({x}, {y}) {g} vs {r}"),
+                (Some(l), Some(r)) => {
+                    let (lo, hi) = (l.min(r) - 1e-5, l.max(r) + 1e-5);
+                    assert!((lo..=hi).contains(&g), "({x}, {y}) {g} not within {l}, {r}");
+                    blended += 1;
+                    // Ramps: the left tile dominates at the overlap's left end.
+                    if x == 72 && (l - r).abs() > 1e-3 {
+                        mixed += 1;
+                        assert!((g - l).abs() < (g - r).abs(), "({x}, {y})");
+                    }
+                }
+                (None, None) => unreachable!("every pixel is in a tile"),
+            }
+        }
+    }
+    assert_eq!(blended, 128 * 56);
+    assert!(mixed > 0, "the two tiles disagree somewhere in the overlap");
+}
+
+/// The route's pipeline: a 200 × 150 frame stretched to the model size and
+/// back, with a pushed hint, a previous alpha, or the fallbacks; outputs at
+/// the frame's size; the chroma key marks green as background.
+#[test]
+fn the_matte_pipeline_runs_a_frame_with_every_kind_of_hint() {
+    use posed_models::image::RgbImage;
+    use posed_models::matte_pipeline::{
+        chroma_key, FallbackHint, FrameFit, Hint, MatteModelFiles, MattePipeline,
+    };
+    let files = MatteModelFiles::from_dir(&matte_dir(), 128).unwrap();
+    assert_eq!(files.config.img_size, 128);
+    let (p, synthetic) =
+        MattePipeline::load(&files, mlx_rs::Dtype::Float32, FrameFit::Resize).unwrap();
+    assert!(!synthetic);
+    let (w, h) = (200usize, 150usize);
+    let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 37 % 251) as u8).collect();
+    let img = RgbImage::new(w, h, &rgb).unwrap();
+    let hint = vec![255u8; w * h];
+    let (m, out) = p.estimate(img, Hint::Plane(&hint)).unwrap();
+    assert_eq!(
+        (m.width, m.height, m.alpha.len(), m.fg.len()),
+        (w, h, w * h, w * h * 3)
+    );
+    assert_eq!(out.network_alpha.shape(), [1, 128, 128, 1]);
+    // A pushed all-white hint is the all-ones fallback (up to the resize's
+    // rounding).
+    let (ones, _) = p.estimate(img, Hint::Fallback(FallbackHint::Ones)).unwrap();
+    let worst = ones
+        .alpha
+        .iter()
+        .zip(&m.alpha)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max();
+    assert!(worst <= Some(1), "{worst:?}");
+    // The previous alpha becomes the input's fourth channel as it is.
+    let x = p.prepare(img, Hint::Previous(&out.network_alpha)).unwrap();
+    use mlx_rs::ops::indexing::IndexOp;
+    let fourth = host(&x.index((.., .., .., 3..)));
+    assert_eq!(fourth, host(&out.network_alpha));
+    assert!(p.prepare(img, Hint::Plane(&hint[1..])).is_err());
+    p.estimate(img, Hint::Fallback(FallbackHint::Chroma))
+        .unwrap();
+
+    let px = |r: f32, g: f32, b: f32| mlx_rs::Array::from_slice(&[r, g, b], &[1, 1, 1, 3]);
+    let key = |a: mlx_rs::Array| chroma_key(&a).unwrap().item_exact::<f32>();
+    assert_eq!(key(px(0.1, 0.9, 0.2)), 0.0, "screen green");
+    assert_eq!(key(px(0.8, 0.6, 0.5)), 1.0, "skin");
+    assert!(
+        (key(px(0.4, 0.5, 0.4)) - 0.6).abs() < 1e-6,
+        "a little spill"
+    );
+
+    let tiled_files = MatteModelFiles::from_dir(&matte_dir(), 128).unwrap();
+    let (tiled, _) = MattePipeline::load(
+        &tiled_files,
+        mlx_rs::Dtype::Float32,
+        FrameFit::Tiles { overlap: 16 },
+    )
+    .unwrap();
+    assert_eq!(tiled.network_size(w, h), (h, w));
+    let (m, out) = tiled.estimate(img, Hint::Plane(&hint)).unwrap();
+    assert_eq!(out.network_alpha.shape(), [1, 150, 200, 1]);
+    assert_eq!(m.alpha.len(), w * h);
+    assert!(MattePipeline::load(
+        &tiled_files,
+        mlx_rs::Dtype::Float32,
+        FrameFit::Tiles { overlap: 128 }
+    )
+    .is_err());
+}

@@ -29,7 +29,16 @@ fn manifests(route: Option<&str>) -> Result<Vec<Manifest>> {
 fn default_variant(route: &str) -> &'static str {
     match route {
         "body" => "0.4b",
+        "matte" => "",
         _ => "f32",
+    }
+}
+
+/// The role that has variants in each route's manifest.
+fn main_role(route: &str) -> &'static str {
+    match route {
+        "matte" => "matte",
+        _ => "pose",
     }
 }
 
@@ -40,7 +49,7 @@ pub async fn fetch(route: Option<&str>, variant: Option<&str>) -> Result<()> {
     let hub = Hub::new(HubOptions::from_env())?;
     for m in manifests(route)? {
         let variant = variant.unwrap_or(default_variant(&m.route));
-        m.file("pose", variant)?;
+        m.file(main_role(&m.route), variant)?;
         for file in m.files_for(variant) {
             let path = hub.fetch(file, DownloadProgress::bar()).await?;
             println!("{:<8} {:<60} {}", m.route, file.label(), path.display());
@@ -148,6 +157,9 @@ pub fn verify(route: Option<&str>) -> Result<()> {
                 failures += usize::from(!verify_body_load(&hub, &m, size));
             }
         }
+        if m.route == "matte" {
+            failures += usize::from(!verify_matte_load(&hub, &m));
+        }
     }
     if failures > 0 {
         bail!("{failures} check(s) failed");
@@ -219,6 +231,30 @@ fn verify_body_load(hub: &Hub, m: &Manifest, size: Sapiens2Size) -> bool {
         }
         Err(e) => {
             println!("FAILED   body {}: {e}", size.name());
+            false
+        }
+    }
+}
+
+/// Loads the cached CorridorKey file, if it is there; false on a failure.
+fn verify_matte_load(hub: &Hub, m: &Manifest) -> bool {
+    use posed_models::corridorkey::CorridorKeyConfig;
+    use posed_models::matte_pipeline::{FrameFit, MatteModelFiles, MattePipeline};
+    let Some(weights) = m.file("matte", "").ok().and_then(|f| hub.cached(f)) else {
+        return true;
+    };
+    // The layout does not depend on the run size; a small one loads fast.
+    let files = MatteModelFiles {
+        config: CorridorKeyConfig::base_plus(64),
+        weights,
+    };
+    match MattePipeline::load(&files, mlx_rs::Dtype::Float32, FrameFit::Resize) {
+        Ok(_) => {
+            println!("ok       matte: CorridorKey loads with every key and shape in place");
+            true
+        }
+        Err(e) => {
+            println!("FAILED   matte: {e}");
             false
         }
     }

@@ -26,6 +26,11 @@ pub struct HubOptions {
     /// The hub cache (`models--org--name/{blobs,refs,snapshots}` inside).
     pub cache_dir: PathBuf,
     pub endpoint: String,
+    /// Where GitHub release assets come from (`POSED_GITHUB_ENDPOINT`, for
+    /// mirrors).
+    pub github_endpoint: String,
+    /// posed's own cache (GitHub release assets, conversions).
+    pub posed_cache: PathBuf,
     /// No network: only what is in the cache.
     pub offline: bool,
     pub token: Option<String>,
@@ -48,6 +53,9 @@ impl HubOptions {
         HubOptions {
             cache_dir: cache_dir(&var),
             endpoint: var("HF_ENDPOINT").unwrap_or_else(|| "https://huggingface.co".into()),
+            github_endpoint: var("POSED_GITHUB_ENDPOINT")
+                .unwrap_or_else(|| "https://github.com".into()),
+            posed_cache: super::resolve::posed_cache_dir(),
             offline: var("HF_HUB_OFFLINE").is_some_and(|v| is_true(&v)),
             token: var("HF_TOKEN"),
             chunk_size: 16 << 20,
@@ -217,6 +225,10 @@ impl Hub {
 
     /// The file's path in the cache, if a download of it finished.
     pub fn cached(&self, file: &ManifestFile) -> Option<PathBuf> {
+        if file.is_github_release() {
+            let p = super::release::cache_path(&self.options, file);
+            return p.is_file().then_some(p);
+        }
         self.cache.repo(Self::repo(file)).get(&file.path)
     }
 
@@ -227,6 +239,9 @@ impl Hub {
         file: &ManifestFile,
         progress: DownloadProgress,
     ) -> Result<PathBuf, HubError> {
+        if file.is_github_release() {
+            return super::release::fetch(&self.options, file, progress).await;
+        }
         if let Some(path) = self.cached(file) {
             // Cheap checks on every start; the hashes are `weights verify`'s.
             if file.size.is_none_or(|s| file_size(&path) == Some(s)) {
@@ -334,6 +349,14 @@ pub fn verify(path: &Path, file: &ManifestFile) -> Result<Verified, HubError> {
             return Err(mismatch("sha256", want.clone(), sha256));
         }
         checks.push("manifest sha256");
+    }
+    let sidecar = super::release::sidecar_path(path);
+    if let Ok(text) = std::fs::read_to_string(&sidecar) {
+        let stated = super::release::parse_sidecar(&text).unwrap_or_default();
+        if stated != sha256 {
+            return Err(mismatch("sha256 (release sidecar)", stated, sha256));
+        }
+        checks.push("sidecar sha256");
     }
     Ok(Verified {
         size,

@@ -19,6 +19,11 @@ pub struct ManifestFile {
     pub role: String,
     /// For files that come in variants (the pose model: "f32", "int4").
     pub variant: Option<String>,
+    /// "hub" (the default): a Hugging Face model repo at `revision`;
+    /// "github-release": an asset of the GitHub release tagged `revision`,
+    /// with a `.sha256` sidecar beside it.
+    #[serde(default = "hub_source")]
+    pub source: String,
     pub repo: String,
     #[serde(default = "main_revision")]
     pub revision: String,
@@ -36,31 +41,42 @@ fn main_revision() -> String {
     "main".into()
 }
 
+fn hub_source() -> String {
+    "hub".into()
+}
+
 impl ManifestFile {
     /// `repo/path@revision`, as messages name the file.
     pub fn label(&self) -> String {
-        format!("{}/{}@{}", self.repo, self.path, self.revision)
+        let prefix = if self.is_github_release() {
+            "github:"
+        } else {
+            ""
+        };
+        format!("{prefix}{}/{}@{}", self.repo, self.path, self.revision)
+    }
+
+    pub fn is_github_release(&self) -> bool {
+        self.source == "github-release"
     }
 }
 
 const HANDS: &str = include_str!("../../models/manifests/hands.toml");
 const BODY: &str = include_str!("../../models/manifests/body.toml");
+const MATTE: &str = include_str!("../../models/manifests/matte.toml");
 pub const HAND_DETECTOR_LAYOUT: &str =
     include_str!("../../models/manifests/hand-detector.keys.json");
 pub const WILOR_LAYOUT: &str = include_str!("../../models/manifests/wilor.keys.json");
 
 /// The routes that have published weights.
-pub const ROUTES: &[&str] = &["hands", "body"];
+pub const ROUTES: &[&str] = &["hands", "body", "matte"];
 
 /// The manifest built into this binary for `route`.
 pub fn builtin(route: &str) -> anyhow::Result<Manifest> {
     let text = match route {
         "hands" => HANDS,
         "body" => BODY,
-        "matte" => anyhow::bail!(
-            "the {route} route has no published weights in this build yet (routes with weights: {})",
-            ROUTES.join(", ")
-        ),
+        "matte" => MATTE,
         other => anyhow::bail!("unknown route {other:?} (hands, body, matte)"),
     };
     parse(text)
@@ -70,6 +86,12 @@ pub fn parse(text: &str) -> anyhow::Result<Manifest> {
     let mut m: Manifest = toml::from_str(text)?;
     for f in &mut m.files {
         f.route = m.route.clone();
+        anyhow::ensure!(
+            matches!(f.source.as_str(), "hub" | "github-release"),
+            "{}: source {:?} is neither \"hub\" nor \"github-release\"",
+            f.label(),
+            f.source
+        );
     }
     Ok(m)
 }
@@ -137,5 +159,19 @@ mod tests {
             assert_eq!(f.path, format!("sapiens2_{size}_pose.safetensors"));
         }
         assert_eq!(m.files_for("1b").len(), 2);
+    }
+
+    #[test]
+    fn the_matte_manifest_pins_the_release_asset() {
+        let m = builtin("matte").unwrap();
+        let f = m.file("matte", "").unwrap();
+        assert!(f.is_github_release());
+        assert_eq!(f.path, "corridorkey_mlx.safetensors");
+        assert_eq!(
+            f.sha256.as_deref(),
+            Some("0b6b202768725fda9f7953090a705262d9c9276e241360d15218357a27d95580")
+        );
+        assert!(f.label().starts_with("github:"));
+        assert!(parse("route = \"x\"\n[[file]]\nrole = \"a\"\nsource = \"ftp\"\nrepo = \"a/b\"\npath = \"c\"\n").is_err());
     }
 }

@@ -12,8 +12,10 @@ use sha2::Digest as _;
 
 use super::hub::{DownloadProgress, Hub};
 use super::manifest;
-use crate::config::{BodyConfig, HandsConfig};
+use crate::config::{BodyConfig, HandsConfig, MatteConfig};
 use posed_models::body_pipeline::BodyModelFiles;
+use posed_models::corridorkey::CorridorKeyConfig;
+use posed_models::matte_pipeline::MatteModelFiles;
 use posed_models::rtmdet::RtmdetConfig;
 use posed_models::sapiens2::{Sapiens2Config, Sapiens2Size};
 
@@ -125,6 +127,22 @@ pub async fn body_files(config: &BodyConfig, hub: &Hub) -> Result<BodyModelFiles
         detector_weights: detector_safetensors(&pth)?,
         pose_config: Sapiens2Config::pose(size),
         pose_weights,
+    })
+}
+
+/// The matte route's files for `config`.
+pub async fn matte_files(config: &MatteConfig, hub: &Hub) -> Result<MatteModelFiles> {
+    if !config.models_dir.is_empty() {
+        return MatteModelFiles::from_dir(Path::new(&config.models_dir), config.img_size)
+            .map_err(anyhow::Error::msg);
+    }
+    let m = manifest::builtin("matte")?;
+    let weights = hub
+        .fetch(m.file("matte", "")?, DownloadProgress::bar())
+        .await?;
+    Ok(MatteModelFiles {
+        config: CorridorKeyConfig::base_plus(config.img_size),
+        weights,
     })
 }
 

@@ -153,6 +153,32 @@ pub fn synth_body(out: &Path, seed: u64) -> Result<()> {
     Ok(())
 }
 
+/// Writes a matte-route models folder into `out`: CorridorKey in the
+/// published layout (pos_embed for 2048²), random and marked synthetic.
+pub fn synth_matte(out: &Path, seed: u64) -> Result<()> {
+    use posed_models::corridorkey::{CorridorKey, CorridorKeyConfig};
+    use posed_models::matte_pipeline::MATTE_WEIGHTS;
+
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // The layout does not depend on the run size; a small one builds fast.
+    let layout =
+        synth::layout_of(|w| CorridorKey::new(CorridorKeyConfig::base_plus(64), w).map(drop))?;
+    let tensors = synth::random_tensors(&layout, seed).context("generating weights")?;
+    let target = out.join(MATTE_WEIGHTS);
+    Array::save_safetensors(
+        tensors.iter().map(|(k, v)| (k.as_str(), v)),
+        &synth::synthetic_metadata("corridorkey", seed),
+        &target,
+    )
+    .with_context(|| format!("writing {}", target.display()))?;
+    println!(
+        "wrote {} ({} tensors, synthetic)",
+        target.display(),
+        tensors.len()
+    );
+    Ok(())
+}
+
 /// Synthetic full-size weights for `route` in posed's cache, made once (for
 /// benchmarks on machines without the real downloads).
 pub fn cached_synthetic(route: &str) -> Result<std::path::PathBuf> {
@@ -164,7 +190,10 @@ pub fn cached_synthetic(route: &str) -> Result<std::path::PathBuf> {
         "body" => (posed_models::body_pipeline::POSE_WEIGHTS, |d| {
             synth_body(d, 0)
         }),
-        other => bail!("no synthetic weights for route {other:?} (hands, body)"),
+        "matte" => (posed_models::matte_pipeline::MATTE_WEIGHTS, |d| {
+            synth_matte(d, 0)
+        }),
+        other => bail!("no synthetic weights for route {other:?} (hands, body, matte)"),
     };
     if !dir.join(probe).is_file() {
         eprintln!(
