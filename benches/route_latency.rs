@@ -41,6 +41,8 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .map(|s| s.parse())
             .collect::<Result<_, _>>()?,
+        refiner_tile: value("--refiner-tile").map(|v| v.parse()).transpose()?,
+        profile: args.iter().any(|a| a == "--profile"),
         warmup: value("--warmup").map_or(Ok(10), |v| v.parse())?,
         runs: value("--runs").map_or(Ok(100), |v| v.parse())?,
     };

@@ -46,6 +46,10 @@ pub struct BenchOptions {
     pub flip_test: bool,
     /// Matte route: the model sizes to compare.
     pub matte_sizes: Vec<i32>,
+    /// Matte route: run the refiner in tiles of this size.
+    pub refiner_tile: Option<i32>,
+    /// Print per-part timings of the network first.
+    pub profile: bool,
     pub warmup: usize,
     pub runs: usize,
 }
@@ -348,10 +352,21 @@ pub fn run_matte(files: &MatteModelFiles, options: &BenchOptions) -> Result<Repo
             let mut files = files.clone();
             files.config.img_size = size;
             let head = dtype(name)?.unwrap_or(mlx_rs::Dtype::Float32);
-            let (pipeline, synthetic) = MattePipeline::load(&files, head, FrameFit::Resize)
+            let (mut pipeline, synthetic) = MattePipeline::load(&files, head, FrameFit::Resize)
                 .with_context(|| format!("loading CorridorKey at {size} ({name})"))?;
+            pipeline.refiner_tile = options.refiner_tile;
             synthetic_weights |= synthetic;
+            if options.profile {
+                profile_matte(&pipeline, &jpeg, &format!("{name} @{size}"))?;
+            }
+            posed_models::runtime::reset_peak_memory();
             let stages = time_matte_case(&pipeline, &jpeg, &hint_png, options)?;
+            let mem = posed_models::runtime::memory_use();
+            eprintln!(
+                "matte {name} @{size}: MLX peak {:.2} GiB, cache {:.2} GiB",
+                mem.peak as f64 / (1u64 << 30) as f64,
+                mem.cache as f64 / (1u64 << 30) as f64
+            );
             eprintln!(
                 "{}",
                 case_line("matte", &format!("{name} @{size}"), 1, &stages)
@@ -374,6 +389,25 @@ pub fn run_matte(files: &MatteModelFiles, options: &BenchOptions) -> Result<Repo
     );
     r.image = "1920x1080 JPEG + PNG hint";
     Ok(r)
+}
+
+/// CorridorKey part by part, twice (the first run pays first-use costs),
+/// each part printed as it finishes.
+fn profile_matte(p: &MattePipeline, jpeg: &[u8], label: &str) -> Result<()> {
+    let image = proto::push_image_request::Image::Encoded(jpeg.to_vec());
+    let rgb = crate::decode::decode(Some(&image), u64::MAX)
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    let img = RgbImage::new(rgb.width, rgb.height, &rgb.data).context("decoded frame")?;
+    let x = p.prepare(
+        img,
+        Hint::Fallback(posed_models::matte_pipeline::FallbackHint::Ones),
+    )?;
+    for run in 1..=2 {
+        p.profile(&x, &mut |part, ms| {
+            eprintln!("profile {label} run {run}: {part} {ms:.1} ms")
+        })?;
+    }
+    Ok(())
 }
 
 fn time_matte_case(

@@ -89,6 +89,9 @@ pub struct ServerConfig {
     pub subscriber_queue: usize,
     pub max_waiting_pushes: usize,
     pub shutdown_deadline_ms: u64,
+    /// Cap on the freed buffers MLX keeps for reuse, in MiB (0 = MLX's
+    /// default, which may grow to most of the device's memory).
+    pub mlx_cache_limit_mb: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -208,7 +211,7 @@ impl Default for MatteConfig {
             enabled: false,
             models_dir: String::new(),
             img_size: 1024,
-            head_dtype: "bfloat16".into(),
+            head_dtype: "float32".into(),
             fit: "resize".into(),
             tile_overlap: 64,
             refiner_tile: 0,
@@ -239,6 +242,7 @@ impl Default for ServerConfig {
             subscriber_queue: 64,
             max_waiting_pushes: 8,
             shutdown_deadline_ms: 1500,
+            mlx_cache_limit_mb: 0,
         }
     }
 }
@@ -277,6 +281,9 @@ const KEYS: &[(&str, Setter)] = &[
     }),
     ("server.subscriber_queue", |c, v| {
         set_num(&mut c.server.subscriber_queue, v)
+    }),
+    ("server.mlx_cache_limit_mb", |c, v| {
+        set_num(&mut c.server.mlx_cache_limit_mb, v)
     }),
     ("server.max_waiting_pushes", |c, v| {
         set_num(&mut c.server.max_waiting_pushes, v)

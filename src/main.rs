@@ -129,6 +129,15 @@ struct BenchArgs {
     /// Matte route: CorridorKey input sizes to compare.
     #[arg(long, value_delimiter = ',', default_value = "512,1024")]
     sizes: Vec<i32>,
+    /// Matte route: run the refiner in tiles of this size (matte.refiner_tile).
+    #[arg(long)]
+    refiner_tile: Option<i32>,
+    /// Matte route: print the network's time per part first.
+    #[arg(long)]
+    profile: bool,
+    /// Cap MLX's cache of freed buffers (MiB; server.mlx_cache_limit_mb).
+    #[arg(long)]
+    cache_limit_mb: Option<usize>,
     /// WiLoR eager and/or compiled into one MLX graph: off, on or off,on.
     #[arg(long, value_delimiter = ',', default_value = "off")]
     compile: Vec<String>,
@@ -270,6 +279,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(mb) = args.cache_limit_mb {
+        posed_models::runtime::set_cache_limit(mb << 20);
+    }
     let models = match args.models {
         Some(m) => m,
         None => posed::weights::synth::cached_synthetic(&args.route)?,
@@ -293,6 +305,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             other => anyhow::bail!("--flip-test takes on or off (not {other:?})"),
         },
         matte_sizes: args.sizes,
+        refiner_tile: args.refiner_tile,
+        profile: args.profile,
         warmup: args.warmup,
         runs: args.runs,
     };

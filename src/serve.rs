@@ -80,6 +80,9 @@ pub async fn run(config: Config) -> Result<()> {
             // Finding (maybe downloading) the files happens here, on the MLX
             // thread, so the server already answers NOT_SERVING meanwhile.
             let config = loader_config;
+            if config.server.mlx_cache_limit_mb > 0 {
+                posed_models::runtime::set_cache_limit(config.server.mlx_cache_limit_mb << 20);
+            }
             let hands = &config.hands;
             let hand_files = if hands.enabled {
                 Some(runtime.block_on(crate::weights::resolve::hand_files(hands, &hub))?)

@@ -49,6 +49,23 @@ fn check_passes_on_the_body_fixtures() {
     assert!(text.contains("all 53 tensors within tolerance"), "{text}");
 }
 
+/// The matte folder: CorridorKey's four encoder stages, both heads, the
+/// refiner and the outputs.
+#[test]
+fn check_passes_on_the_matte_fixture() {
+    let dir = posed_models::fixture::fixtures_dir().join("matte");
+    let (ok, text) = posed(&["fixture", "check", "--dir", dir.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    for tensor in [
+        "intermediate.encoder_feature_3",
+        "intermediate.delta_logits",
+        "output.alpha",
+    ] {
+        assert!(text.contains(tensor), "{tensor} missing: {text}");
+    }
+    assert!(text.contains("all 9 tensors within tolerance"), "{text}");
+}
+
 #[test]
 fn check_fails_and_names_a_tensor_that_drifted() {
     let src = hands_dir();

@@ -179,15 +179,55 @@ impl MaskUnitAttention {
         let scale = (hd as f32).powf(-0.5);
         // SDPA over the last two axes, windows folded into the batch.
         let fold = |a: &Array| a.reshape(&[b * s.heads * windows, 1, a.dim(3), hd]);
-        let o =
-            fast::scaled_dot_product_attention(fold(&q)?, fold(&k)?, fold(&v)?, scale, None, None)?
-                .reshape(&[b, s.heads, windows, t, hd])?;
+        let o = attention_in_chunks(&fold(&q)?, &fold(&k)?, &fold(&v)?, scale, MAX_SCORES)?
+            .reshape(&[b, s.heads, windows, t, hd])?;
         // PyTorch's transpose(1, 3): (B, T, windows, heads, hd).
         let o = o
             .transpose_axes(&[0, 3, 2, 1, 4])?
             .reshape(&[b, -1, s.dim_out])?;
         self.proj.forward(&o)
     }
+}
+
+/// Attention scores one attention call may hold (256 MiB in float32).
+const MAX_SCORES: i64 = 1 << 26;
+
+/// Scaled dot-product attention over (B, 1, T, D) arrays, the queries in
+/// chunks so that no call holds more than `max_scores` scores. MLX's CUDA
+/// backend has no fused float32 attention: at 2048² the global stages
+/// (16384 tokens, 8 heads) would hold 8.6 GB of scores per call, several
+/// times over. Each query's softmax is over all keys, so chunking the
+/// queries changes nothing.
+fn attention_in_chunks(
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    scale: f32,
+    max_scores: i64,
+) -> Result<Array> {
+    let (batch, t, tk) = (q.dim(0) as i64, q.dim(2), k.dim(2) as i64);
+    let chunk = (max_scores / (batch * tk)).max(1) as i32;
+    if chunk >= t {
+        return fast::scaled_dot_product_attention(q, k, v, scale, None, None);
+    }
+    let parts = (0..t)
+        .step_by(chunk as usize)
+        .map(|start| {
+            let end = (start + chunk).min(t);
+            let o = fast::scaled_dot_product_attention(
+                q.index((.., .., start..end, ..)),
+                k,
+                v,
+                scale,
+                None,
+                None,
+            )?;
+            // Bound the graph: one chunk's scores alive at a time.
+            o.eval()?;
+            Ok(o)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    ops::concatenate(&parts, 2)
 }
 
 struct HieraBlock {
@@ -448,9 +488,20 @@ impl GroupNorm {
         let g = x.reshape(&[b, h, w, self.groups, c / self.groups])?;
         let (mean, var) = match stats {
             Some(s) => (s.mean.clone(), s.var.clone()),
+            // Over the group's channels first (contiguous), then over the
+            // pixels with the groups kept last. Reducing axes (1, 2, 4) in
+            // one go is a pattern MLX's CUDA backend runs slowly: 1.8 s of
+            // refiner at 512² on an H100 against 28 ms for these two
+            // (docs/PERFORMANCE.md).
             None => {
-                let mean = g.mean_axes(&[1, 2, 4], true)?;
-                let var = g.subtract(&mean)?.square()?.mean_axes(&[1, 2, 4], true)?;
+                let per_group = |a: &Array| -> Result<Array> {
+                    a.mean_axis(4, false)?
+                        .reshape(&[b, h * w, self.groups])?
+                        .mean_axis(1, false)?
+                        .reshape(&[b, 1, 1, self.groups, 1])
+                };
+                let mean = per_group(&g)?;
+                let var = per_group(&g.subtract(&mean)?.square()?)?;
                 (mean, var)
             }
         };
@@ -554,8 +605,13 @@ impl Refiner {
 
     fn run(&self, x: &Array, stats: &mut Stats) -> Result<Array> {
         let mut y = relu(&stats.norm(&self.stem_gn, &self.stem_conv.forward(x)?)?)?;
+        // Evaluated block by block: as one lazy graph, the full-resolution
+        // temporaries of every block are alive together (27 GB at 1024² in
+        // float32; 2048² did not fit an 80 GB GPU).
+        y.eval()?;
         for b in &self.blocks {
             y = b.forward(&y, stats)?;
+            y.eval()?;
         }
         self.final_conv
             .forward(&y)?
@@ -687,6 +743,19 @@ impl CorridorKey {
     /// whole image's GroupNorm statistics (the same result, smaller
     /// intermediates).
     pub fn forward_with(&self, x: &Array, refiner_tile: Option<i32>) -> Result<MatteOutput> {
+        self.forward_observed(x, refiner_tile, &mut |_, _| Ok(()))
+    }
+
+    /// [`Self::forward_with`], handing each part's result to `observe` as
+    /// it is built (`patch_embed`, `stage0`..`stage3`, `alpha_decoder`,
+    /// `fg_decoder`, `refiner`, `output`): a profiler evaluates them there.
+    pub fn forward_observed(
+        &self,
+        x: &Array,
+        refiner_tile: Option<i32>,
+        observe: &mut dyn FnMut(&'static str, &Array) -> Result<()>,
+    ) -> Result<MatteOutput> {
+        const STAGES: [&str; 4] = ["stage0", "stage1", "stage2", "stage3"];
         let s = self.cfg.img_size;
         if x.dim(1) != s || x.dim(2) != s || x.dim(3) != 4 {
             return Err(mlx_rs::error::Exception::custom(format!(
@@ -702,13 +771,19 @@ impl CorridorKey {
             .forward(x)?
             .reshape(&[b, grid * grid, self.cfg.embed_dim])?
             .add(&self.pos_embed)?;
+        observe("patch_embed", &tokens)?;
         let mut t = unroll(&tokens, grid, steps)?;
         let ends = self.cfg.stage_ends();
         let mut features = Vec::with_capacity(ends.len());
         for (i, block) in self.blocks.iter().enumerate() {
             t = block.forward(&t)?;
             if let Some(stage) = ends.iter().position(|&e| e == i) {
+                // One stage's graph at a time (and each head, and each
+                // refiner block): evaluated as one graph, the encoder, heads
+                // and refiner ran an 80 GB GPU out of memory at 2048².
+                t.eval()?;
                 features.push(reroll(&t, grid, steps, stage.min(Q_POOL))?);
+                observe(STAGES[stage.min(3)], &t)?;
             }
         }
         // The heads (and the refiner) may run in a lower precision; the
@@ -721,10 +796,15 @@ impl CorridorKey {
             .alpha_decoder
             .forward(&features)?
             .as_dtype(Dtype::Float32)?;
+        // Each head evaluated on its own, as the stages are (memory).
+        alpha_logits.eval()?;
+        observe("alpha_decoder", &alpha_logits)?;
         let fg_logits = self
             .fg_decoder
             .forward(&features)?
             .as_dtype(Dtype::Float32)?;
+        fg_logits.eval()?;
+        observe("fg_decoder", &fg_logits)?;
         let up = s / alpha_logits.dim(1);
         let alpha_up = upsample_bilinear(&alpha_logits, up)?;
         let fg_up = upsample_bilinear(&fg_logits, up)?;
@@ -737,8 +817,10 @@ impl CorridorKey {
             None => self.refiner.forward(&refiner_in)?,
         }
         .as_dtype(Dtype::Float32)?;
+        observe("refiner", &delta_logits)?;
         let alpha = ops::sigmoid(&alpha_up.add(delta_logits.index((.., .., .., ..1)))?)?;
         let fg = ops::sigmoid(&fg_up.add(delta_logits.index((.., .., .., 1..)))?)?;
+        observe("output", &fg)?;
         Ok(MatteOutput {
             features,
             alpha_logits,
@@ -898,4 +980,35 @@ pub fn run_fixture(dir: &Path) -> std::result::Result<Tensors, FixtureError> {
         a.eval()?;
     }
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_attention_is_the_same_attention() {
+        let n = |shape: &[i32], seed: u64| {
+            mlx_rs::random::normal::<f32>(shape, None, None, &mlx_rs::random::key(seed).unwrap())
+                .unwrap()
+        };
+        let (q, k, v) = (
+            n(&[3, 1, 50, 8], 1),
+            n(&[3, 1, 40, 8], 2),
+            n(&[3, 1, 40, 8], 3),
+        );
+        let whole = attention_in_chunks(&q, &k, &v, 0.35, i64::MAX).unwrap();
+        // 3 × 40 scores per query: chunks of 7 queries, the last one short.
+        let chunked = attention_in_chunks(&q, &k, &v, 0.35, 3 * 40 * 7).unwrap();
+        assert_eq!(chunked.shape(), [3, 1, 50, 8]);
+        let d = whole
+            .subtract(&chunked)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(None)
+            .unwrap()
+            .item_exact::<f32>();
+        assert!(d < 1e-6, "{d}");
+    }
 }

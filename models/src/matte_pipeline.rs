@@ -149,6 +149,21 @@ impl MattePipeline {
         self.net.config()
     }
 
+    /// The network on `x` (prepared, resize fit) part by part, each part
+    /// evaluated before the next is built; `part` hears each part's name
+    /// and milliseconds as it finishes.
+    pub fn profile(&self, x: &Array, part: &mut dyn FnMut(&'static str, f64)) -> Result<()> {
+        let mut lap = std::time::Instant::now();
+        self.net
+            .forward_observed(x, self.refiner_tile, &mut |name, a| {
+                a.eval()?;
+                part(name, lap.elapsed().as_secs_f64() * 1e3);
+                lap = std::time::Instant::now();
+                Ok(())
+            })?;
+        Ok(())
+    }
+
     /// The (height, width) the network sees for a `width × height` frame.
     pub fn network_size(&self, width: usize, height: usize) -> (usize, usize) {
         match self.fit {

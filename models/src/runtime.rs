@@ -60,6 +60,19 @@ impl DeviceReport {
     }
 }
 
+/// Whether MLX's default device (this thread's) is a GPU.
+pub fn default_device_is_gpu() -> bool {
+    // SAFETY: the device handle is created and freed here.
+    unsafe {
+        let mut device = mlx_sys::mlx_device_new();
+        mlx_sys::mlx_get_default_device(&mut device);
+        let mut kind = mlx_sys::mlx_device_type__MLX_CPU;
+        mlx_sys::mlx_device_get_type(&mut kind, device);
+        mlx_sys::mlx_device_free(device);
+        kind == mlx_sys::mlx_device_type__MLX_GPU
+    }
+}
+
 pub fn default_device() -> DeviceReport {
     // SAFETY: the device handle is created and freed here.
     unsafe {
@@ -191,4 +204,55 @@ pub fn self_check() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// MLX's allocator: memory held by arrays, the most it has held since the
+/// last reset, and freed buffers it keeps for reuse (bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryUse {
+    pub active: usize,
+    pub peak: usize,
+    pub cache: usize,
+}
+
+pub fn memory_use() -> MemoryUse {
+    let (mut active, mut peak, mut cache) = (0, 0, 0);
+    // SAFETY: plain out-parameters.
+    unsafe {
+        mlx_sys::mlx_get_active_memory(&mut active);
+        mlx_sys::mlx_get_peak_memory(&mut peak);
+        mlx_sys::mlx_get_cache_memory(&mut cache);
+    }
+    MemoryUse {
+        active,
+        peak,
+        cache,
+    }
+}
+
+pub fn reset_peak_memory() {
+    // SAFETY: no arguments.
+    unsafe {
+        mlx_sys::mlx_reset_peak_memory();
+    }
+}
+
+/// Caps the freed buffers MLX keeps for reuse; returns the previous cap.
+/// Large frames leave buffers of many sizes behind: uncapped, the cache
+/// can hold most of a GPU's memory and the next large allocation fails.
+pub fn set_cache_limit(bytes: usize) -> usize {
+    let mut previous = 0;
+    // SAFETY: plain out-parameter.
+    unsafe {
+        mlx_sys::mlx_set_cache_limit(&mut previous, bytes);
+    }
+    previous
+}
+
+/// Frees the buffers MLX keeps for reuse.
+pub fn clear_cache() {
+    // SAFETY: no arguments.
+    unsafe {
+        mlx_sys::mlx_clear_cache();
+    }
 }
