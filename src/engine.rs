@@ -460,8 +460,31 @@ pub fn route_name(route: Route) -> &'static str {
 /// What the routes keep between frames (MLX arrays: this thread only).
 #[derive(Default)]
 struct RouteState {
-    /// The last alpha per source, at the network's resolution.
-    previous_alpha: HashMap<String, mlx_rs::Array>,
+    /// The last alpha per source, at the network's resolution, and the
+    /// count of alphas kept when it was made.
+    previous_alpha: HashMap<String, (u64, mlx_rs::Array)>,
+    alphas_kept: u64,
+}
+
+/// Streams whose last alpha is kept: PushStream clients name their own
+/// sources, so the map is bounded (the stalest stream is forgotten).
+const MAX_MATTE_STREAMS: usize = 16;
+
+impl RouteState {
+    fn keep_alpha(&mut self, source: &str, alpha: mlx_rs::Array) {
+        let map = &mut self.previous_alpha;
+        if !map.contains_key(source) && map.len() >= MAX_MATTE_STREAMS {
+            if let Some(stalest) = map
+                .iter()
+                .min_by_key(|(_, (t, _))| *t)
+                .map(|(k, _)| k.clone())
+            {
+                map.remove(&stalest);
+            }
+        }
+        self.alphas_kept += 1;
+        map.insert(source.to_owned(), (self.alphas_kept, alpha));
+    }
 }
 
 fn run_route(
@@ -597,9 +620,13 @@ fn run_matte(
         .ok_or_else(|| format!("frame is not {}x{} RGB", f.width, f.height))?;
     let p = &m.pipeline;
     let (nh, nw) = p.network_size(f.width, f.height);
-    let previous = state.previous_alpha.get(&f.source_id).filter(|a| {
-        job.stream && m.hint_from_previous && a.shape() == [1, nh as i32, nw as i32, 1]
-    });
+    let previous = state
+        .previous_alpha
+        .get(&f.source_id)
+        .map(|(_, a)| a)
+        .filter(|a| {
+            job.stream && m.hint_from_previous && a.shape() == [1, nh as i32, nw as i32, 1]
+        });
     let (hint, source) = match (&job.matte_hint, previous) {
         (Some(plane), _) => (Hint::Plane(plane), HintSource::Pushed),
         (None, Some(a)) => (Hint::Previous(a), HintSource::Previous),
@@ -619,9 +646,7 @@ fn run_matte(
         .map_err(|e| e.to_string())?;
     timings.push(("resize", t.elapsed()));
     if job.stream && m.hint_from_previous {
-        state
-            .previous_alpha
-            .insert(f.source_id.clone(), out.network_alpha);
+        state.keep_alpha(&f.source_id, out.network_alpha);
     }
     Ok(MatteResult {
         frame: f.clone(),
@@ -744,6 +769,24 @@ mod tests {
             matte_images: false,
             reply,
         }
+    }
+
+    #[test]
+    fn matte_streams_are_bounded_and_the_stalest_is_forgotten() {
+        let mut state = RouteState::default();
+        for i in 0..MAX_MATTE_STREAMS + 3 {
+            state.keep_alpha(&format!("s{i}"), mlx_rs::Array::from_f32(i as f32));
+            // s1 keeps streaming: it is never the stalest.
+            state.keep_alpha("s1", mlx_rs::Array::from_f32(0.0));
+        }
+        let kept = &state.previous_alpha;
+        assert_eq!(kept.len(), MAX_MATTE_STREAMS);
+        assert!(kept.contains_key("s1"));
+        // Three streams too many: the three stalest went.
+        for gone in ["s0", "s2", "s3"] {
+            assert!(!kept.contains_key(gone), "{gone}");
+        }
+        assert!(kept.contains_key("s4") && kept.contains_key("s18"));
     }
 
     #[test]
