@@ -8,7 +8,7 @@ use posed_models::hand_detector::iou;
 use posed_models::hand_pipeline::HandEstimate;
 
 use crate::decode::encode_png;
-use crate::engine::{BodyResult, HandsResult, HintSource, MatteResult};
+use crate::engine::{BodyResult, Frame, HandsResult, HintSource, MatteResult};
 use crate::proto;
 
 /// Boxes must overlap at least this much to continue a track.
@@ -124,45 +124,28 @@ pub fn hands_event(
     mirror: bool,
     post_time: Duration,
 ) -> proto::Event {
-    let f = &result.frame;
-    let mut timings: Vec<proto::StageTiming> = result
-        .timings
-        .iter()
-        .map(|(stage, d)| timing(stage, *d))
-        .collect();
-    timings.push(timing("post", post_time));
     let hands = result
         .hands
         .iter()
         .zip(track_ids)
         .map(|(h, &id)| hand_pose(h, id, mirror))
         .collect();
+    let payload = proto::event::Payload::Hands(proto::Hands { hands });
     proto::Event {
-        frame_id: f.id,
-        source_id: f.source_id.clone(),
-        client_frame_id: f.client_frame_id,
-        route: proto::Route::Hands as i32,
-        capture_unix_ns: unix_ns(f.captured),
-        emit_unix_ns: unix_ns(SystemTime::now()),
-        timings,
-        dropped_frames: result.dropped_before,
-        dropped_for_subscriber: 0,
-        image_width: f.width as u32,
-        image_height: f.height as u32,
         mirrored: mirror,
-        payload: Some(proto::event::Payload::Hands(proto::Hands { hands })),
+        ..route_event(
+            &result.frame,
+            proto::Route::Hands,
+            &result.timings,
+            post_time,
+            result.dropped_before,
+            payload,
+        )
     }
 }
 
 /// The event for one body-route result.
 pub fn body_event(result: &BodyResult, track_ids: &[u32], post_time: Duration) -> proto::Event {
-    let f = &result.frame;
-    let mut timings: Vec<proto::StageTiming> = result
-        .timings
-        .iter()
-        .map(|(stage, d)| timing(stage, *d))
-        .collect();
-    timings.push(timing("post", post_time));
     let people = result
         .people
         .iter()
@@ -178,21 +161,15 @@ pub fn body_event(result: &BodyResult, track_ids: &[u32], post_time: Duration) -
             }
         })
         .collect();
-    proto::Event {
-        frame_id: f.id,
-        source_id: f.source_id.clone(),
-        client_frame_id: f.client_frame_id,
-        route: proto::Route::Body as i32,
-        capture_unix_ns: unix_ns(f.captured),
-        emit_unix_ns: unix_ns(SystemTime::now()),
-        timings,
-        dropped_frames: result.dropped_before,
-        dropped_for_subscriber: 0,
-        image_width: f.width as u32,
-        image_height: f.height as u32,
-        mirrored: false,
-        payload: Some(proto::event::Payload::Bodies(proto::Bodies { people })),
-    }
+    let payload = proto::event::Payload::Bodies(proto::Bodies { people });
+    route_event(
+        &result.frame,
+        proto::Route::Body,
+        &result.timings,
+        post_time,
+        result.dropped_before,
+        payload,
+    )
 }
 
 /// How matte events carry their images.
@@ -211,7 +188,6 @@ pub fn matte_event(
     with_images: bool,
 ) -> proto::Event {
     let started = std::time::Instant::now();
-    let f = &result.frame;
     let m = &result.matte;
     let (w, h) = (m.width, m.height);
     let encode = |data: Vec<u8>, channels: usize| -> bytes::Bytes {
@@ -249,26 +225,43 @@ pub fn matte_event(
             HintSource::Fallback => proto::MatteHintSource::Fallback,
         } as i32,
     };
-    let mut timings: Vec<proto::StageTiming> = result
-        .timings
-        .iter()
-        .map(|(stage, d)| timing(stage, *d))
-        .collect();
-    timings.push(timing("post", started.elapsed()));
+    route_event(
+        &result.frame,
+        proto::Route::Matte,
+        &result.timings,
+        started.elapsed(),
+        result.dropped_before,
+        proto::event::Payload::Matte(matte),
+    )
+}
+
+/// The event of one route's result for `frame`: the route's stage timings
+/// then post-processing's, and the frame's identity and size.
+fn route_event(
+    frame: &Frame,
+    route: proto::Route,
+    stages: &[(&'static str, Duration)],
+    post_time: Duration,
+    dropped_before: u64,
+    payload: proto::event::Payload,
+) -> proto::Event {
+    let mut timings: Vec<proto::StageTiming> =
+        stages.iter().map(|(stage, d)| timing(stage, *d)).collect();
+    timings.push(timing("post", post_time));
     proto::Event {
-        frame_id: f.id,
-        source_id: f.source_id.clone(),
-        client_frame_id: f.client_frame_id,
-        route: proto::Route::Matte as i32,
-        capture_unix_ns: unix_ns(f.captured),
+        frame_id: frame.id,
+        source_id: frame.source_id.clone(),
+        client_frame_id: frame.client_frame_id,
+        route: route as i32,
+        capture_unix_ns: unix_ns(frame.captured),
         emit_unix_ns: unix_ns(SystemTime::now()),
         timings,
-        dropped_frames: result.dropped_before,
+        dropped_frames: dropped_before,
         dropped_for_subscriber: 0,
-        image_width: f.width as u32,
-        image_height: f.height as u32,
+        image_width: frame.width as u32,
+        image_height: frame.height as u32,
         mirrored: false,
-        payload: Some(proto::event::Payload::Matte(matte)),
+        payload: Some(payload),
     }
 }
 

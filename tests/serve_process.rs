@@ -36,6 +36,40 @@ fn models_dir(dir: &std::path::Path) -> PathBuf {
     out
 }
 
+/// A channel to the daemon at `grpc` once it listens and health reports
+/// `service` SERVING (within 60 s).
+async fn serving_channel(grpc: &str, service: &str) -> tonic::transport::Channel {
+    let url = format!("http://{grpc}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let channel = loop {
+        match tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("daemon never listened: {e}"),
+        }
+    };
+    let mut health = HealthClient::new(channel.clone());
+    while health
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .map(|s| s.into_inner().status)
+        .unwrap_or(0)
+        != 1
+    {
+        assert!(Instant::now() < deadline, "never SERVING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    channel
+}
+
 fn http_get(addr: &str, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
@@ -281,34 +315,7 @@ async fn a_body_only_daemon_answers_pushes_from_the_cli() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let url = format!("http://{grpc}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let channel = loop {
-        match tonic::transport::Endpoint::from_shared(url.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
-            Ok(c) => break c,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => panic!("daemon never listened: {e}"),
-        }
-    };
-    let mut health = HealthClient::new(channel.clone());
-    while health
-        .check(HealthCheckRequest {
-            service: "posed.v1.PoseService/body".into(),
-        })
-        .await
-        .map(|s| s.into_inner().status)
-        .unwrap_or(0)
-        != 1
-    {
-        assert!(Instant::now() < deadline, "never SERVING");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let channel = serving_channel(&grpc, "posed.v1.PoseService/body").await;
     let image = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/replay");
     let image = std::fs::read_dir(image)
         .unwrap()
@@ -385,34 +392,7 @@ async fn a_matte_only_daemon_writes_pngs_from_the_cli() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let url = format!("http://{grpc}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let channel = loop {
-        match tonic::transport::Endpoint::from_shared(url.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
-            Ok(c) => break c,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => panic!("daemon never listened: {e}"),
-        }
-    };
-    let mut health = HealthClient::new(channel.clone());
-    while health
-        .check(HealthCheckRequest {
-            service: "posed.v1.PoseService/matte".into(),
-        })
-        .await
-        .map(|s| s.into_inner().status)
-        .unwrap_or(0)
-        != 1
-    {
-        assert!(Instant::now() < deadline, "never SERVING");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let channel = serving_channel(&grpc, "posed.v1.PoseService/matte").await;
     let (w, h) = (96u32, 64u32);
     let frame = dir.path().join("frame.png");
     image::RgbImage::from_fn(w, h, |x, y| {

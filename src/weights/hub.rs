@@ -385,7 +385,8 @@ fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|c| c.is_ascii_hexdigit())
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources, one line.
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(inner) = source {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use sha2::Digest as _;
 use tokio::io::AsyncWriteExt;
 
-use super::hub::{DownloadProgress, HubError, HubOptions};
+use super::hub::{error_chain, DownloadProgress, HubError, HubOptions};
 use super::manifest::ManifestFile;
 
 /// Where a release asset lives in posed's cache.
@@ -256,15 +256,4 @@ fn download_error(file: &ManifestFile, attempts: u32, e: &dyn std::error::Error)
         attempts,
         reason: error_chain(e),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }

@@ -132,24 +132,24 @@ pub fn synth_body(out: &Path, seed: u64) -> Result<()> {
     let pose = synth::layout_of(|w| {
         Sapiens2Pose::new(Sapiens2Config::pose(Sapiens2Size::B0_4), w).map(drop)
     })?;
-    for (layout, file, what) in [
-        (&detector, DETECTOR_WEIGHTS, "rtmdet-m"),
-        (&pose, POSE_WEIGHTS, "sapiens2-pose-0.4b"),
-    ] {
-        let tensors = synth::random_tensors(layout, seed).context("generating weights")?;
-        let target = out.join(file);
-        Array::save_safetensors(
-            tensors.iter().map(|(k, v)| (k.as_str(), v)),
-            &synth::synthetic_metadata(what, seed),
-            &target,
-        )
-        .with_context(|| format!("writing {}", target.display()))?;
-        println!(
-            "wrote {} ({} tensors, synthetic)",
-            target.display(),
-            tensors.len()
-        );
-    }
+    write_random(&detector, &out.join(DETECTOR_WEIGHTS), "rtmdet-m", seed)?;
+    write_random(&pose, &out.join(POSE_WEIGHTS), "sapiens2-pose-0.4b", seed)
+}
+
+/// Random tensors in `layout`, marked synthetic, saved as `target`.
+fn write_random(layout: &synth::Manifest, target: &Path, what: &str, seed: u64) -> Result<()> {
+    let tensors = synth::random_tensors(layout, seed).context("generating weights")?;
+    Array::save_safetensors(
+        tensors.iter().map(|(k, v)| (k.as_str(), v)),
+        &synth::synthetic_metadata(what, seed),
+        target,
+    )
+    .with_context(|| format!("writing {}", target.display()))?;
+    println!(
+        "wrote {} ({} tensors, synthetic)",
+        target.display(),
+        tensors.len()
+    );
     Ok(())
 }
 
@@ -163,20 +163,7 @@ pub fn synth_matte(out: &Path, seed: u64) -> Result<()> {
     // The layout does not depend on the run size; a small one builds fast.
     let layout =
         synth::layout_of(|w| CorridorKey::new(CorridorKeyConfig::base_plus(64), w).map(drop))?;
-    let tensors = synth::random_tensors(&layout, seed).context("generating weights")?;
-    let target = out.join(MATTE_WEIGHTS);
-    Array::save_safetensors(
-        tensors.iter().map(|(k, v)| (k.as_str(), v)),
-        &synth::synthetic_metadata("corridorkey", seed),
-        &target,
-    )
-    .with_context(|| format!("writing {}", target.display()))?;
-    println!(
-        "wrote {} ({} tensors, synthetic)",
-        target.display(),
-        tensors.len()
-    );
-    Ok(())
+    write_random(&layout, &out.join(MATTE_WEIGHTS), "corridorkey", seed)
 }
 
 /// Synthetic full-size weights for `route` in posed's cache, made once (for
