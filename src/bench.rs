@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use posed_models::body_pipeline::{BodyModelFiles, BodyPipeline};
-use posed_models::hand_pipeline::{HandBox, HandModelFiles, HandPipeline};
+use posed_models::hand_pipeline::{HandBox, HandEstimate, HandModelFiles, HandPipeline};
 use posed_models::image::RgbImage;
 use posed_models::matte_pipeline::{FrameFit, Hint, MatteModelFiles, MattePipeline};
 use prost::Message;
@@ -74,6 +74,17 @@ pub struct CaseResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub img_size: Option<i32>,
     pub stages: BTreeMap<String, Percentiles>,
+    /// Hand route: this case's 3-D output against the first float32 case's
+    /// on the same crops.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_f32: Option<Deviation>,
+}
+
+/// Largest absolute difference of the 3-D outputs (metres).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Deviation {
+    pub keypoints_3d_max_abs_m: f32,
+    pub vertices_max_abs_m: f32,
 }
 
 #[derive(Debug, Serialize)]
@@ -90,7 +101,7 @@ pub struct Report {
     pub cases: Vec<CaseResult>,
 }
 
-const HAND_STAGES: [&str; 8] = [
+const HAND_STAGES: [&str; 9] = [
     "decode",
     "preprocess",
     "detect",
@@ -98,8 +109,14 @@ const HAND_STAGES: [&str; 8] = [
     "pose",
     "mano",
     "post",
+    "model",
     "end_to_end",
 ];
+
+/// Spans of consecutive stages, timed as one: `model` is the WiLoR model
+/// stage as its peers measure it (network and final MANO, results on the
+/// host), crops in.
+const SPANS: [(&str, [&str; 2]); 1] = [("model", ["pose", "mano"])];
 
 const BODY_STAGES: [&str; 8] = [
     "decode",
@@ -149,7 +166,7 @@ pub fn sized_jpeg(w: u32, h: u32) -> Vec<u8> {
 }
 
 /// Fixed hand boxes spread over a 640×480 frame.
-fn boxes(n: usize) -> Vec<HandBox> {
+pub fn fixed_hand_boxes(n: usize) -> Vec<HandBox> {
     (0..n)
         .map(|i| {
             let x = 60.0 + 130.0 * (i % 4) as f32;
@@ -178,6 +195,9 @@ pub fn dtype(name: &str) -> Result<Option<mlx_rs::Dtype>> {
 pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
     let jpeg = test_jpeg();
     let mut cases = Vec::new();
+    // The first float32 case's hands per batch size: what the other cases
+    // are compared against.
+    let mut reference: BTreeMap<usize, Vec<HandEstimate>> = BTreeMap::new();
     let mut synthetic_weights = false;
     for name in &options.pose_dtypes {
         for &compiled in &options.compile {
@@ -194,7 +214,23 @@ pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
             };
             for &n in &options.per_frame {
                 let stages = time_case(&pipeline, &jpeg, n, options)?;
-                eprintln!("{}", case_line("hands", &label, n, &stages));
+                let outputs = hand_outputs(&pipeline, &jpeg, n)?;
+                let vs_f32 = match reference.get(&n) {
+                    Some(f32_outputs) => Some(deviation(f32_outputs, &outputs)),
+                    None if name == "f32" => {
+                        reference.insert(n, outputs);
+                        None
+                    }
+                    None => None,
+                };
+                let mut line = case_line("hands", &label, n, &stages);
+                if let Some(d) = vs_f32 {
+                    line.push_str(&format!(
+                        " | vs f32: keypoints {:.2e} m, vertices {:.2e} m",
+                        d.keypoints_3d_max_abs_m, d.vertices_max_abs_m
+                    ));
+                }
+                eprintln!("{line}");
                 cases.push(CaseResult {
                     route: "hands",
                     pose_dtype: name.clone(),
@@ -202,6 +238,7 @@ pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
                     per_frame: n,
                     img_size: None,
                     stages,
+                    vs_f32,
                 });
             }
         }
@@ -265,6 +302,7 @@ pub fn run_body(files: &BodyModelFiles, options: &BenchOptions) -> Result<Report
                 per_frame: n,
                 img_size: None,
                 stages,
+                vs_f32: None,
             });
         }
     }
@@ -378,6 +416,7 @@ pub fn run_matte(files: &MatteModelFiles, options: &BenchOptions) -> Result<Repo
                 per_frame: 1,
                 img_size: Some(size),
                 stages,
+                vs_f32: None,
             });
         }
     }
@@ -478,6 +517,16 @@ fn measure(
             lap = Instant::now();
         })?;
         times.push(("end_to_end", start.elapsed()));
+        for (span, parts) in SPANS {
+            if stages.contains(&span) {
+                let d = times
+                    .iter()
+                    .filter(|(s, _)| parts.contains(s))
+                    .map(|(_, d)| *d)
+                    .sum();
+                times.push((span, d));
+            }
+        }
         if i >= options.warmup {
             for (stage, d) in times {
                 let ns = (d.as_nanos() as u64).max(1);
@@ -513,7 +562,7 @@ fn time_case(
     options: &BenchOptions,
 ) -> Result<BTreeMap<String, Percentiles>> {
     let image = proto::push_image_request::Image::Encoded(jpeg.to_vec());
-    let hand_boxes = boxes(hands);
+    let hand_boxes = fixed_hand_boxes(hands);
     measure(&HAND_STAGES, options, |i, mark| {
         let start = Instant::now();
         let rgb = crate::decode::decode(Some(&image), u64::MAX)
@@ -545,6 +594,38 @@ fn time_case(
         mark("post");
         Ok(start)
     })
+}
+
+/// The hands of one frame with `n` fixed boxes, untimed.
+fn hand_outputs(p: &HandPipeline, jpeg: &[u8], n: usize) -> Result<Vec<HandEstimate>> {
+    let image = proto::push_image_request::Image::Encoded(jpeg.to_vec());
+    let rgb = crate::decode::decode(Some(&image), u64::MAX)
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    let img = RgbImage::new(rgb.width, rgb.height, &rgb.data).context("decoded frame")?;
+    let hands = fixed_hand_boxes(n);
+    let crops = p.prepare_crops(img, &hands);
+    Ok(p.estimate(&crops, &hands, rgb.width, rgb.height)?)
+}
+
+fn deviation(reference: &[HandEstimate], other: &[HandEstimate]) -> Deviation {
+    let max_abs = |a: &[[f32; 3]], b: &[[f32; 3]]| {
+        a.iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    let mut d = Deviation {
+        keypoints_3d_max_abs_m: 0.0,
+        vertices_max_abs_m: 0.0,
+    };
+    for (r, o) in reference.iter().zip(other) {
+        d.keypoints_3d_max_abs_m = d
+            .keypoints_3d_max_abs_m
+            .max(max_abs(&r.keypoints_3d, &o.keypoints_3d));
+        d.vertices_max_abs_m = d.vertices_max_abs_m.max(max_abs(&r.vertices, &o.vertices));
+    }
+    d
 }
 
 fn case_line(route: &str, dtype: &str, n: usize, stages: &BTreeMap<String, Percentiles>) -> String {
@@ -581,6 +662,24 @@ pub fn table(r: &Report) -> String {
                 p.p90_ms,
                 p.p99_ms,
                 p.max_ms
+            ));
+        }
+    }
+    let deviations: Vec<_> = r
+        .cases
+        .iter()
+        .filter_map(|c| c.vs_f32.map(|d| (c, d)))
+        .collect();
+    if !deviations.is_empty() {
+        out.push_str("\n| pose dtype | compiled | hands | keypoints 3-D max abs vs f32 (m) | vertices max abs vs f32 (m) |\n|---|---|---|---|---|\n");
+        for (c, d) in deviations {
+            out.push_str(&format!(
+                "| {} | {} | {} | {:.2e} | {:.2e} |\n",
+                c.pose_dtype,
+                if c.compiled { "yes" } else { "no" },
+                c.per_frame,
+                d.keypoints_3d_max_abs_m,
+                d.vertices_max_abs_m
             ));
         }
     }

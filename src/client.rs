@@ -18,7 +18,12 @@ pub enum Target {
 }
 
 pub async fn connect(target: &Target) -> Result<PoseServiceClient<Channel>> {
-    let channel = match target {
+    Ok(PoseServiceClient::new(channel(target).await?))
+}
+
+/// A connected channel, for the pose service or the health service beside it.
+pub async fn channel(target: &Target) -> Result<Channel> {
+    Ok(match target {
         Target::Tcp(addr) => {
             let url = if addr.contains("://") {
                 addr.clone()
@@ -45,8 +50,7 @@ pub async fn connect(target: &Target) -> Result<PoseServiceClient<Channel>> {
                 .await
                 .with_context(|| format!("cannot reach posed at unix:{}", path.display()))?
         }
-    };
-    Ok(PoseServiceClient::new(channel))
+    })
 }
 
 fn status_error(s: tonic::Status) -> anyhow::Error {

@@ -7,6 +7,7 @@
 //! - [`telemetry`]: per-stage HDR histograms and their exports
 
 pub mod bench;
+pub mod bench_grpc;
 pub mod client;
 pub mod config;
 pub mod decode;

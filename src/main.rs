@@ -2,6 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use posed::client::{self, SubscribeArgs, Target};
 use posed::config::Config;
@@ -76,6 +77,10 @@ enum Command {
     /// or of the matte route on a 1920x1080 JPEG and hint per model size;
     /// percentiles as a table, and JSON for comparisons.
     Bench(BenchArgs),
+    /// The hand route end to end through a running daemon: pushes the
+    /// harness's 640x480 JPEG over gRPC and times each frame until its event
+    /// reaches a subscriber; frames per second with 2 frames in flight.
+    BenchGrpc(BenchGrpcArgs),
     /// Parity fixtures: run a model on a fixture folder, or check it against
     /// the PyTorch reference outputs stored there.
     #[command(subcommand)]
@@ -145,6 +150,30 @@ struct BenchArgs {
     warmup: usize,
     #[arg(long, default_value_t = 100)]
     runs: usize,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchGrpcArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Hand boxes sent with each frame (the detector is skipped); 0 lets
+    /// the daemon's detector find the hands.
+    #[arg(long, value_delimiter = ',', default_value = "2")]
+    hands: Vec<usize>,
+    /// Frames outstanding at once: 1 times an idle daemon, 2 keeps the MLX
+    /// thread busy (sustained rate).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    in_flight: Vec<usize>,
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
+    #[arg(long, default_value_t = 300)]
+    runs: usize,
+    /// Seconds to wait for the daemon's models to be ready.
+    #[arg(long, default_value_t = 600.0)]
+    ready_timeout: f64,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -315,6 +344,25 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn bench_grpc(args: BenchGrpcArgs) -> anyhow::Result<()> {
+    let options = posed::bench_grpc::GrpcBenchOptions {
+        hands: args.hands,
+        in_flight: args.in_flight,
+        warmup: args.warmup,
+        runs: args.runs,
+        ready_timeout: Duration::from_secs_f64(args.ready_timeout),
+    };
+    let report =
+        client_runtime()?.block_on(posed::bench_grpc::run(&args.target.target(), &options))?;
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    print!("{}", posed::bench_grpc::table(&report));
+    Ok(())
+}
+
 fn weights(cmd: WeightsCommand) -> anyhow::Result<()> {
     use posed::weights::cmd;
     match cmd {
@@ -381,7 +429,7 @@ fn main() -> ExitCode {
     // The commands that run MLX (the clients do not touch it).
     let uses_mlx = !matches!(
         cli.command,
-        Command::Subscribe { .. } | Command::Push { .. }
+        Command::Subscribe { .. } | Command::Push { .. } | Command::BenchGrpc(_)
     );
     if !uses_mlx {
         // The clients print to stdout: piped into `head`, they should end
@@ -430,6 +478,7 @@ fn main() -> ExitCode {
         }),
         Command::Weights(cmd) => weights(cmd),
         Command::Bench(args) => bench(args),
+        Command::BenchGrpc(args) => bench_grpc(args),
         Command::Fixture(FixtureCommand::Run { model, dir, out }) => {
             posed::fixture_cmd::run(&model, &dir, &out)
         }

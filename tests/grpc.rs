@@ -1135,3 +1135,39 @@ async fn pushes_with_a_hint_get_matte_events() {
     }
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_grpc_times_every_frame_and_counts_the_ones_the_gate_replaced() {
+    use posed::bench_grpc::{self, GrpcBenchOptions};
+    let d = Daemon::start(ServeOptions::default(), None).await;
+    let target = posed::client::Target::Tcp(d.addr.to_string());
+    let options = GrpcBenchOptions {
+        hands: vec![2],
+        in_flight: vec![1, 3],
+        warmup: 1,
+        runs: 6,
+        ready_timeout: Duration::from_secs(120),
+    };
+    let report = bench_grpc::run(&target, &options).await.unwrap();
+    let [one, three] = &report.cases[..] else {
+        panic!("two cases expected: {:?}", report.cases)
+    };
+    // One in flight: nothing can be replaced, every frame is timed.
+    assert_eq!((one.frames, one.lost), (6, 0));
+    assert_eq!((one.hands_min, one.hands_max), (2, 2));
+    assert!(one.latency.p50_ms > 0.0 && one.latency.p50_ms <= one.latency.max_ms);
+    // The latency covers what the daemon reports about the same frames.
+    let in_daemon = one.event_stages_p50_ms["in_daemon"];
+    assert!(in_daemon > one.event_stages_p50_ms["pose"], "{one:?}");
+    assert!(
+        one.latency.p50_ms >= one.event_stages_p50_ms["pose"],
+        "{one:?}"
+    );
+    // Three in flight: the latest-wins gate replaces some of them; each
+    // frame is either timed or counted as lost.
+    assert_eq!(three.frames + three.lost, 6, "{three:?}");
+    assert!(three.frames >= 1);
+    assert!(report.daemon_stages.contains_key("hands.pose"));
+    assert!(bench_grpc::table(&report).contains("| 2 hand boxes | 1 | 6 | 0 |"));
+    d.stop().await;
+}
