@@ -24,15 +24,15 @@ use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 use crate::bench::Percentiles;
 use crate::client::{self, Target};
 use crate::proto::pose_service_client::PoseServiceClient;
 use crate::proto::{self, push_image_request::Image};
-use tonic::transport::Channel;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 pub struct GrpcBenchOptions {
     /// Client hand boxes per frame; 0 = the daemon's detector decides.
