@@ -63,6 +63,20 @@ pub struct Percentiles {
     pub max_ms: f64,
 }
 
+impl Percentiles {
+    /// Of a histogram of nanoseconds.
+    pub fn of(h: &Histogram<u64>) -> Self {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e6;
+        Percentiles {
+            n: h.len(),
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            max_ms: h.max() as f64 / 1e6,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct CaseResult {
     pub route: &'static str,
@@ -539,19 +553,7 @@ fn measure(
     }
     Ok(hist
         .into_iter()
-        .map(|(stage, h)| {
-            let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e6;
-            (
-                stage.to_owned(),
-                Percentiles {
-                    n: h.len(),
-                    p50_ms: ms(0.5),
-                    p90_ms: ms(0.9),
-                    p99_ms: ms(0.99),
-                    max_ms: h.max() as f64 / 1e6,
-                },
-            )
-        })
+        .map(|(stage, h)| (stage.to_owned(), Percentiles::of(&h)))
         .collect())
 }
 

@@ -275,7 +275,6 @@ async fn run_case(
             }
         }
     }
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1e6;
     let frames = hist.len() as usize;
     let wall = timed_from.map_or(Duration::ZERO, |t| last_event.saturating_duration_since(t));
     Ok(GrpcCase {
@@ -285,16 +284,10 @@ async fn run_case(
         lost,
         hands_min: if frames == 0 { 0 } else { hands_min },
         hands_max,
-        latency: Percentiles {
-            n: hist.len(),
-            p50_ms: ms(0.5),
-            p90_ms: ms(0.9),
-            p99_ms: ms(0.99),
-            max_ms: hist.max() as f64 / 1e6,
-        },
+        latency: Percentiles::of(&hist),
         event_stages_p50_ms: stage_hists
             .into_iter()
-            .map(|(stage, h)| (stage, h.value_at_quantile(0.5) as f64 / 1e6))
+            .map(|(stage, h)| (stage, Percentiles::of(&h).p50_ms))
             .collect(),
         frames_per_s: if wall.is_zero() {
             0.0

@@ -108,35 +108,7 @@ async fn serves_reports_metrics_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
 
-    let url = format!("http://{grpc}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let channel = loop {
-        match tonic::transport::Endpoint::from_shared(url.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
-            Ok(c) => break c,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => panic!("daemon never listened: {e}"),
-        }
-    };
-    let mut health = HealthClient::new(channel.clone());
-    loop {
-        let s = health
-            .check(HealthCheckRequest {
-                service: "posed.v1.PoseService".into(),
-            })
-            .await
-            .unwrap();
-        if s.into_inner().status == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never SERVING");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let channel = serving_channel(&grpc, "posed.v1.PoseService").await;
 
     // READY=1 once warm, then watchdog pings.
     let mut messages = Vec::new();

@@ -62,38 +62,39 @@ impl DeviceReport {
 
 /// Whether MLX's default device (this thread's) is a GPU.
 pub fn default_device_is_gpu() -> bool {
-    // SAFETY: the device handle is created and freed here.
-    unsafe {
-        let mut device = mlx_sys::mlx_device_new();
-        mlx_sys::mlx_get_default_device(&mut device);
-        let mut kind = mlx_sys::mlx_device_type__MLX_CPU;
-        mlx_sys::mlx_device_get_type(&mut kind, device);
-        mlx_sys::mlx_device_free(device);
-        kind == mlx_sys::mlx_device_type__MLX_GPU
-    }
+    with_default_device(device_is_gpu)
 }
 
 pub fn default_device() -> DeviceReport {
-    // SAFETY: the device handle is created and freed here.
+    with_default_device(|device| {
+        let mut index = 0;
+        // SAFETY: `device` is a live handle for the duration of the call.
+        unsafe { mlx_sys::mlx_device_get_index(&mut index, device) };
+        DeviceReport {
+            kind: if device_is_gpu(device) { "gpu" } else { "cpu" },
+            index,
+            info: device_info(device),
+        }
+    })
+}
+
+/// Runs `f` on a handle to this thread's default device, freed afterwards.
+fn with_default_device<T>(f: impl FnOnce(mlx_sys::mlx_device) -> T) -> T {
+    // SAFETY: the handle is created and freed here, and `f` cannot keep it.
     unsafe {
         let mut device = mlx_sys::mlx_device_new();
         mlx_sys::mlx_get_default_device(&mut device);
-        let mut kind = mlx_sys::mlx_device_type__MLX_CPU;
-        mlx_sys::mlx_device_get_type(&mut kind, device);
-        let mut index = 0;
-        mlx_sys::mlx_device_get_index(&mut index, device);
-        let info = device_info(device);
+        let out = f(device);
         mlx_sys::mlx_device_free(device);
-        DeviceReport {
-            kind: if kind == mlx_sys::mlx_device_type__MLX_GPU {
-                "gpu"
-            } else {
-                "cpu"
-            },
-            index,
-            info,
-        }
+        out
     }
+}
+
+fn device_is_gpu(device: mlx_sys::mlx_device) -> bool {
+    let mut kind = mlx_sys::mlx_device_type__MLX_CPU;
+    // SAFETY: `device` is a live handle for the duration of the call.
+    unsafe { mlx_sys::mlx_device_get_type(&mut kind, device) };
+    kind == mlx_sys::mlx_device_type__MLX_GPU
 }
 
 fn device_info(device: mlx_sys::mlx_device) -> Vec<(String, String)> {
