@@ -147,9 +147,11 @@ impl Conv2d {
         groups: i32,
         bias: bool,
     ) -> Result<Self> {
+        // Dense once here: a transposed view would be copied by every call.
         let weight = w
             .get("weight", &[c_out, c_in / groups, kernel, kernel])
-            .transpose_axes(&[0, 2, 3, 1])?;
+            .transpose_axes(&[0, 2, 3, 1])?
+            .contiguous()?;
         Ok(Conv2d {
             weight,
             bias: bias.then(|| w.get("bias", &[c_out])),
@@ -209,7 +211,11 @@ impl Conv2d {
 /// Transposed 2-D convolution with PyTorch's semantics (kernel stored OHWI,
 /// converted from PyTorch IOHW without a spatial flip), no bias.
 pub struct ConvTranspose2d {
-    weight: Array,
+    /// The OHWI kernel as the GEMM [`Self::forward`] runs: (in, kh·kw·out),
+    /// laid out once at load rather than on every call.
+    patch_weight: Array,
+    c_out: i32,
+    kernel: i32,
     stride: i32,
     padding: i32,
     output_padding: i32,
@@ -217,12 +223,25 @@ pub struct ConvTranspose2d {
 
 impl ConvTranspose2d {
     pub fn new(w: &Weights, c_in: i32, c_out: i32, kernel: i32, stride: i32, padding: i32) -> Self {
-        ConvTranspose2d {
-            weight: w.get("weight", &[c_out, kernel, kernel, c_in]),
+        let weight = w.get("weight", &[c_out, kernel, kernel, c_in]);
+        Self::from_ohwi(&weight, stride, padding, 0).expect("a (out, k, k, in) kernel")
+    }
+
+    fn from_ohwi(weight: &Array, stride: i32, padding: i32, output_padding: i32) -> Result<Self> {
+        let (c_out, kernel, c_in) = (weight.dim(0), weight.dim(1), weight.dim(3));
+        // (out, ky, kx, in) → (in, ky, kx, out): per input pixel, its whole patch.
+        let patch_weight = weight
+            .transpose_axes(&[3, 1, 2, 0])?
+            .reshape(&[c_in, kernel * kernel * c_out])?
+            .contiguous()?;
+        Ok(ConvTranspose2d {
+            patch_weight,
+            c_out,
+            kernel,
             stride,
             padding,
-            output_padding: 0,
-        }
+            output_padding,
+        })
     }
 
     /// A stride-2 upsampling layer stored in PyTorch's layout (IOHW), with
@@ -242,12 +261,7 @@ impl ConvTranspose2d {
         let weight = w
             .get("weight", &[c_in, c_out, kernel, kernel])
             .transpose_axes(&[1, 2, 3, 0])?;
-        Ok(ConvTranspose2d {
-            weight,
-            stride: 2,
-            padding,
-            output_padding,
-        })
+        Self::from_ohwi(&weight, 2, padding, output_padding)
     }
 
     /// One GEMM from every input pixel to its k×k output patch, then the
@@ -256,17 +270,12 @@ impl ConvTranspose2d {
     /// convolutions through a naive loop: minutes for Sapiens2's head).
     pub fn forward(&self, x: &Array) -> Result<Array> {
         let (b, h, w, c_in) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
-        let (c_out, k) = (self.weight.dim(0), self.weight.dim(1));
+        let (c_out, k) = (self.c_out, self.kernel);
         let s = self.stride;
-        // (in, ky, kx, out) → per input pixel, its whole patch.
-        let wm = self
-            .weight
-            .transpose_axes(&[3, 1, 2, 0])?
-            .reshape(&[c_in, k * k * c_out])?;
-        let patches =
-            x.reshape(&[b * h * w, c_in])?
-                .matmul(&wm)?
-                .reshape(&[b, h, w, k * k, c_out])?;
+        let patches = x
+            .reshape(&[b * h * w, c_in])?
+            .matmul(&self.patch_weight)?
+            .reshape(&[b, h, w, k * k, c_out])?;
         // Output row s·i + ky with ky = s·a + r: phase r of the output,
         // shifted down by a. Each phase is a sum of shifted patch slices.
         let taps = (k + s - 1) / s;
@@ -325,7 +334,7 @@ impl BatchNorm {
         let beta = w.get("bias", &[channels]);
         let mean = w.get("running_mean", &[channels]);
         let var = w.get("running_var", &[channels]);
-        let scale = gamma.multiply(ops::rsqrt(var.add(Array::from_f32(eps))?)?)?;
+        let scale = gamma.multiply(ops::rsqrt(var.add(scalar(eps, var.dtype()))?)?)?;
         let shift = beta.subtract(mean.multiply(&scale)?)?;
         Ok(BatchNorm { scale, shift })
     }
@@ -382,7 +391,7 @@ pub fn instance_norm(x: &Array, eps: f32) -> Result<Array> {
     let mean = x.mean_axes(&[1, 2], true)?;
     let centred = x.subtract(&mean)?;
     let var = centred.square()?.mean_axes(&[1, 2], true)?;
-    centred.multiply(ops::rsqrt(&var.add(Array::from_f32(eps))?)?)
+    centred.multiply(ops::rsqrt(&var.add(scalar(eps, var.dtype()))?)?)
 }
 
 /// The values of `a` as f32 on the host, in row-major order, whatever its
@@ -402,19 +411,32 @@ pub fn host_f32(a: &Array) -> Result<Vec<f32>> {
     }
 }
 
+/// A 0-d constant of `dtype`. MLX promotes a bf16 or f16 array combined
+/// with a float32 one to float32, so a plain `Array::from_f32` in a forward
+/// pass would silently run everything after it in float32 (and cast every
+/// half-precision weight it meets back up, on every call).
+pub fn scalar(v: f32, dtype: Dtype) -> Array {
+    match dtype {
+        Dtype::Bfloat16 => Array::from_slice(&[half::bf16::from_f32(v)], &[]),
+        Dtype::Float16 => Array::from_slice(&[half::f16::from_f32(v)], &[]),
+        _ => Array::from_f32(v),
+    }
+}
+
 pub fn silu(x: &Array) -> Result<Array> {
     x.multiply(ops::sigmoid(x)?)
 }
 
 pub fn relu(x: &Array) -> Result<Array> {
-    ops::maximum(x, Array::from_f32(0.0))
+    ops::maximum(x, scalar(0.0, x.dtype()))
 }
 
 /// Exact (erf) GELU, as `torch.nn.GELU()` computes it.
 pub fn gelu(x: &Array) -> Result<Array> {
-    let half = Array::from_f32(0.5);
-    let inv_sqrt2 = Array::from_f32(std::f32::consts::FRAC_1_SQRT_2);
-    let cdf = ops::erf(x.multiply(&inv_sqrt2)?)?.add(Array::from_f32(1.0))?;
+    let d = x.dtype();
+    let half = scalar(0.5, d);
+    let inv_sqrt2 = scalar(std::f32::consts::FRAC_1_SQRT_2, d);
+    let cdf = ops::erf(x.multiply(&inv_sqrt2)?)?.add(scalar(1.0, d))?;
     x.multiply(&half)?.multiply(&cdf)
 }
 
@@ -435,7 +457,7 @@ pub fn max_pool_same(x: &Array, kernel: i32) -> Result<Array> {
     let padded = ops::pad(
         x,
         &[(0, 0), (pad, pad), (pad, pad), (0, 0)],
-        Array::from_f32(f32::NEG_INFINITY),
+        scalar(f32::NEG_INFINITY, x.dtype()),
         None,
     )?;
     // Separable: the max over a k×k window is the max over k rows of the max
@@ -689,7 +711,7 @@ pub fn grid_sample_zeros(map: &Array, xy: &Array) -> Result<Array> {
                 .as_dtype(Dtype::Int32)?
                 .reshape(&[b, p, 1])?;
             let tap = flat.take_along_axis(&index, 1)?; // (B, P, C)
-            let term = tap.multiply(weight.reshape(&[b, p, 1])?)?;
+            let term = tap.multiply(weight.reshape(&[b, p, 1])?.as_dtype(map.dtype())?)?;
             acc = Some(match acc {
                 None => term,
                 Some(a) => a.add(&term)?,
@@ -776,12 +798,7 @@ mod tests {
         for (k, p, op) in [(4, 1, 0), (3, 1, 1), (2, 0, 0)] {
             let (c_in, c_out) = (5, 3);
             let weight = Array::from_slice(&ramp(c_out * k * k * c_in, 0.01), &[c_out, k, k, c_in]);
-            let layer = ConvTranspose2d {
-                weight: weight.clone(),
-                stride: 2,
-                padding: p,
-                output_padding: op,
-            };
+            let layer = ConvTranspose2d::from_ohwi(&weight, 2, p, op).unwrap();
             let x = Array::from_slice(&ramp(2 * 4 * 6 * c_in, 0.03), &[2, 4, 6, c_in]);
             let ours = layer.forward(&x).unwrap();
             let direct =

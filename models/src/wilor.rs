@@ -137,9 +137,14 @@ impl Backbone {
                 && m.betas.len() == NUM_BETAS as usize
                 && m.cam.len() == CAM_DIM as usize
             {
-                init_hand_pose = Array::from_slice(&m.hand_pose, &[1, pose_dim]);
-                init_betas = Array::from_slice(&m.betas, &[1, NUM_BETAS]);
-                init_cam = Array::from_slice(&m.cam, &[1, CAM_DIM]);
+                // In the weights' float type: a float32 token would pull
+                // the whole backbone up to float32.
+                let like = |v: &[f32], shape: &[i32], w: &Array| {
+                    Array::from_slice(v, shape).as_dtype(w.dtype())
+                };
+                init_hand_pose = like(&m.hand_pose, &[1, pose_dim], &init_hand_pose)?;
+                init_betas = like(&m.betas, &[1, NUM_BETAS], &init_betas)?;
+                init_cam = like(&m.cam, &[1, CAM_DIM], &init_cam)?;
             }
         }
         let pose_emb = Linear::new(&w.pp("pose_emb"), 6, d);
@@ -404,7 +409,7 @@ impl Wilor {
         // The network runs in its weights' float type (f32, or bf16/fp16).
         let x = crops
             .as_dtype(self.mean.dtype())?
-            .divide(Array::from_f32(255.0))?
+            .divide(crate::nn::scalar(255.0, self.mean.dtype()))?
             .subtract(&self.mean)?
             .divide(&self.std)?;
         // The backbone sees the central columns only (256×192 for a 256 crop).

@@ -153,7 +153,7 @@ fn compiled_networks_match_eager() {
         .collect();
     let eager = pipeline();
     let compiled = pipeline();
-    compiled.compile();
+    compiled.compile().unwrap();
     assert!(compiled.is_compiled());
     let input = eager.prepare_detector_input(img);
     let (a, b) = (
@@ -189,4 +189,33 @@ fn compiled_networks_match_eager() {
             }
         }
     }
+}
+
+/// A bf16 pose model computes in bf16 from the crops to the heads: MLX
+/// promotes bf16 combined with any float32 array to float32, so one stray
+/// float32 constant would run the network in float32 on upcast weights.
+/// MANO and the camera geometry stay float32 on purpose.
+#[test]
+fn a_bf16_pose_model_stays_in_bf16() {
+    use mlx_rs::Dtype;
+    let dir = posed_models::fixture::fixtures_dir().join("hands");
+    let files = HandModelFiles::from_dir(&dir).unwrap();
+    let (p, _) = HandPipeline::load_with(&files, Some(Dtype::Bfloat16)).unwrap();
+    let s = p.wilor.config().image_size;
+    let crops = mlx_rs::Array::from_slice(&image(s as usize, s as usize * 2), &[2, s, s, 3]);
+    let r = p.wilor.regress(&crops).unwrap();
+    let bb = &r.backbone;
+    for (name, a) in [
+        ("backbone features", &bb.features),
+        ("backbone pose", &bb.hand_pose_6d),
+        ("backbone betas", &bb.betas),
+        ("refined betas", &r.betas),
+    ] {
+        assert_eq!(a.dtype(), Dtype::Bfloat16, "{name}");
+    }
+    assert_eq!(
+        r.rotations.dtype(),
+        Dtype::Float32,
+        "rotations meet MANO in f32"
+    );
 }
