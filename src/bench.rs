@@ -219,7 +219,7 @@ pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
                 .with_context(|| format!("loading the hand route ({name})"))?;
             synthetic_weights |= synthetic;
             if compiled {
-                pipeline.compile();
+                pipeline.compile().context("compiling the hand route")?;
             }
             let label = if compiled {
                 format!("{name}+compile")

@@ -124,7 +124,7 @@ pub async fn run(config: Config) -> Result<()> {
                     let (pipeline, synthetic) = HandPipeline::load(&files)?;
                     let on_gpu = posed_models::runtime::default_device().kind == "gpu";
                     if hands.compile == "on" || (hands.compile == "auto" && on_gpu) {
-                        pipeline.compile();
+                        pipeline.compile().context("compiling the hand route")?;
                     }
                     is_synthetic |= synthetic;
                     Some(pipeline)

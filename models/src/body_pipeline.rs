@@ -100,6 +100,23 @@ pub struct DetectorInput {
     pub image_size: [usize; 2],
 }
 
+impl DetectorInput {
+    /// CPU: mmdet's `size`² letterbox of `img`, channels in the detector's
+    /// BGR order. A free function of the frame, for any thread.
+    pub fn new(img: RgbImage, size: usize) -> Self {
+        let (mut bgr, scale_factor) = rtmdet::letterbox_bgr(img.data, img.width, img.height, size);
+        for px in bgr.chunks_exact_mut(3) {
+            px.swap(0, 2);
+        }
+        DetectorInput {
+            bgr,
+            scale_factor,
+            size,
+            image_size: [img.width, img.height],
+        }
+    }
+}
+
 /// A batch of person crops ready for Sapiens2 (RGB bytes, N × H × W × 3).
 pub struct CropBatch {
     pub pixels: Vec<u8>,
@@ -141,19 +158,14 @@ impl BodyPipeline {
         ))
     }
 
+    /// The side of the detector's square input.
+    pub fn detector_input_size(&self) -> usize {
+        self.detector.config().input_size as usize
+    }
+
     /// CPU: mmdet's letterbox of the frame, channels in the detector's BGR order.
     pub fn prepare_detector_input(&self, img: RgbImage) -> DetectorInput {
-        let size = self.detector.config().input_size as usize;
-        let (mut bgr, scale_factor) = rtmdet::letterbox_bgr(img.data, img.width, img.height, size);
-        for px in bgr.chunks_exact_mut(3) {
-            px.swap(0, 2);
-        }
-        DetectorInput {
-            bgr,
-            scale_factor,
-            size,
-            image_size: [img.width, img.height],
-        }
+        DetectorInput::new(img, self.detector_input_size())
     }
 
     /// MLX: RTMDet, mmdet's post-processing and the demo's person filter;

@@ -72,7 +72,8 @@ struct Compiled {
     pose: CompiledFn,
 }
 
-/// What the WiLoR network regresses for a batch of crops.
+/// What the WiLoR model gives for a batch of crops: the network's MANO
+/// parameters and camera, and the final MANO pass on them.
 pub struct PoseParams {
     /// (B, 16, 3, 3)
     pub rotations: Array,
@@ -80,6 +81,43 @@ pub struct PoseParams {
     pub betas: Array,
     /// (B, 3) weak-perspective [s, tx, ty]
     pub cam: Array,
+    /// (B, 21, 3), metres, relative to the root joint.
+    pub keypoints_3d: Array,
+    /// (B, 778, 3), metres, same frame.
+    pub vertices: Array,
+}
+
+impl PoseParams {
+    /// WiLoR's network and the final MANO pass as one graph, so that a
+    /// frame's whole model runs in one evaluation (and, compiled, as one
+    /// traced function). The order is [`Self::from_outputs`]'.
+    fn outputs(wilor: &Wilor, crops: &Array) -> std::result::Result<Vec<Array>, Exception> {
+        let r = wilor.regress(crops)?;
+        let (vertices, keypoints_3d) = wilor.mano().forward(&r.rotations, &r.betas)?;
+        Ok(vec![r.rotations, r.betas, r.cam, keypoints_3d, vertices])
+    }
+
+    fn from_outputs(outputs: Vec<Array>) -> Self {
+        let [rotations, betas, cam, keypoints_3d, vertices] = <[Array; 5]>::try_from(outputs)
+            .unwrap_or_else(|o| panic!("the pose graph returns 5 arrays, not {}", o.len()));
+        PoseParams {
+            rotations,
+            betas,
+            cam,
+            keypoints_3d,
+            vertices,
+        }
+    }
+
+    fn eval(&self) -> Result<()> {
+        mlx_rs::transforms::eval([
+            &self.rotations,
+            &self.betas,
+            &self.cam,
+            &self.keypoints_3d,
+            &self.vertices,
+        ])
+    }
 }
 
 /// The letterboxed detector input and how to map back from it.
@@ -95,11 +133,24 @@ pub struct CropBatch {
     pub size: usize,
 }
 
+impl DetectorInput {
+    /// CPU: the detector's `size`² letterbox of `img`. A free function of the
+    /// frame, so it can be made on any thread, ahead of the MLX thread.
+    pub fn new(img: RgbImage, size: usize) -> Self {
+        let (pixels, letterbox) = image::letterbox(img, size);
+        DetectorInput { pixels, letterbox }
+    }
+}
+
 impl HandPipeline {
+    /// The side of the detector's square input.
+    pub fn detector_input_size(&self) -> usize {
+        self.detector.config().input_size as usize
+    }
+
     /// CPU: the detector's square input.
     pub fn prepare_detector_input(&self, img: RgbImage) -> DetectorInput {
-        let (pixels, letterbox) = image::letterbox(img, self.detector.config().input_size as usize);
-        DetectorInput { pixels, letterbox }
+        DetectorInput::new(img, self.detector_input_size())
     }
 
     /// MLX: detector forward, threshold and NMS; boxes in image pixels.
@@ -174,8 +225,8 @@ impl HandPipeline {
         }
     }
 
-    /// MLX: the WiLoR network on every crop as one batch, evaluated (MANO
-    /// parameters and camera); None for no crops.
+    /// MLX: the WiLoR model on every crop as one batch (the network and the
+    /// final MANO pass), evaluated at once; None for no crops.
     pub fn regress(&self, batch: &CropBatch) -> Result<Option<PoseParams>> {
         let n = batch.crops.len();
         if n == 0 {
@@ -183,26 +234,12 @@ impl HandPipeline {
         }
         let s = batch.size as i32;
         let crops = Array::from_slice(&batch.pixels, &[n as i32, s, s, 3]);
-        let p = match self.compiled.borrow_mut().as_mut() {
-            Some(c) => {
-                let mut out = (c.pose)(&[crops])?.into_iter();
-                let mut next = || out.next().expect("three outputs");
-                PoseParams {
-                    rotations: next(),
-                    betas: next(),
-                    cam: next(),
-                }
-            }
-            None => {
-                let r = self.wilor.regress(&crops)?;
-                PoseParams {
-                    rotations: r.rotations,
-                    betas: r.betas,
-                    cam: r.cam,
-                }
-            }
+        let outputs = match self.compiled.borrow_mut().as_mut() {
+            Some(c) => (c.pose)(&[crops])?,
+            None => PoseParams::outputs(&self.wilor, &crops)?,
         };
-        mlx_rs::transforms::eval([&p.rotations, &p.betas, &p.cam])?;
+        let p = PoseParams::from_outputs(outputs);
+        p.eval()?;
         Ok(Some(p))
     }
 
@@ -214,25 +251,44 @@ impl HandPipeline {
     /// graphs: each is traced once per input shape (WiLoR: per batch size)
     /// and its elementwise chains are fused, instead of launching op by op.
     /// The weights are constants of the graphs.
-    pub fn compile(&self) {
+    ///
+    /// Every array the networks derive from their weights at load (folded
+    /// BatchNorms, transposed kernels, casts to the pose dtype) is still a
+    /// lazy expression until something evaluates it. A trace would take
+    /// those expressions into the graph and redo them on every call, so one
+    /// eager pass on blank inputs evaluates them first.
+    pub fn compile(&self) -> Result<()> {
+        self.evaluate_weights()?;
         let detector = self.detector.clone();
         let detect = move |args: &[Array]| -> std::result::Result<Vec<Array>, Exception> {
             Ok(vec![detector.forward(&args[0])?])
         };
         let wilor = self.wilor.clone();
-        let pose = move |args: &[Array]| -> std::result::Result<Vec<Array>, Exception> {
-            let r = wilor.regress(&args[0])?;
-            Ok(vec![r.rotations, r.betas, r.cam])
-        };
+        let pose = move |args: &[Array]| PoseParams::outputs(&wilor, &args[0]);
         use mlx_rs::transforms::compile::compile;
         *self.compiled.borrow_mut() = Some(Compiled {
             detector: Box::new(compile(detect, false)),
             pose: Box::new(compile(pose, false)),
         });
+        Ok(())
     }
 
-    /// MLX: the final MANO pass; then CPU: un-mirror each hand and place it
-    /// in the full image of `width × height`.
+    /// Evaluates both networks once, eagerly, on blank inputs: afterwards
+    /// every weight and every array derived from one holds its values.
+    fn evaluate_weights(&self) -> Result<()> {
+        let d = self.detector.config().input_size;
+        let c = self.wilor.config().image_size;
+        let detections = self
+            .detector
+            .forward(&mlx_rs::ops::zeros::<f32>(&[1, d, d, 3])?)?;
+        let mut outputs =
+            PoseParams::outputs(&self.wilor, &mlx_rs::ops::zeros::<f32>(&[1, c, c, 3])?)?;
+        outputs.push(detections);
+        mlx_rs::transforms::eval(&outputs)
+    }
+
+    /// CPU: the model's outputs back on the host, each hand un-mirrored and
+    /// placed in the full image of `width × height`.
     pub fn mesh(
         &self,
         r: &PoseParams,
@@ -242,13 +298,12 @@ impl HandPipeline {
         height: usize,
     ) -> Result<Vec<HandEstimate>> {
         let n = batch.crops.len();
-        let (vertices, keypoints_3d) = self.wilor.mano().forward(&r.rotations, &r.betas)?;
-        let (global, pose) = rotation::split_axis_angles(&r.rotations)?;
-        mlx_rs::transforms::eval([&keypoints_3d, &vertices])?;
-        let kp = host_f32(&keypoints_3d)?;
-        let verts = host_f32(&vertices)?;
+        let kp = host_f32(&r.keypoints_3d)?;
+        let verts = host_f32(&r.vertices)?;
         let cams = host_f32(&r.cam)?;
         let betas = host_f32(&r.betas)?;
+        // Axis-angles are computed on the host from the evaluated rotations.
+        let (global, pose) = rotation::split_axis_angles(&r.rotations)?;
         let global = host_f32(&global)?;
         let pose = host_f32(&pose)?;
 

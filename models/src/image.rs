@@ -65,12 +65,12 @@ pub fn letterbox(img: RgbImage, size: usize) -> (Vec<f32>, Letterbox) {
     let pad = LETTERBOX_PAD / 255.0;
     let mut out = vec![pad; size * size * 3];
     let stride = img.width * 3;
-    for (oy, ty) in rows.iter().enumerate() {
+    for_row_bands(&mut out, size * 3, |oy, line| {
+        let ty = &rows[oy];
         if !ty.inside {
-            continue;
+            return;
         }
         let (r0, r1) = (&img.data[ty.i0 * stride..], &img.data[ty.i1 * stride..]);
-        let line = &mut out[oy * size * 3..(oy + 1) * size * 3];
         for (px, tx) in line.chunks_exact_mut(3).zip(&columns) {
             if !tx.inside {
                 continue;
@@ -82,7 +82,7 @@ pub fn letterbox(img: RgbImage, size: usize) -> (Vec<f32>, Letterbox) {
                 px[c] = (top * (1.0 - ty.f) + bottom * ty.f) / 255.0;
             }
         }
-    }
+    });
     (
         out,
         Letterbox {
@@ -193,6 +193,42 @@ pub fn crop_hand(img: RgbImage, crop: &HandCrop, size: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+/// Most threads one image stage splits its rows over.
+const MAX_ROW_THREADS: usize = 4;
+
+/// Calls `row(index, pixels)` for every `row_len`-long row of `out`, the rows
+/// split into contiguous bands over a few scoped threads; each row is
+/// computed as it would be in one loop, so the result is the same. (The
+/// 256² hand crop got slower this way on the H200 host, 2.2 → 2.9 ms, so
+/// only the 512² letterbox uses it: 4.1 → 2.4 ms there.)
+fn for_row_bands<F>(out: &mut [f32], row_len: usize, row: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    let rows = out.len() / row_len;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_ROW_THREADS)
+        .min(rows.max(1));
+    if threads <= 1 {
+        for (i, line) in out.chunks_exact_mut(row_len).enumerate() {
+            row(i, line);
+        }
+        return;
+    }
+    let band = rows.div_ceil(threads);
+    let row = &row;
+    std::thread::scope(|s| {
+        for (b, chunk) in out.chunks_mut(band * row_len).enumerate() {
+            s.spawn(move || {
+                for (i, line) in chunk.chunks_exact_mut(row_len).enumerate() {
+                    row(b * band + i, line);
+                }
+            });
+        }
+    });
 }
 
 /// A window of the image as floats, optionally Gaussian-filtered with edge

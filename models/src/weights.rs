@@ -111,6 +111,12 @@ pub struct Weights {
 
 impl Weights {
     /// Reads a safetensors file (MLX maps it lazily; data is read on first use).
+    ///
+    /// The tensors load on the default device's stream. mlx-rs would load
+    /// them on the CPU stream, and MLX's CUDA backend gives every array made
+    /// there managed (unified) memory: the GPU would then read all weights
+    /// through page migration. Loaded on the GPU stream they land in plain
+    /// device memory.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, WeightError> {
         let path = path.as_ref();
         if !path.is_file() {
@@ -119,11 +125,13 @@ impl Weights {
                 reason: "no such file".into(),
             });
         }
-        let (tensors, metadata) =
-            Array::load_safetensors_with_metadata(path).map_err(|e| WeightError::Read {
-                path: path.into(),
-                reason: e.to_string(),
-            })?;
+        let (tensors, metadata) = mlx_rs::with_stream(&mlx_rs::Stream::new(), || {
+            Array::load_safetensors_with_metadata(path)
+        })
+        .map_err(|e| WeightError::Read {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
         Ok(Self::from_tensors(
             path.display().to_string(),
             tensors,
