@@ -14,8 +14,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use posed_models::body_pipeline::{BodyEstimate, BodyPipeline};
-use posed_models::hand_pipeline::{HandBox, HandEstimate, HandPipeline};
+use posed_models::body_pipeline::{BodyEstimate, BodyPipeline, DetectorInput as BodyDetectorInput};
+use posed_models::hand_pipeline::{
+    DetectorInput as HandDetectorInput, HandBox, HandEstimate, HandPipeline,
+};
 use posed_models::image::RgbImage;
 use posed_models::matte_pipeline::{FallbackHint, Hint, MatteEstimate, MattePipeline};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -215,34 +217,76 @@ pub enum Readiness {
     Failed(String),
 }
 
-#[derive(Default)]
-struct Pending {
-    latest: Option<FrameJob>,
+/// What a gate holds: frames, before or after their CPU preparation.
+trait Queued {
+    /// Whose sender waits for an answer: never replaced, only refused.
+    fn waits_for_reply(&self) -> bool;
+    /// Frames an earlier gate replaced before this one.
+    fn drops_carried(&self) -> u64 {
+        0
+    }
+    /// Answers a waiting sender with why its frame went no further.
+    fn refuse(self, err: EngineError);
+}
+
+impl Queued for FrameJob {
+    fn waits_for_reply(&self) -> bool {
+        self.reply.is_some()
+    }
+
+    fn refuse(self, err: EngineError) {
+        if let Some(reply) = self.reply {
+            let _ = reply.send(Err(err));
+        }
+    }
+}
+
+struct Pending<T> {
+    latest: Option<T>,
     dropped: u64,
-    waiting: VecDeque<FrameJob>,
+    waiting: VecDeque<T>,
     closed: bool,
 }
 
-struct Gate {
-    pending: Mutex<Pending>,
+impl<T> Default for Pending<T> {
+    fn default() -> Self {
+        Pending {
+            latest: None,
+            dropped: 0,
+            waiting: VecDeque::new(),
+            closed: false,
+        }
+    }
+}
+
+struct Gate<T> {
+    pending: Mutex<Pending<T>>,
     wake: Condvar,
     max_waiting: usize,
 }
 
-impl Gate {
+impl<T: Queued> Gate<T> {
+    fn new(max_waiting: usize) -> Self {
+        Gate {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            max_waiting,
+        }
+    }
+
     /// A refused job comes back with the reason (boxed: a job is large).
-    fn offer(&self, job: FrameJob) -> Result<(), Box<(FrameJob, EngineError)>> {
+    fn offer(&self, job: T) -> Result<(), Box<(T, EngineError)>> {
         let mut p = self.pending.lock().expect("gate lock");
         if p.closed {
             return Err(Box::new((job, EngineError::Stopped)));
         }
-        if job.reply.is_some() {
+        if job.waits_for_reply() {
             if p.waiting.len() >= self.max_waiting {
                 return Err(Box::new((job, EngineError::Busy(self.max_waiting))));
             }
             p.waiting.push_back(job);
-        } else if p.latest.replace(job).is_some() {
-            p.dropped += 1;
+        } else if let Some(replaced) = p.latest.replace(job) {
+            p.dropped += 1 + replaced.drops_carried();
         }
         self.wake.notify_one();
         Ok(())
@@ -250,7 +294,7 @@ impl Gate {
 
     /// The next job (waiting ones first) and the drops before it; `None`
     /// once closed and drained.
-    fn take(&self) -> Option<(FrameJob, u64)> {
+    fn take(&self) -> Option<(T, u64)> {
         let mut p = self.pending.lock().expect("gate lock");
         loop {
             if let Some(job) = p.waiting.pop_front() {
@@ -272,9 +316,117 @@ impl Gate {
     }
 }
 
-/// Handle to the MLX thread.
+/// A frame after the CPU work that needs nothing but the frame: the
+/// detectors' letterboxes, made on the prep thread while the MLX thread is
+/// busy with the frame before.
+struct PreparedJob {
+    job: FrameJob,
+    letterboxes: Letterboxes,
+    /// Frames the first gate replaced before this one.
+    dropped: u64,
+}
+
+/// The detectors' inputs of one frame, each with the time it took to make.
+#[derive(Default)]
+struct Letterboxes {
+    hands: Option<(HandDetectorInput, Duration)>,
+    body: Option<(BodyDetectorInput, Duration)>,
+}
+
+impl Queued for PreparedJob {
+    fn waits_for_reply(&self) -> bool {
+        self.job.waits_for_reply()
+    }
+
+    fn drops_carried(&self) -> u64 {
+        self.dropped
+    }
+
+    fn refuse(self, err: EngineError) {
+        self.job.refuse(err)
+    }
+}
+
+/// What the prep thread makes for each frame: the letterbox sizes of the
+/// loaded routes' detectors (none before the models are loaded).
+#[derive(Debug, Clone, Copy, Default)]
+struct Preparer {
+    hands: Option<usize>,
+    body: Option<usize>,
+}
+
+impl Preparer {
+    fn of(models: &Models) -> Self {
+        Preparer {
+            hands: models.hands.as_ref().map(|p| p.detector_input_size()),
+            body: models.body.as_ref().map(|p| p.detector_input_size()),
+        }
+    }
+
+    /// The letterboxes `job` will need: routes it runs whose detector it
+    /// does not skip with boxes of its own.
+    fn prepare(&self, job: FrameJob, dropped: u64) -> PreparedJob {
+        fn timed<T>(f: &Frame, make: impl FnOnce(RgbImage) -> T) -> Option<(T, Duration)> {
+            // A frame of the wrong size is the route's error to report.
+            let img = RgbImage::new(f.width, f.height, &f.rgb)?;
+            let t = Instant::now();
+            Some((make(img), t.elapsed()))
+        }
+        let f = &job.frame;
+        let runs = |route| job.routes.is_empty() || job.routes.contains(&route);
+        let hands = match self.hands {
+            Some(size) if runs(Route::Hands) && job.hand_boxes.is_none() => {
+                timed(f, |img| HandDetectorInput::new(img, size))
+            }
+            _ => None,
+        };
+        let body = match self.body {
+            Some(size) if runs(Route::Body) && job.person_boxes.is_none() => {
+                timed(f, |img| BodyDetectorInput::new(img, size))
+            }
+            _ => None,
+        };
+        PreparedJob {
+            job,
+            letterboxes: Letterboxes { hands, body },
+            dropped,
+        }
+    }
+}
+
+/// The prep thread: waits for the loaded models' [`Preparer`] (none if
+/// loading failed), then letterboxes every frame from the first gate and
+/// hands it to the MLX thread's gate, until the first gate closes.
+fn prep_thread(
+    input: &Gate<FrameJob>,
+    output: &Gate<PreparedJob>,
+    preparer: std::sync::mpsc::Receiver<Preparer>,
+) {
+    let preparer = preparer.recv().unwrap_or_default();
+    while let Some((job, dropped)) = input.take() {
+        let prepared = catch_unwind(AssertUnwindSafe(|| preparer.prepare(job, dropped)));
+        match prepared {
+            Ok(p) => {
+                if let Err(refused) = output.offer(p) {
+                    let (p, err) = *refused;
+                    p.refuse(err);
+                }
+            }
+            // The job went with the panic; its waiting sender sees its
+            // reply channel close.
+            Err(panic) => tracing::error!("frame preparation: {}", panic_message(&panic)),
+        }
+    }
+    output.close();
+}
+
+/// Handle to the MLX thread and the prep thread before it.
 pub struct Engine {
-    gate: Arc<Gate>,
+    /// Frames as submitted.
+    gate: Arc<Gate<FrameJob>>,
+    /// Frames with their letterboxes, for the MLX thread.
+    prepared: Arc<Gate<PreparedJob>>,
+    prep: Option<JoinHandle<()>>,
     thread: Option<JoinHandle<()>>,
     readiness: watch::Receiver<Readiness>,
 }
@@ -284,6 +436,12 @@ impl Engine {
     /// not cross threads), one warm-up frame runs, then readiness turns
     /// `Serving`. Results go to `output`.
     /// `max_hands` caps the detected hands per frame (strongest first).
+    ///
+    /// A prep thread sits in front of it: frames pass a latest-wins gate to
+    /// it, it letterboxes them for the detectors, and they pass a second
+    /// gate to the MLX thread. So the CPU letterbox of one frame overlaps
+    /// the GPU work on the frame before, and the MLX thread always takes
+    /// the newest prepared frame.
     pub fn start<F, M>(
         load: F,
         output: mpsc::UnboundedSender<EngineOutput>,
@@ -294,19 +452,24 @@ impl Engine {
         F: FnOnce() -> anyhow::Result<M> + Send + 'static,
         M: Into<Models>,
     {
-        let gate = Arc::new(Gate {
-            pending: Mutex::new(Pending::default()),
-            wake: Condvar::new(),
-            max_waiting,
-        });
+        let gate = Arc::new(Gate::new(max_waiting));
+        // Admission is the first gate's: what it let through may all wait here.
+        let prepared = Arc::new(Gate::new(usize::MAX));
+        let (preparer_tx, preparer_rx) = std::sync::mpsc::channel();
         let (ready_tx, readiness) = watch::channel(Readiness::Loading);
-        let thread_gate = gate.clone();
+        let (prep_in, prep_out) = (gate.clone(), prepared.clone());
+        let prep = std::thread::Builder::new()
+            .name("posed-prep".into())
+            .spawn(move || prep_thread(&prep_in, &prep_out, preparer_rx))
+            .expect("spawning the prep thread");
+        let thread_gate = prepared.clone();
         let thread = std::thread::Builder::new()
             .name("posed-mlx".into())
             .spawn(move || {
                 mlx_thread(
                     move || load().map(Into::into),
                     &thread_gate,
+                    preparer_tx,
                     &output,
                     &ready_tx,
                     max_hands,
@@ -315,6 +478,8 @@ impl Engine {
             .expect("spawning the MLX thread");
         Engine {
             gate,
+            prepared,
+            prep: Some(prep),
             thread: Some(thread),
             readiness,
         }
@@ -329,9 +494,7 @@ impl Engine {
     pub fn submit(&self, job: FrameJob) -> Result<(), EngineError> {
         self.gate.offer(job).map_err(|refused| {
             let (job, err) = *refused;
-            if let Some(reply) = job.reply {
-                let _ = reply.send(Err(err.clone()));
-            }
+            job.refuse(err.clone());
             err
         })
     }
@@ -343,6 +506,20 @@ impl Engine {
 
     fn stop(&mut self) {
         self.gate.close();
+        // The MLX thread stops after the frames already prepared, whatever
+        // the prep thread still holds (it refuses those as stopped).
+        self.prepared.close();
+        if let Some(prep) = self.prep.take() {
+            // It is between frames within a letterbox's time, unless it
+            // still waits for the models: then it goes with the process.
+            let until = Instant::now() + STOP_WAIT;
+            while !prep.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if prep.is_finished() {
+                let _ = prep.join();
+            }
+        }
         let Some(t) = self.thread.take() else { return };
         // A frame in flight can take long (seconds for full-size models on a
         // CPU); shutdown has a hard deadline, so wait a little, then leave
@@ -380,7 +557,8 @@ impl Drop for Engine {
 
 fn mlx_thread<F>(
     load: F,
-    gate: &Gate,
+    gate: &Gate<PreparedJob>,
+    preparer: std::sync::mpsc::Sender<Preparer>,
     output: &mpsc::UnboundedSender<EngineOutput>,
     ready: &watch::Sender<Readiness>,
     max_hands: usize,
@@ -389,18 +567,26 @@ fn mlx_thread<F>(
 {
     let models = match catch_unwind(AssertUnwindSafe(load)) {
         Ok(Ok(m)) => m,
-        Ok(Err(e)) => return fail_all(gate, output, ready, format!("{e:#}")),
-        Err(panic) => return fail_all(gate, output, ready, panic_message(&panic)),
+        // Dropping the preparer lets the prep thread pass frames on as they are.
+        Ok(Err(e)) => return fail_all(gate, output, ready, format!("{e:#}"), preparer),
+        Err(panic) => return fail_all(gate, output, ready, panic_message(&panic), preparer),
     };
     if let Err(e) = warm_up(&models, max_hands) {
-        return fail_all(gate, output, ready, format!("warm-up: {e}"));
+        return fail_all(gate, output, ready, format!("warm-up: {e}"), preparer);
     }
+    let _ = preparer.send(Preparer::of(&models));
     let enabled = models.routes();
     tracing::info!(routes = ?enabled, "models loaded and warm");
     let _ = ready.send(Readiness::Serving);
     let mut state = RouteState::default();
 
-    while let Some((job, dropped)) = gate.take() {
+    while let Some((prepared, dropped_here)) = gate.take() {
+        let PreparedJob {
+            job,
+            mut letterboxes,
+            dropped,
+        } = prepared;
+        let dropped = dropped + dropped_here;
         let frame = job.frame.clone();
         let routes = if job.routes.is_empty() {
             enabled.clone()
@@ -410,7 +596,15 @@ fn mlx_thread<F>(
         let mut results = Vec::with_capacity(routes.len());
         for route in routes {
             let result = catch_unwind(AssertUnwindSafe(|| {
-                run_route(&models, &mut state, route, &job, dropped, max_hands)
+                run_route(
+                    &models,
+                    &mut state,
+                    route,
+                    &job,
+                    &mut letterboxes,
+                    dropped,
+                    max_hands,
+                )
             }))
             .unwrap_or_else(|panic| {
                 Err(EngineError::Route {
@@ -492,6 +686,7 @@ fn run_route(
     state: &mut RouteState,
     route: Route,
     job: &FrameJob,
+    letterboxes: &mut Letterboxes,
     dropped: u64,
     max_hands: usize,
 ) -> Result<RouteResult, EngineError> {
@@ -504,13 +699,13 @@ fn run_route(
     match route {
         Route::Hands => {
             let p = models.hands.as_ref().ok_or_else(not_enabled)?;
-            run_hands(p, job, dropped, max_hands)
+            run_hands(p, job, letterboxes.hands.take(), dropped, max_hands)
                 .map(|r| RouteResult::Hands(Arc::new(r)))
                 .map_err(failed)
         }
         Route::Body => {
             let p = models.body.as_ref().ok_or_else(not_enabled)?;
-            run_body(p, job, dropped)
+            run_body(p, job, letterboxes.body.take(), dropped)
                 .map(|r| RouteResult::Body(Arc::new(r)))
                 .map_err(failed)
         }
@@ -526,14 +721,16 @@ fn run_route(
 
 /// Loading failed: say so, and answer every frame that still arrives.
 fn fail_all(
-    gate: &Gate,
+    gate: &Gate<PreparedJob>,
     output: &mpsc::UnboundedSender<EngineOutput>,
     ready: &watch::Sender<Readiness>,
     message: String,
+    preparer: std::sync::mpsc::Sender<Preparer>,
 ) {
+    drop(preparer);
     tracing::error!("models failed to load: {message}");
     let _ = ready.send(Readiness::Failed(message.clone()));
-    while let Some((job, _)) = gate.take() {
+    while let Some((PreparedJob { job, .. }, _)) = gate.take() {
         let routes = if job.routes.is_empty() {
             vec![Route::Hands]
         } else {
@@ -657,30 +854,38 @@ fn run_matte(
     })
 }
 
-fn run_body(p: &BodyPipeline, job: &FrameJob, dropped: u64) -> Result<BodyResult, String> {
+fn run_body(
+    p: &BodyPipeline,
+    job: &FrameJob,
+    letterbox: Option<(BodyDetectorInput, Duration)>,
+    dropped: u64,
+) -> Result<BodyResult, String> {
     let f = &job.frame;
     let img = RgbImage::new(f.width, f.height, &f.rgb)
         .ok_or_else(|| format!("frame is not {}x{} RGB", f.width, f.height))?;
     let mut timings = Vec::with_capacity(5);
-    let mut timed = |stage: &'static str, t: Instant| timings.push((stage, t.elapsed()));
+    let mut timed = |stage: &'static str, took: Duration| timings.push((stage, took));
     let boxes = match &job.person_boxes {
         Some(b) => b.iter().map(|&b| (b, 1.0)).collect(),
         None => {
-            let t = Instant::now();
-            let input = p.prepare_detector_input(img);
-            timed("preprocess", t);
+            // The prep thread made it; a frame handed in directly has none.
+            let (input, took) = letterbox.unwrap_or_else(|| {
+                let t = Instant::now();
+                (p.prepare_detector_input(img), t.elapsed())
+            });
+            timed("preprocess", took);
             let t = Instant::now();
             let boxes = p.detect(&input).map_err(|e| e.to_string())?;
-            timed("detect", t);
+            timed("detect", t.elapsed());
             boxes
         }
     };
     let t = Instant::now();
     let batch = p.prepare_crops(img, &boxes);
-    timed("crop", t);
+    timed("crop", t.elapsed());
     let t = Instant::now();
     let heatmaps = p.heatmaps(&batch).map_err(|e| e.to_string())?;
-    timed("pose", t);
+    timed("pose", t.elapsed());
     let t = Instant::now();
     let people = match heatmaps {
         Some((hm, mirrored)) => p
@@ -688,7 +893,7 @@ fn run_body(p: &BodyPipeline, job: &FrameJob, dropped: u64) -> Result<BodyResult
             .map_err(|e| e.to_string())?,
         None => Vec::new(),
     };
-    timed("keypoints", t);
+    timed("keypoints", t.elapsed());
     Ok(BodyResult {
         frame: f.clone(),
         people,
@@ -700,6 +905,7 @@ fn run_body(p: &BodyPipeline, job: &FrameJob, dropped: u64) -> Result<BodyResult
 fn run_hands(
     p: &HandPipeline,
     job: &FrameJob,
+    letterbox: Option<(HandDetectorInput, Duration)>,
     dropped: u64,
     max_hands: usize,
 ) -> Result<HandsResult, String> {
@@ -707,28 +913,31 @@ fn run_hands(
     let img = RgbImage::new(f.width, f.height, &f.rgb)
         .ok_or_else(|| format!("frame is not {}x{} RGB", f.width, f.height))?;
     let mut timings = Vec::with_capacity(4);
-    let mut timed = |stage: &'static str, t: Instant| timings.push((stage, t.elapsed()));
+    let mut timed = |stage: &'static str, took: Duration| timings.push((stage, took));
 
     let hands = match &job.hand_boxes {
         Some(boxes) => boxes.clone(),
         None => {
-            let t = Instant::now();
-            let input = p.prepare_detector_input(img);
-            timed("preprocess", t);
+            // The prep thread made it; a frame handed in directly has none.
+            let (input, took) = letterbox.unwrap_or_else(|| {
+                let t = Instant::now();
+                (p.prepare_detector_input(img), t.elapsed())
+            });
+            timed("preprocess", took);
             let t = Instant::now();
             let mut hands = p.detect(&input).map_err(|e| e.to_string())?;
             // Strongest first: keep the route's cost bounded per frame.
             hands.truncate(max_hands);
-            timed("detect", t);
+            timed("detect", t.elapsed());
             hands
         }
     };
     let t = Instant::now();
     let crops = p.prepare_crops(img, &hands);
-    timed("crop", t);
+    timed("crop", t.elapsed());
     let t = Instant::now();
     let regressed = p.regress(&crops).map_err(|e| e.to_string())?;
-    timed("pose", t);
+    timed("pose", t.elapsed());
     let t = Instant::now();
     let estimates = match regressed {
         Some(r) => p
@@ -736,7 +945,7 @@ fn run_hands(
             .map_err(|e| e.to_string())?,
         None => Vec::new(),
     };
-    timed("mano", t);
+    timed("mano", t.elapsed());
     Ok(HandsResult {
         frame: f.clone(),
         hands: estimates,
@@ -789,13 +998,72 @@ mod tests {
         assert!(kept.contains_key("s4") && kept.contains_key("s18"));
     }
 
+    /// Frames replaced at either gate are counted once, on the result that
+    /// follows them; frames waiting for a reply pass both gates in order.
+    #[test]
+    fn drops_at_both_gates_add_up_and_waiting_frames_keep_their_order() {
+        let first: Gate<FrameJob> = Gate::new(4);
+        let second: Gate<PreparedJob> = Gate::new(usize::MAX);
+        let preparer = Preparer::default();
+        let pass = |n: usize| {
+            for _ in 0..n {
+                let (job, dropped) = first.take().unwrap();
+                second
+                    .offer(preparer.prepare(job, dropped))
+                    .map_err(|r| r.1)
+                    .unwrap();
+            }
+        };
+        // Frames 0, 1 and 2 are replaced at the first gate, 3 and 4 at the
+        // second, each by the next one passed on: five drops before 5.
+        for id in 0..4 {
+            first.offer(job(id, None)).map_err(|r| r.1).unwrap();
+        }
+        pass(1);
+        for id in 4..6 {
+            first.offer(job(id, None)).map_err(|r| r.1).unwrap();
+            pass(1);
+        }
+        let (a, _) = oneshot::channel();
+        let (b, _) = oneshot::channel();
+        first.offer(job(10, Some(a))).map_err(|r| r.1).unwrap();
+        first.offer(job(11, Some(b))).map_err(|r| r.1).unwrap();
+        pass(2);
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let (p, here) = second.take().unwrap();
+            seen.push((p.job.frame.id, here + p.dropped));
+        }
+        // The waiting frames first; the streamed frame's drops ride on the
+        // first result taken, as with one gate.
+        assert_eq!(seen, [(10, 5), (11, 0), (5, 0)]);
+    }
+
+    /// With no models loaded the prep thread makes nothing, and a frame
+    /// that brings its own boxes never gets a letterbox.
+    #[test]
+    fn the_preparer_letterboxes_only_for_detectors_that_run() {
+        let with_sizes = Preparer {
+            hands: Some(32),
+            body: Some(40),
+        };
+        let l = with_sizes.prepare(job(1, None), 0).letterboxes;
+        assert_eq!(l.hands.unwrap().0.letterbox.size, 32);
+        assert_eq!(l.body.unwrap().0.size, 40);
+
+        let mut boxed = job(2, None);
+        boxed.hand_boxes = Some(Vec::new());
+        boxed.routes = vec![Route::Hands];
+        let l = with_sizes.prepare(boxed, 0).letterboxes;
+        assert!(l.hands.is_none() && l.body.is_none());
+
+        let l = Preparer::default().prepare(job(3, None), 0).letterboxes;
+        assert!(l.hands.is_none() && l.body.is_none());
+    }
+
     #[test]
     fn the_gate_keeps_the_newest_frame_and_every_waiting_one() {
-        let gate = Gate {
-            pending: Mutex::new(Pending::default()),
-            wake: Condvar::new(),
-            max_waiting: 2,
-        };
+        let gate = Gate::new(2);
         for id in 0..5 {
             gate.offer(job(id, None)).map_err(|r| r.1).unwrap();
         }
