@@ -1,5 +1,7 @@
 //! The MLX thread: one `std::thread` owns every model and MLX array. Frames
-//! reach it through a latest-wins gate, results leave it as plain Rust data.
+//! reach it through a latest-wins gate, a prep thread that makes their
+//! detector letterboxes on the CPU, and a second such gate; results leave
+//! it as plain Rust data.
 //!
 //! Why a gate and not a queue: an input device must show the newest frame,
 //! not work through a backlog. A frame still waiting when a newer one arrives
