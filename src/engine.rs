@@ -511,32 +511,33 @@ impl Engine {
         // The MLX thread stops after the frames already prepared, whatever
         // the prep thread still holds (it refuses those as stopped).
         self.prepared.close();
+        // A frame in flight can take long (seconds for full-size models on a
+        // CPU); shutdown has a hard deadline, so both threads get one short
+        // wait together, then are left to the process's exit. The prep
+        // thread is between frames within a letterbox's time, unless it
+        // still waits for the models.
+        let until = Instant::now() + STOP_WAIT;
         if let Some(prep) = self.prep.take() {
-            // It is between frames within a letterbox's time, unless it
-            // still waits for the models: then it goes with the process.
-            let until = Instant::now() + STOP_WAIT;
-            while !prep.is_finished() && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            if prep.is_finished() {
-                let _ = prep.join();
-            }
+            join_by(prep, until);
         }
         let Some(t) = self.thread.take() else { return };
-        // A frame in flight can take long (seconds for full-size models on a
-        // CPU); shutdown has a hard deadline, so wait a little, then leave
-        // the thread to the process's exit.
-        let until = Instant::now() + STOP_WAIT;
-        while !t.is_finished() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if t.is_finished() {
-            let _ = t.join();
-        } else {
+        if !join_by(t, until) {
             tracing::warn!("the MLX thread is mid-frame; not waiting for it");
             MLX_THREAD_LEFT_RUNNING.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
+}
+
+/// Joins `t` if it finishes by `until`; false if it is still running.
+fn join_by(t: JoinHandle<()>, until: Instant) -> bool {
+    while !t.is_finished() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let finished = t.is_finished();
+    if finished {
+        let _ = t.join();
+    }
+    finished
 }
 
 /// How long stopping waits for a frame in flight.
