@@ -17,7 +17,7 @@ use mlx_rs::{fast, ops, Array, Dtype};
 use serde::{Deserialize, Serialize};
 
 use crate::fixture::{self, FixtureError, FixtureModel, Tensors};
-use crate::nn::{gelu, host_f32, relu, BatchNorm, Conv2d, LayerNorm, Linear, Result};
+use crate::nn::{gelu, host_f32, relu, select, BatchNorm, Conv2d, LayerNorm, Linear, Result};
 use crate::weights::Weights;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -168,7 +168,11 @@ impl MaskUnitAttention {
             .forward(x)?
             .reshape(&[b, -1, windows, 3, s.heads, hd])?
             .transpose_axes(&[3, 0, 4, 2, 1, 5])?;
-        let (mut q, k, v) = (qkv.index(0), qkv.index(1), qkv.index(2));
+        let (mut q, k, v) = (
+            select(&qkv, 0, 0)?,
+            select(&qkv, 0, 1)?,
+            select(&qkv, 0, 2)?,
+        );
         if s.q_stride > 1 {
             let t = q.dim(3);
             q = q

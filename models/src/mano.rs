@@ -10,7 +10,7 @@ use std::path::Path;
 
 use mlx_rs::{ops, Array};
 
-use crate::nn::Result;
+use crate::nn::{select, Result};
 use crate::npz::{self, NpyArray};
 
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +212,7 @@ impl Mano {
         // World transform of every joint, then relative to its rest position.
         let world = self.chain.world_transforms(rotations, &joints)?; // (B, J, 3, 4)
         let world_rot = world.index((.., .., .., 0..3));
-        let world_t = world.index((.., .., .., 3));
+        let world_t = select(&world, 3, 3)?;
         let rest_offset = world_rot
             .matmul(joints.reshape(&[b, j, 3, 1])?)?
             .reshape(&[b, j, 3])?;
@@ -228,7 +228,7 @@ impl Mano {
             .index((.., .., .., 0..3))
             .matmul(v_posed.reshape(&[b, v, 3, 1])?)?
             .reshape(&[b, v, 3])?
-            .add(blended.index((.., .., .., 3)))?;
+            .add(select(&blended, 3, 3)?)?;
 
         let tips = vertices.take_axis(&self.tips, 1)?;
         let all = ops::concatenate(&[world_t, tips], 1)?;

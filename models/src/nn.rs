@@ -423,6 +423,21 @@ pub fn scalar(v: f32, dtype: Dtype) -> Array {
     }
 }
 
+/// Entry `i` of `axis`, with that axis dropped. mlx-rs turns an integer
+/// index (`x.index(0)`) into `take`, a gather kernel on every call; a slice
+/// is a view, and a compiled graph can fuse it into what reads it.
+pub fn select(x: &Array, axis: i32, i: i32) -> Result<Array> {
+    use mlx_rs::ops::indexing::{ArrayIndex, ArrayIndexOp, TryIndexOp};
+    let axis = if axis < 0 {
+        axis + x.ndim() as i32
+    } else {
+        axis
+    };
+    let mut index: Vec<ArrayIndexOp> = (0..axis).map(|_| (..).index_op()).collect();
+    index.push((i..i + 1).index_op());
+    x.try_index(&index[..])?.squeeze_axes(&[axis])
+}
+
 pub fn silu(x: &Array) -> Result<Array> {
     x.multiply(ops::sigmoid(x)?)
 }
@@ -493,7 +508,11 @@ impl Attention {
             .reshape(&[b, n, 3, self.heads, hd])?
             // (3, B, heads, N, head_dim): q, k, v split on the first axis
             .transpose_axes(&[2, 0, 3, 1, 4])?;
-        let (q, k, v) = (qkv.index(0), qkv.index(1), qkv.index(2));
+        let (q, k, v) = (
+            select(&qkv, 0, 0)?,
+            select(&qkv, 0, 1)?,
+            select(&qkv, 0, 2)?,
+        );
         let o = fast::scaled_dot_product_attention(q, k, v, (hd as f32).powf(-0.5), None, None)?;
         let o = o.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, n, d])?;
         self.proj.forward(&o)
@@ -677,8 +696,8 @@ pub fn grid_sample_zeros(map: &Array, xy: &Array) -> Result<Array> {
     let (b, h, w, c) = (map.dim(0), map.dim(1), map.dim(2), map.dim(3));
     let p = xy.dim(1);
     let flat = map.reshape(&[b, h * w, c])?;
-    let x = xy.index((.., .., 0));
-    let y = xy.index((.., .., 1));
+    let x = select(xy, 2, 0)?;
+    let y = select(xy, 2, 1)?;
     let x0 = ops::floor(&x)?;
     let y0 = ops::floor(&y)?;
     let fx = x.subtract(&x0)?;
@@ -738,6 +757,23 @@ mod tests {
         (0..n)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) * scale)
             .collect()
+    }
+
+    #[test]
+    fn select_is_the_integer_index_on_any_axis() {
+        let x = Array::from_slice(&ramp(2 * 3 * 4, 1.0), &[2, 3, 4]);
+        let host = |a: &Array| host_f32(a).unwrap();
+        let cases = [
+            (0, 1, x.index(1)),
+            (1, 2, x.index((.., 2))),
+            (2, 3, x.index((.., .., 3))),
+            (-1, 0, x.index((.., .., 0))),
+        ];
+        for (axis, i, want) in cases {
+            let got = select(&x, axis, i).unwrap();
+            assert_eq!(got.shape(), want.shape(), "axis {axis}");
+            assert_eq!(host(&got), host(&want), "axis {axis}, entry {i}");
+        }
     }
 
     #[test]

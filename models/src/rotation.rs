@@ -4,7 +4,7 @@
 
 use mlx_rs::{ops, Array};
 
-use crate::nn::Result;
+use crate::nn::{select, Result};
 
 /// (…, 6) → (N, 3, 3) with N the product of the leading axes. The two
 /// 3-vectors are orthonormalised by Gram–Schmidt and completed by their
@@ -12,8 +12,8 @@ use crate::nn::Result;
 /// max(‖v‖, 1e-12) as `torch.nn.functional.normalize` does.
 pub fn rot6d_to_rotmat(x: &Array) -> Result<Array> {
     let v = x.reshape(&[-1, 2, 3])?;
-    let a1 = v.index((.., 0, ..));
-    let a2 = v.index((.., 1, ..));
+    let a1 = select(&v, 1, 0)?;
+    let a2 = select(&v, 1, 1)?;
     let normalize = |u: &Array| -> Result<Array> {
         let norm = u.square()?.sum_axis(-1, true)?.sqrt()?;
         u.divide(ops::maximum(&norm, Array::from_f32(1e-12))?)

@@ -9,7 +9,6 @@
 
 use std::path::Path;
 
-use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{ops, Array};
 use serde::{Deserialize, Serialize};
 
@@ -193,8 +192,8 @@ pub fn postprocess(
     for (l, (cls, reg)) in out.cls.iter().zip(&out.reg).enumerate() {
         let w = cls.dim(2) as usize;
         let stride = cfg.head.strides[l] as f32;
-        let logits = crate::nn::host_f32(&cls.index(0))?;
-        let ltrb = crate::nn::host_f32(&reg.index(0))?;
+        let logits = crate::nn::host_f32(&crate::nn::select(cls, 0, 0)?)?;
+        let ltrb = crate::nn::host_f32(&crate::nn::select(reg, 0, 0)?)?;
         let nc = cfg.head.num_classes as usize;
         let mut level: Vec<(f32, usize)> = logits
             .iter()

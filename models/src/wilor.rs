@@ -219,11 +219,11 @@ impl Backbone {
             .add(&self.init_hand_pose)?;
         let betas = self
             .decshape
-            .forward(&x.index((.., POSE_JOINTS, ..)))?
+            .forward(&nn::select(&x, 1, POSE_JOINTS)?)?
             .add(&self.init_betas)?;
         let cam = self
             .deccam
-            .forward(&x.index((.., POSE_JOINTS + 1, ..)))?
+            .forward(&nn::select(&x, 1, POSE_JOINTS + 1)?)?
             .add(&self.init_cam)?;
         let features =
             x.index((.., LEARNED_TOKENS.., ..))
