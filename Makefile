@@ -40,10 +40,12 @@ run: release
 # Every test, after installing what they need.
 test: setup
 	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) test --features cpu-profile --test cpu_profile
 
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features cpu-profile -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

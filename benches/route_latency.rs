@@ -43,6 +43,7 @@ fn main() -> anyhow::Result<()> {
             .collect::<Result<_, _>>()?,
         refiner_tile: value("--refiner-tile").map(|v| v.parse()).transpose()?,
         profile: args.iter().any(|a| a == "--profile"),
+        cpu_profile: value("--cpu-profile").map(PathBuf::from),
         warmup: value("--warmup").map_or(Ok(10), |v| v.parse())?,
         runs: value("--runs").map_or(Ok(100), |v| v.parse())?,
     };

@@ -21,7 +21,7 @@
 //! foreground and composite, protobuf-encoded).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -50,6 +50,9 @@ pub struct BenchOptions {
     pub refiner_tile: Option<i32>,
     /// Print per-part timings of the network first.
     pub profile: bool,
+    /// Sample the host's stacks during each case's timed runs and write
+    /// them here as `<case>.folded` (`crate::cpu_profile`).
+    pub cpu_profile: Option<PathBuf>,
     pub warmup: usize,
     pub runs: usize,
 }
@@ -227,7 +230,8 @@ pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
                 name.clone()
             };
             for &n in &options.per_frame {
-                let stages = time_case(&pipeline, &jpeg, n, options)?;
+                let case = format!("hands-{label}-x{n}");
+                let stages = time_case(&pipeline, &jpeg, n, &case, options)?;
                 let outputs = hand_outputs(&pipeline, &jpeg, n)?;
                 let vs_f32 = match reference.get(&n) {
                     Some(f32_outputs) => Some(deviation(f32_outputs, &outputs)),
@@ -302,12 +306,13 @@ pub fn run_body(files: &BodyModelFiles, options: &BenchOptions) -> Result<Report
         pipeline.max_people = usize::MAX;
         synthetic_weights |= synthetic;
         for &n in &options.per_frame {
-            let stages = time_body_case(&pipeline, &jpeg, n, options)?;
             let label = if options.flip_test {
                 format!("{name}+flip")
             } else {
                 name.clone()
             };
+            let case = format!("body-{label}-x{n}");
+            let stages = time_body_case(&pipeline, &jpeg, n, &case, options)?;
             eprintln!("{}", case_line("body", &label, n, &stages));
             cases.push(CaseResult {
                 route: "body",
@@ -342,11 +347,12 @@ fn time_body_case(
     p: &BodyPipeline,
     jpeg: &[u8],
     people: usize,
+    case: &str,
     options: &BenchOptions,
 ) -> Result<BTreeMap<String, Percentiles>> {
     let image = proto::push_image_request::Image::Encoded(jpeg.to_vec());
     let boxes: Vec<([f32; 4], f32)> = person_boxes(people).into_iter().map(|b| (b, 1.0)).collect();
-    measure(&BODY_STAGES, options, |i, mark| {
+    measure(&BODY_STAGES, case, options, |i, mark| {
         let start = Instant::now();
         let rgb = crate::decode::decode(Some(&image), u64::MAX)
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
@@ -412,7 +418,8 @@ pub fn run_matte(files: &MatteModelFiles, options: &BenchOptions) -> Result<Repo
                 profile_matte(&pipeline, &jpeg, &format!("{name} @{size}"))?;
             }
             posed_models::runtime::reset_peak_memory();
-            let stages = time_matte_case(&pipeline, &jpeg, &hint_png, options)?;
+            let case = format!("matte-{name}-{size}");
+            let stages = time_matte_case(&pipeline, &jpeg, &hint_png, &case, options)?;
             let mem = posed_models::runtime::memory_use();
             eprintln!(
                 "matte {name} @{size}: MLX peak {:.2} GiB, cache {:.2} GiB",
@@ -467,10 +474,11 @@ fn time_matte_case(
     p: &MattePipeline,
     jpeg: &[u8],
     hint_png: &[u8],
+    case: &str,
     options: &BenchOptions,
 ) -> Result<BTreeMap<String, Percentiles>> {
     let image = proto::push_image_request::Image::Encoded(jpeg.to_vec());
-    measure(&MATTE_STAGES, options, |i, mark| {
+    measure(&MATTE_STAGES, case, options, |i, mark| {
         let start = Instant::now();
         let rgb = crate::decode::decode(Some(&image), u64::MAX)
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
@@ -514,8 +522,10 @@ fn bench_frame(i: u64, width: usize, height: usize, received: Instant) -> std::s
 
 /// Runs `one` warm-up + timed times; `one` marks the end of each stage and
 /// returns when the frame started. Percentiles per stage and end to end.
+/// With `options.cpu_profile`, the host is sampled during the timed runs.
 fn measure(
     stages: &[&'static str],
+    case: &str,
     options: &BenchOptions,
     mut one: impl FnMut(u64, &mut dyn FnMut(&'static str)) -> Result<Instant>,
 ) -> Result<BTreeMap<String, Percentiles>> {
@@ -523,7 +533,11 @@ fn measure(
         .iter()
         .map(|s| (*s, Histogram::new(3).expect("3 significant figures")))
         .collect();
+    let mut sampler = None;
     for i in 0..options.warmup + options.runs {
+        if i == options.warmup && options.cpu_profile.is_some() {
+            sampler = Some(crate::cpu_profile::Sampler::start()?);
+        }
         let mut times: Vec<(&str, Duration)> = Vec::with_capacity(stages.len());
         let mut lap = Instant::now();
         let start = one(i as u64, &mut |stage| {
@@ -551,6 +565,11 @@ fn measure(
             }
         }
     }
+    if let (Some(sampler), Some(dir)) = (sampler, &options.cpu_profile) {
+        let path = dir.join(format!("{}.folded", case.replace(['/', ' '], "_")));
+        sampler.write_folded(&path)?;
+        eprintln!("cpu profile of {case}: {}", path.display());
+    }
     Ok(hist
         .into_iter()
         .map(|(stage, h)| (stage.to_owned(), Percentiles::of(&h)))
@@ -561,11 +580,12 @@ fn time_case(
     p: &HandPipeline,
     jpeg: &[u8],
     hands: usize,
+    case: &str,
     options: &BenchOptions,
 ) -> Result<BTreeMap<String, Percentiles>> {
     let image = proto::push_image_request::Image::Encoded(jpeg.to_vec());
     let hand_boxes = fixed_hand_boxes(hands);
-    measure(&HAND_STAGES, options, |i, mark| {
+    measure(&HAND_STAGES, case, options, |i, mark| {
         let start = Instant::now();
         let rgb = crate::decode::decode(Some(&image), u64::MAX)
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
@@ -696,6 +716,11 @@ pub fn run_dir(
     options: &BenchOptions,
     json: Option<&Path>,
 ) -> Result<Report> {
+    if let Some(dir) = &options.cpu_profile {
+        // Fail before minutes of loading, not after the first warm-up.
+        crate::cpu_profile::ensure_available()?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let report = match route {
         "hands" => run(
             &HandModelFiles::from_dir(dir).map_err(anyhow::Error::msg)?,

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod bench_grpc;
 pub mod client;
 pub mod config;
+pub mod cpu_profile;
 pub mod decode;
 pub mod doctor;
 pub mod engine;

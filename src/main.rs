@@ -140,6 +140,10 @@ struct BenchArgs {
     /// Matte route: print the network's time per part first.
     #[arg(long)]
     profile: bool,
+    /// Sample the host's stacks during each case's timed runs into this
+    /// folder, one `<case>.folded` file each (needs --features cpu-profile).
+    #[arg(long)]
+    cpu_profile: Option<PathBuf>,
     /// Cap MLX's cache of freed buffers (MiB; server.mlx_cache_limit_mb).
     #[arg(long)]
     cache_limit_mb: Option<usize>,
@@ -336,6 +340,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         matte_sizes: args.sizes,
         refiner_tile: args.refiner_tile,
         profile: args.profile,
+        cpu_profile: args.cpu_profile,
         warmup: args.warmup,
         runs: args.runs,
     };
