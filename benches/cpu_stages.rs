@@ -64,6 +64,33 @@ fn nms(c: &mut Criterion) {
             )
         })
     });
+    // Random weights (the harness's synthetic detector): scores near 0.5,
+    // so every anchor is a candidate, spread over the image.
+    for (a, p) in pred.chunks_exact_mut(rows).enumerate() {
+        let u = |k: usize| ((a * 7919 + k * 104_729) % 1000) as f32 / 1000.0;
+        p[..4].copy_from_slice(&[
+            512.0 * u(1),
+            512.0 * u(2),
+            40.0 + 200.0 * u(3),
+            40.0 + 200.0 * u(4),
+        ]);
+        p[4] = 0.35 + 0.3 * u(5);
+        p[5] = 0.35 + 0.3 * u(6);
+    }
+    c.bench_function(
+        &format!("nms over {anchors} anchors, all candidates"),
+        |b| {
+            b.iter(|| {
+                select_detections(
+                    black_box(&pred),
+                    rows,
+                    cfg.nc as usize,
+                    cfg.conf_threshold,
+                    cfg.iou_threshold,
+                )
+            })
+        },
+    );
 }
 
 fn mano(c: &mut Criterion) {

@@ -294,9 +294,12 @@ pub fn select_detections(
     conf_threshold: f32,
     iou_threshold: f32,
 ) -> Vec<Detection> {
-    let mut candidates: Vec<Detection> = pred
+    // (anchor, class, score, box): keypoints are copied for the kept ones
+    // only, since an untrained or confused detector can pass thousands.
+    let mut candidates: Vec<(usize, usize, f32, [f32; 4])> = pred
         .chunks_exact(rows)
-        .filter_map(|p| {
+        .enumerate()
+        .filter_map(|(anchor, p)| {
             let (class, score) =
                 p[4..4 + nc]
                     .iter()
@@ -308,26 +311,29 @@ pub fn select_detections(
                     );
             (score >= conf_threshold).then(|| {
                 let (cx, cy, w, h) = (p[0], p[1], p[2], p[3]);
-                Detection {
-                    bbox: [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0],
-                    score,
-                    class,
-                    keypoints: p[4 + nc..]
-                        .chunks_exact(3)
-                        .map(|k| [k[0], k[1], k[2]])
-                        .collect(),
-                }
+                let bbox = [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0];
+                (anchor, class, score, bbox)
             })
         })
         .collect();
-    candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let mut kept: Vec<Detection> = Vec::new();
-    for d in candidates {
-        if kept.iter().all(|k| iou(&k.bbox, &d.bbox) <= iou_threshold) {
-            kept.push(d);
+    candidates.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let mut kept: Vec<(usize, usize, f32, [f32; 4])> = Vec::new();
+    for c in candidates {
+        if kept.iter().all(|k| iou(&k.3, &c.3) <= iou_threshold) {
+            kept.push(c);
         }
     }
-    kept
+    kept.into_iter()
+        .map(|(anchor, class, score, bbox)| Detection {
+            bbox,
+            score,
+            class,
+            keypoints: pred[anchor * rows + 4 + nc..(anchor + 1) * rows]
+                .chunks_exact(3)
+                .map(|k| [k[0], k[1], k[2]])
+                .collect(),
+        })
+        .collect()
 }
 
 pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
