@@ -75,7 +75,8 @@ mod enabled {
                 // handler (pprof-rs's advice).
                 .blocklist(&["libc", "libgcc", "pthread", "vdso"])
                 .build()
-                .context("starting the CPU sampler")?;
+                // pprof-rs runs one profiler per process.
+                .context("starting the CPU sampler (is another one running in this process?)")?;
             Ok(Sampler { guard })
         }
 

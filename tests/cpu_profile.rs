@@ -2,6 +2,10 @@
 //! records where a busy thread spends its time; without it, asking for it
 //! is a clear error.
 
+/// pprof-rs runs one profiler per process; the tests take turns.
+#[cfg(feature = "cpu-profile")]
+static ONE_SAMPLER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(feature = "cpu-profile")]
 #[test]
 fn the_sampler_sees_a_busy_function_and_leaves_itself_out() {
@@ -19,6 +23,7 @@ fn the_sampler_sees_a_busy_function_and_leaves_itself_out() {
         x
     }
 
+    let _turn = ONE_SAMPLER.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spin.folded");
     let sampler = posed::cpu_profile::Sampler::start().unwrap();
@@ -54,6 +59,37 @@ fn the_sampler_sees_a_busy_function_and_leaves_itself_out() {
             "the sampler's own frame is the leaf: {leaf}"
         );
         assert!(leaf.contains('!'), "frames are library!function: {leaf}");
+    }
+}
+
+#[cfg(feature = "cpu-profile")]
+#[test]
+fn the_route_harness_writes_a_profile_of_each_case() {
+    use posed::weights::synth::{synth_hands, Size, Variant};
+
+    let _turn = ONE_SAMPLER.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    synth_hands(Size::Tiny, Variant::F32, None, &models, 5).unwrap();
+    let profiles = dir.path().join("prof");
+    let options = posed::bench::BenchOptions {
+        pose_dtypes: vec!["f32".into()],
+        compile: vec![false],
+        per_frame: vec![1],
+        flip_test: false,
+        matte_sizes: Vec::new(),
+        refiner_tile: None,
+        profile: false,
+        cpu_profile: Some(profiles.clone()),
+        warmup: 1,
+        runs: 8,
+    };
+    posed::bench::run_dir("hands", &models, &options, None).unwrap();
+
+    let text = std::fs::read_to_string(profiles.join("hands-f32-x1.folded")).unwrap();
+    // The timed frames on the calling thread, and MLX's work under them.
+    for frame in ["posed::bench::time_case", "libmlx"] {
+        assert!(text.contains(frame), "no {frame} frame in the profile");
     }
 }
 
