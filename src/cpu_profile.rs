@@ -14,7 +14,7 @@
 //! error that says so.
 
 /// Samples asked for per second of CPU time. The kernel delivers SIGPROF at
-/// its timer tick, so fewer arrive (about 160-200 on the GPU machines):
+/// its timer tick, so fewer arrive (about 150-210 on the GPU machines):
 /// compare shares, or scale by a stage timed on one CPU thread.
 pub const SAMPLE_HZ: i32 = 1000;
 

@@ -8,7 +8,7 @@
 Each line of a .folded file is one distinct stack, outermost frame first,
 frames as `library!function`, then its number of samples. posed asks for
 1000 samples per CPU-second, but the kernel delivers them at its timer tick
-(about 160-200 per second on the GPU machines), so read shares, or scale
+(about 150-210 per second on the GPU machines), so read shares, or scale
 by a stage timed on one CPU thread (the crop) to get milliseconds. Reported:
 
 - samples per thread;
