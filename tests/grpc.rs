@@ -656,6 +656,7 @@ async fn replay_feeds_subscribers_and_a_missing_camera_is_retried() {
         let img = image::RgbImage::from_fn(80, 60, |x, y| image::Rgb([(x + i) as u8, y as u8, 50]));
         img.save(dir.path().join(format!("frame{i}.png"))).unwrap();
     }
+    #[cfg_attr(not(feature = "camera"), allow(unused_mut))]
     let mut sources = vec![server::SourceSpec::Replay {
         id: "replay".into(),
         config: posed::sources::ReplayConfig {
