@@ -53,17 +53,20 @@ fn nms(c: &mut Criterion) {
             p[4 + a % 2] = 0.3 + (a % 13) as f32 / 20.0;
         }
     }
-    c.bench_function(&format!("nms over {anchors} anchors"), |b| {
-        b.iter(|| {
-            select_detections(
-                black_box(&pred),
-                rows,
-                cfg.nc as usize,
-                cfg.conf_threshold,
-                cfg.iou_threshold,
-            )
-        })
-    });
+    let mut bench = |name: String, pred: &[f32]| {
+        c.bench_function(&name, |b| {
+            b.iter(|| {
+                select_detections(
+                    black_box(pred),
+                    rows,
+                    cfg.nc as usize,
+                    cfg.conf_threshold,
+                    cfg.iou_threshold,
+                )
+            })
+        });
+    };
+    bench(format!("nms over {anchors} anchors"), &pred);
     // Random weights (the harness's synthetic detector): scores near 0.5,
     // so every anchor is a candidate, spread over the image.
     for (a, p) in pred.chunks_exact_mut(rows).enumerate() {
@@ -77,20 +80,7 @@ fn nms(c: &mut Criterion) {
         p[4] = 0.35 + 0.3 * u(5);
         p[5] = 0.35 + 0.3 * u(6);
     }
-    c.bench_function(
-        &format!("nms over {anchors} anchors, all candidates"),
-        |b| {
-            b.iter(|| {
-                select_detections(
-                    black_box(&pred),
-                    rows,
-                    cfg.nc as usize,
-                    cfg.conf_threshold,
-                    cfg.iou_threshold,
-                )
-            })
-        },
-    );
+    bench(format!("nms over {anchors} anchors, all candidates"), &pred);
 }
 
 fn mano(c: &mut Criterion) {
