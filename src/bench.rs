@@ -4,37 +4,40 @@
 //! runs, percentiles per stage and end to end, as a table and as JSON for
 //! comparisons.
 //!
-//! Stages run in the daemon's order and with its code. Hands: decode (the
-//! gRPC decoder), preprocess (letterbox), detect, crop, pose (WiLoR network,
-//! evaluated), mano (final MANO pass and placement), post (the event and its
-//! protobuf encoding). Body: decode, preprocess (mmdet letterbox), detect
-//! (RTMDet and its post-processing), crop (UDP warps), pose (Sapiens2 on the
-//! crops, and their mirror images with the flip test, evaluated), keypoints
-//! (flip average, DARK decode, back to the image), post. The detector always
-//! runs; the pose batch is the given number of fixed boxes, so a batch size
-//! does not depend on what random weights happen to detect.
+//! Each frame runs the daemon's code, not a copy: the push decoder
+//! (`decode`, with the matte hint), the route's own [`Route::run`] (its
+//! stages, named in the route's module), the route's post-processing and
+//! the protobuf encoding (`post`), a fan-out publish (`fanout`), and
+//! `end_to_end`. On the hand and body routes the detector always runs and is
+//! timed, but the pose batch is the given number of fixed boxes, so a batch
+//! size does not depend on what random weights happen to detect. `model`
+//! (hands) spans pose and mano: the WiLoR stage as its peers measure it.
 //!
-//! Matte: a 1920×1080 JPEG with a pushed hint, per model size and decoder
-//! dtype: decode (frame and hint), preprocess (resize to the model size,
-//! normalise, evaluated), matte (CorridorKey, evaluated), resize (alpha and
-//! foreground back to 1920×1080 as bytes), post (the event with PNG alpha,
-//! foreground and composite, protobuf-encoded).
+//! Matte: a 1920×1080 JPEG with a pushed PNG hint, per model size and
+//! decoder dtype, with the foreground and composite encoded.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use posed_models::body_pipeline::{BodyModelFiles, BodyPipeline};
 use posed_models::hand_pipeline::{HandBox, HandEstimate, HandModelFiles, HandPipeline};
 use posed_models::image::RgbImage;
-use posed_models::matte_pipeline::{FrameFit, Hint, MatteModelFiles, MattePipeline};
+use posed_models::matte_pipeline::{Hint, MatteModelFiles, MattePipeline};
 use prost::Message;
 use serde::Serialize;
 
-use crate::engine::{BodyResult, Frame, HandsResult, HintSource, MatteResult};
+use crate::config::{FallbackHint, MatteConfig, MatteFit};
+use crate::engine::Frame;
+use crate::fanout::FanOut;
 use crate::proto;
+use crate::routes::body::{BodyRequest, BodyRoute};
+use crate::routes::hands::{HandsRequest, HandsRoute};
+use crate::routes::{stage, PostOptions, Route, RouteId, RouteOutput, StageClock};
+use crate::server::decode_push;
 
 pub struct BenchOptions {
     pub pose_dtypes: Vec<String>,
@@ -82,7 +85,7 @@ impl Percentiles {
 
 #[derive(Debug, Serialize)]
 pub struct CaseResult {
-    pub route: &'static str,
+    pub route: RouteId,
     pub pose_dtype: String,
     pub compiled: bool,
     /// Hands or people per frame (the pose batch); 1 for the matte route.
@@ -118,49 +121,26 @@ pub struct Report {
     pub cases: Vec<CaseResult>,
 }
 
-const HAND_STAGES: [&str; 9] = [
-    "decode",
-    "preprocess",
-    "detect",
-    "crop",
-    "pose",
-    "mano",
-    "post",
-    "model",
-    "end_to_end",
-];
-
 /// Spans of consecutive stages, timed as one: `model` is the WiLoR model
 /// stage as its peers measure it (network and final MANO, results on the
 /// host), crops in.
-const SPANS: [(&str, [&str; 2]); 1] = [("model", ["pose", "mano"])];
+pub const SPANS: [(&str, [&str; 2]); 1] = [("model", ["pose", "mano"])];
 
-const BODY_STAGES: [&str; 8] = [
-    "decode",
-    "preprocess",
-    "detect",
-    "crop",
-    "pose",
-    "keypoints",
-    "post",
-    "end_to_end",
-];
-
-const MATTE_STAGES: [&str; 6] = [
-    "decode",
-    "preprocess",
-    "matte",
-    "resize",
-    "post",
-    "end_to_end",
-];
-
-fn stages_of(route: &str) -> &'static [&'static str] {
-    match route {
-        "body" => &BODY_STAGES,
-        "matte" => &MATTE_STAGES,
-        _ => &HAND_STAGES,
+/// What the harness reports for `route`: the daemon's stages of it in
+/// order (the route's own between decode and post), then spans and
+/// `end_to_end`.
+pub fn stages_of(route: RouteId) -> Vec<&'static str> {
+    let own = route.kind().stages();
+    let mut stages = vec![stage::DECODE];
+    stages.extend_from_slice(own);
+    stages.extend([stage::POST, stage::FANOUT]);
+    for (span, parts) in SPANS {
+        if parts.iter().all(|p| own.contains(p)) {
+            stages.push(span);
+        }
     }
+    stages.push(stage::END_TO_END);
+    stages
 }
 
 /// A 640×480 JPEG with some structure (gradients and a disc), encoded once.
@@ -209,8 +189,18 @@ pub fn dtype(name: &str) -> Result<Option<mlx_rs::Dtype>> {
     })
 }
 
+/// The matte heads' float type for a `--pose-dtypes` name.
+fn matte_head(name: &str) -> Result<crate::config::FloatType> {
+    use crate::config::FloatType;
+    match dtype(name)? {
+        None => Ok(FloatType::Float32),
+        Some(mlx_rs::Dtype::Bfloat16) => Ok(FloatType::Bfloat16),
+        Some(_) => anyhow::bail!("the matte heads run in f32 or bf16, not {name}"),
+    }
+}
+
 pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
-    let jpeg = test_jpeg();
+    let push = jpeg_push(test_jpeg());
     let mut cases = Vec::new();
     // The first float32 case's hands per batch size: what the other cases
     // are compared against.
@@ -224,6 +214,7 @@ pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
             if compiled {
                 pipeline.compile().context("compiling the hand route")?;
             }
+            let mut route = HandsRoute::new(pipeline, 4);
             let label = if compiled {
                 format!("{name}+compile")
             } else {
@@ -231,8 +222,12 @@ pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
             };
             for &n in &options.per_frame {
                 let case = format!("hands-{label}-x{n}");
-                let stages = time_case(&pipeline, &jpeg, n, &case, options)?;
-                let outputs = hand_outputs(&pipeline, &jpeg, n)?;
+                let boxes = fixed_hand_boxes(n);
+                let stages = time_case(&mut route, &push, &case, options, |r: &mut HandsRequest| {
+                    r.boxes = Some(boxes.clone());
+                    r.time_detector = true;
+                })?;
+                let outputs = hand_outputs(&mut route, &push, n)?;
                 let vs_f32 = match reference.get(&n) {
                     Some(f32_outputs) => Some(deviation(f32_outputs, &outputs)),
                     None if name == "f32" => {
@@ -241,7 +236,7 @@ pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
                     }
                     None => None,
                 };
-                let mut line = case_line("hands", &label, n, &stages);
+                let mut line = case_line(RouteId::Hands, &label, n, &stages);
                 if let Some(d) = vs_f32 {
                     line.push_str(&format!(
                         " | vs f32: keypoints {:.2e} m, vertices {:.2e} m",
@@ -250,7 +245,7 @@ pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
                 }
                 eprintln!("{line}");
                 cases.push(CaseResult {
-                    route: "hands",
+                    route: RouteId::Hands,
                     pose_dtype: name.clone(),
                     compiled,
                     per_frame: n,
@@ -267,6 +262,14 @@ pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
         options,
         cases,
     ))
+}
+
+/// A push of `jpeg`, as a client sends it.
+fn jpeg_push(jpeg: Vec<u8>) -> proto::PushImageRequest {
+    proto::PushImageRequest {
+        image: Some(proto::push_image_request::Image::Encoded(jpeg)),
+        ..Default::default()
+    }
 }
 
 fn report(
@@ -295,7 +298,7 @@ fn report(
 
 /// The body route for every pose dtype and people count.
 pub fn run_body(files: &BodyModelFiles, options: &BenchOptions) -> Result<Report> {
-    let jpeg = test_jpeg();
+    let push = jpeg_push(test_jpeg());
     let mut cases = Vec::new();
     let mut synthetic_weights = false;
     for name in &options.pose_dtypes {
@@ -305,6 +308,7 @@ pub fn run_body(files: &BodyModelFiles, options: &BenchOptions) -> Result<Report
             .with_context(|| format!("loading the body route ({name})"))?;
         pipeline.max_people = usize::MAX;
         synthetic_weights |= synthetic;
+        let mut route = BodyRoute::new(pipeline);
         for &n in &options.per_frame {
             let label = if options.flip_test {
                 format!("{name}+flip")
@@ -312,10 +316,14 @@ pub fn run_body(files: &BodyModelFiles, options: &BenchOptions) -> Result<Report
                 name.clone()
             };
             let case = format!("body-{label}-x{n}");
-            let stages = time_body_case(&pipeline, &jpeg, n, &case, options)?;
-            eprintln!("{}", case_line("body", &label, n, &stages));
+            let boxes = person_boxes(n);
+            let stages = time_case(&mut route, &push, &case, options, |r: &mut BodyRequest| {
+                r.boxes = Some(boxes.clone());
+                r.time_detector = true;
+            })?;
+            eprintln!("{}", case_line(RouteId::Body, &label, n, &stages));
             cases.push(CaseResult {
-                route: "body",
+                route: RouteId::Body,
                 pose_dtype: name.clone(),
                 compiled: false,
                 per_frame: n,
@@ -343,48 +351,6 @@ fn person_boxes(n: usize) -> Vec<[f32; 4]> {
         .collect()
 }
 
-fn time_body_case(
-    p: &BodyPipeline,
-    jpeg: &[u8],
-    people: usize,
-    case: &str,
-    options: &BenchOptions,
-) -> Result<BTreeMap<String, Percentiles>> {
-    let image = proto::push_image_request::Image::Encoded(jpeg.to_vec());
-    let boxes: Vec<([f32; 4], f32)> = person_boxes(people).into_iter().map(|b| (b, 1.0)).collect();
-    measure(&BODY_STAGES, case, options, |i, mark| {
-        let start = Instant::now();
-        let rgb = crate::decode::decode(Some(&image), u64::MAX)
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-        mark("decode");
-        let img = RgbImage::new(rgb.width, rgb.height, &rgb.data).context("decoded frame")?;
-        let input = p.prepare_detector_input(img);
-        mark("preprocess");
-        std::hint::black_box(p.detect(&input)?);
-        mark("detect");
-        let batch = p.prepare_crops(img, &boxes);
-        mark("crop");
-        let heatmaps = p.heatmaps(&batch)?;
-        mark("pose");
-        let estimates = match heatmaps {
-            Some((hm, mirrored)) => p.decode(&batch, &hm, mirrored.as_ref())?,
-            None => Vec::new(),
-        };
-        mark("keypoints");
-        let result = BodyResult {
-            frame: bench_frame(i, rgb.width, rgb.height, start),
-            people: estimates,
-            timings: Vec::new(),
-            dropped_before: 0,
-        };
-        let ids: Vec<u32> = (1..=people as u32).collect();
-        let event = crate::post::body_event(&result, &ids, Duration::ZERO);
-        std::hint::black_box(event.encode_to_vec());
-        mark("post");
-        Ok(start)
-    })
-}
-
 /// The matte route for every model size and decoder dtype.
 pub fn run_matte(files: &MatteModelFiles, options: &BenchOptions) -> Result<Report> {
     let (w, h) = (1920u32, 1080u32);
@@ -402,24 +368,35 @@ pub fn run_matte(files: &MatteModelFiles, options: &BenchOptions) -> Result<Repo
             })
         })
         .collect();
-    let hint_png = crate::decode::encode_png(&hint, w as usize, h as usize, 1);
+    let push = proto::PushImageRequest {
+        matte_hint: crate::decode::encode_png(&hint, w as usize, h as usize, 1).into(),
+        include_matte_images: true,
+        ..jpeg_push(jpeg)
+    };
     let mut cases = Vec::new();
     let mut synthetic_weights = false;
     for &size in &options.matte_sizes {
         for name in &options.pose_dtypes {
             let mut files = files.clone();
             files.config.img_size = size;
-            let head = dtype(name)?.unwrap_or(mlx_rs::Dtype::Float32);
-            let (mut pipeline, synthetic) = MattePipeline::load(&files, head, FrameFit::Resize)
+            let config = MatteConfig {
+                img_size: size,
+                head_dtype: matte_head(name)?,
+                fit: MatteFit::Resize,
+                refiner_tile: options.refiner_tile.unwrap_or(0),
+                hint_from_previous: false,
+                fallback_hint: FallbackHint::Chroma,
+                ..MatteConfig::default()
+            };
+            let (mut route, synthetic) = crate::routes::matte::load(&files, &config)
                 .with_context(|| format!("loading CorridorKey at {size} ({name})"))?;
-            pipeline.refiner_tile = options.refiner_tile;
             synthetic_weights |= synthetic;
             if options.profile {
-                profile_matte(&pipeline, &jpeg, &format!("{name} @{size}"))?;
+                profile_matte(route.pipeline(), &push, &format!("{name} @{size}"))?;
             }
             posed_models::runtime::reset_peak_memory();
             let case = format!("matte-{name}-{size}");
-            let stages = time_matte_case(&pipeline, &jpeg, &hint_png, &case, options)?;
+            let stages = time_case(&mut route, &push, &case, options, |_| {})?;
             let mem = posed_models::runtime::memory_use();
             eprintln!(
                 "matte {name} @{size}: MLX peak {:.2} GiB, cache {:.2} GiB",
@@ -428,10 +405,10 @@ pub fn run_matte(files: &MatteModelFiles, options: &BenchOptions) -> Result<Repo
             );
             eprintln!(
                 "{}",
-                case_line("matte", &format!("{name} @{size}"), 1, &stages)
+                case_line(RouteId::Matte, &format!("{name} @{size}"), 1, &stages)
             );
             cases.push(CaseResult {
-                route: "matte",
+                route: RouteId::Matte,
                 pose_dtype: name.clone(),
                 compiled: false,
                 per_frame: 1,
@@ -453,9 +430,8 @@ pub fn run_matte(files: &MatteModelFiles, options: &BenchOptions) -> Result<Repo
 
 /// CorridorKey part by part, twice (the first run pays first-use costs),
 /// each part printed as it finishes.
-fn profile_matte(p: &MattePipeline, jpeg: &[u8], label: &str) -> Result<()> {
-    let image = proto::push_image_request::Image::Encoded(jpeg.to_vec());
-    let rgb = crate::decode::decode(Some(&image), u64::MAX)
+fn profile_matte(p: &MattePipeline, push: &proto::PushImageRequest, label: &str) -> Result<()> {
+    let rgb = crate::decode::decode(push.image.as_ref(), u64::MAX)
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     let img = RgbImage::new(rgb.width, rgb.height, &rgb.data).context("decoded frame")?;
     let x = p.prepare(
@@ -470,64 +446,15 @@ fn profile_matte(p: &MattePipeline, jpeg: &[u8], label: &str) -> Result<()> {
     Ok(())
 }
 
-fn time_matte_case(
-    p: &MattePipeline,
-    jpeg: &[u8],
-    hint_png: &[u8],
-    case: &str,
-    options: &BenchOptions,
-) -> Result<BTreeMap<String, Percentiles>> {
-    let image = proto::push_image_request::Image::Encoded(jpeg.to_vec());
-    measure(&MATTE_STAGES, case, options, |i, mark| {
-        let start = Instant::now();
-        let rgb = crate::decode::decode(Some(&image), u64::MAX)
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-        let hint = crate::decode::decode_hint(hint_png, rgb.width, rgb.height)
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-        mark("decode");
-        let img = RgbImage::new(rgb.width, rgb.height, &rgb.data).context("decoded frame")?;
-        let x = p.prepare(img, Hint::Plane(&hint))?;
-        x.eval()?;
-        mark("preprocess");
-        let out = p.run(&x)?;
-        mark("matte");
-        let matte = p.to_frame(&out, rgb.width, rgb.height)?;
-        mark("resize");
-        let result = MatteResult {
-            frame: bench_frame(i, rgb.width, rgb.height, start),
-            matte,
-            hint: HintSource::Pushed,
-            timings: Vec::new(),
-            dropped_before: 0,
-        };
-        let event = crate::post::matte_event(&result, crate::post::MatteEncoding::Png, true);
-        std::hint::black_box(event.encode_to_vec());
-        mark("post");
-        Ok(start)
-    })
-}
-
-fn bench_frame(i: u64, width: usize, height: usize, received: Instant) -> std::sync::Arc<Frame> {
-    std::sync::Arc::new(Frame {
-        id: i,
-        source_id: "bench".into(),
-        client_frame_id: 0,
-        captured: std::time::SystemTime::now(),
-        received,
-        width,
-        height,
-        rgb: Vec::new(),
-    })
-}
-
-/// Runs `one` warm-up + timed times; `one` marks the end of each stage and
-/// returns when the frame started. Percentiles per stage and end to end.
-/// With `options.cpu_profile`, the host is sampled during the timed runs.
+/// Runs `one` warm-up + timed times; `one` times its stages on the clock
+/// it is given and returns when the frame started. Percentiles per stage,
+/// span and end to end. With `options.cpu_profile`, the host is sampled
+/// during the timed runs.
 fn measure(
     stages: &[&'static str],
     case: &str,
     options: &BenchOptions,
-    mut one: impl FnMut(u64, &mut dyn FnMut(&'static str)) -> Result<Instant>,
+    mut one: impl FnMut(u64, &mut StageClock) -> Result<Instant>,
 ) -> Result<BTreeMap<String, Percentiles>> {
     let mut hist: BTreeMap<&str, Histogram<u64>> = stages
         .iter()
@@ -538,13 +465,10 @@ fn measure(
         if i == options.warmup && options.cpu_profile.is_some() {
             sampler = Some(crate::cpu_profile::Sampler::start()?);
         }
-        let mut times: Vec<(&str, Duration)> = Vec::with_capacity(stages.len());
-        let mut lap = Instant::now();
-        let start = one(i as u64, &mut |stage| {
-            times.push((stage, lap.elapsed()));
-            lap = Instant::now();
-        })?;
-        times.push(("end_to_end", start.elapsed()));
+        let mut clock = StageClock::default();
+        let start = one(i as u64, &mut clock)?;
+        let mut times = clock.into_timings();
+        times.push((stage::END_TO_END, start.elapsed()));
         for (span, parts) in SPANS {
             if stages.contains(&span) {
                 let d = times
@@ -557,9 +481,9 @@ fn measure(
         }
         if i >= options.warmup {
             for (stage, d) in times {
-                let ns = (d.as_nanos() as u64).max(1);
+                let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);
                 hist.get_mut(stage)
-                    .expect("known stage")
+                    .with_context(|| format!("stage {stage:?} is not one of {stages:?}"))?
                     .record(ns)
                     .expect("auto-resizing histogram");
             }
@@ -576,57 +500,75 @@ fn measure(
         .collect())
 }
 
-fn time_case(
-    p: &HandPipeline,
-    jpeg: &[u8],
-    hands: usize,
+/// One case of `route`: each frame decoded as the daemon decodes a push,
+/// run through the route's own `run` (with the push's request as `adjust`
+/// leaves it), made into an event by the route's post-processing and
+/// encoded, and published to a fan-out with one subscriber.
+fn time_case<R: Route>(
+    route: &mut R,
+    push: &proto::PushImageRequest,
     case: &str,
     options: &BenchOptions,
+    adjust: impl Fn(&mut R::Request),
 ) -> Result<BTreeMap<String, Percentiles>> {
-    let image = proto::push_image_request::Image::Encoded(jpeg.to_vec());
-    let hand_boxes = fixed_hand_boxes(hands);
-    measure(&HAND_STAGES, case, options, |i, mark| {
+    let mut post = R::ID.kind().post(&PostOptions::default());
+    let fanout = FanOut::new(4);
+    let _subscriber = fanout.subscribe();
+    measure(&stages_of(R::ID), case, options, |i, clock| {
         let start = Instant::now();
-        let rgb = crate::decode::decode(Some(&image), u64::MAX)
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-        mark("decode");
-        let img = RgbImage::new(rgb.width, rgb.height, &rgb.data).context("decoded frame")?;
-        let input = p.prepare_detector_input(img);
-        mark("preprocess");
-        p.detect(&input)?;
-        mark("detect");
-        let crops = p.prepare_crops(img, &hand_boxes);
-        mark("crop");
-        let regressed = p.regress(&crops)?;
-        mark("pose");
-        let estimates = match regressed {
-            Some(r) => p.mesh(&r, &crops, &hand_boxes, rgb.width, rgb.height)?,
-            None => Vec::new(),
-        };
-        mark("mano");
-        let result = HandsResult {
-            frame: bench_frame(i, rgb.width, rgb.height, start),
-            hands: estimates,
-            timings: Vec::new(),
-            dropped_before: 0,
-        };
-        let ids: Vec<u32> = (1..=hands as u32).collect();
-        let event = crate::post::hands_event(&result, &ids, false, Duration::ZERO);
+        let (frame, mut request) = decoded_frame::<R>(push, i, start)?;
+        adjust(&mut request);
+        clock.mark(stage::DECODE);
+        let output = route.run(&frame, &request, None, clock)?;
+        let output = RouteOutput::new::<R>(output, Vec::new());
+        let event = post.event(&frame, &output, 0, Instant::now()).finish();
         std::hint::black_box(event.encode_to_vec());
-        mark("post");
+        clock.mark(stage::POST);
+        fanout.publish(event);
+        clock.mark(stage::FANOUT);
         Ok(start)
     })
 }
 
-/// The hands of one frame with `n` fixed boxes, untimed.
-fn hand_outputs(p: &HandPipeline, jpeg: &[u8], n: usize) -> Result<Vec<HandEstimate>> {
-    let image = proto::push_image_request::Image::Encoded(jpeg.to_vec());
-    let rgb = crate::decode::decode(Some(&image), u64::MAX)
+/// `push` decoded into a frame and route `R`'s request, as the daemon does.
+fn decoded_frame<R: Route>(
+    push: &proto::PushImageRequest,
+    id: u64,
+    received: Instant,
+) -> Result<(Arc<Frame>, R::Request)> {
+    let (rgb, mut requests) = decode_push(push, u64::MAX, &[R::ID])
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-    let img = RgbImage::new(rgb.width, rgb.height, &rgb.data).context("decoded frame")?;
-    let hands = fixed_hand_boxes(n);
-    let crops = p.prepare_crops(img, &hands);
-    Ok(p.estimate(&crops, &hands, rgb.width, rgb.height)?)
+    let request = requests
+        .pop()
+        .and_then(|r| r.into_inner::<R>())
+        .context("the route's request")?;
+    let frame = Arc::new(Frame {
+        id,
+        source_id: "bench".into(),
+        client_frame_id: 0,
+        captured: std::time::SystemTime::now(),
+        received,
+        stream: false,
+        width: rgb.width,
+        height: rgb.height,
+        rgb: rgb.data,
+    });
+    Ok((frame, request))
+}
+
+/// The hands of one frame with `n` fixed boxes, untimed.
+fn hand_outputs(
+    route: &mut HandsRoute,
+    push: &proto::PushImageRequest,
+    n: usize,
+) -> Result<Vec<HandEstimate>> {
+    let (frame, _) = decoded_frame::<HandsRoute>(push, 0, Instant::now())?;
+    let request = HandsRequest {
+        boxes: Some(fixed_hand_boxes(n)),
+        time_detector: false,
+    };
+    let out = route.run(&frame, &request, None, &mut StageClock::default())?;
+    Ok(out.hands)
 }
 
 fn deviation(reference: &[HandEstimate], other: &[HandEstimate]) -> Deviation {
@@ -650,10 +592,15 @@ fn deviation(reference: &[HandEstimate], other: &[HandEstimate]) -> Deviation {
     d
 }
 
-fn case_line(route: &str, dtype: &str, n: usize, stages: &BTreeMap<String, Percentiles>) -> String {
+fn case_line(
+    route: RouteId,
+    dtype: &str,
+    n: usize,
+    stages: &BTreeMap<String, Percentiles>,
+) -> String {
     let mut line = format!("{route} pose {dtype:<12} x{n}:");
     for s in stages_of(route) {
-        let p = &stages[*s];
+        let p = &stages[s];
         line.push_str(&format!(" {s} {:.2}/{:.2}", p.p50_ms, p.p99_ms));
     }
     line + " (p50/p99 ms)"
@@ -672,7 +619,7 @@ pub fn table(r: &Report) -> String {
     );
     for c in &r.cases {
         for s in stages_of(c.route) {
-            let p = &c.stages[*s];
+            let p = &c.stages[s];
             out.push_str(&format!(
                 "| {} | {} | {} | {} | {s} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
                 c.route,
@@ -711,7 +658,7 @@ pub fn table(r: &Report) -> String {
 /// Runs the harness for `route` on the models in `dir` and writes `json`
 /// if given.
 pub fn run_dir(
-    route: &str,
+    route: RouteId,
     dir: &Path,
     options: &BenchOptions,
     json: Option<&Path>,
@@ -722,22 +669,21 @@ pub fn run_dir(
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let report = match route {
-        "hands" => run(
+        RouteId::Hands => run(
             &HandModelFiles::from_dir(dir).map_err(anyhow::Error::msg)?,
             options,
         )?,
-        "body" => run_body(
+        RouteId::Body => run_body(
             &BodyModelFiles::from_dir(dir).map_err(anyhow::Error::msg)?,
             options,
         )?,
-        "matte" => {
+        RouteId::Matte => {
             let size = options.matte_sizes.first().copied().unwrap_or(512);
             run_matte(
                 &MatteModelFiles::from_dir(dir, size).map_err(anyhow::Error::msg)?,
                 options,
             )?
         }
-        other => anyhow::bail!("no latency harness for route {other:?} (hands, body, matte)"),
     };
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)

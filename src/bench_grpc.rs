@@ -222,7 +222,7 @@ async fn run_case(
                     routes: vec![proto::Route::Hands as i32],
                     hand_boxes: boxes.clone(),
                     client_frame_id: next,
-                    capture_unix_ns: crate::post::unix_ns(SystemTime::now()),
+                    capture_unix_ns: crate::events::unix_ns(SystemTime::now()),
                     source_id: source.clone(),
                     ..Default::default()
                 })

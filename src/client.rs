@@ -314,7 +314,7 @@ pub async fn push(target: &Target, args: &PushArgs) -> Result<()> {
                 include_vertices: args.vertices,
                 include_matte_images: args.matte_out.is_some(),
                 matte_hint: hint.clone(),
-                capture_unix_ns: crate::post::unix_ns(SystemTime::now()),
+                capture_unix_ns: crate::events::unix_ns(SystemTime::now()),
                 source_id: "cli".into(),
                 ..Default::default()
             })

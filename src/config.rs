@@ -6,7 +6,120 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::de::{DeserializeOwned, IntoDeserializer};
+use serde::{Deserialize, Serialize};
+
+/// Declares a closed set of config values: a serde enum whose TOML, env and
+/// flag spellings are its variants' names, and their display.
+macro_rules! choice {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vdoc])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+choice!(
+    /// Whether to compile the networks into MLX graphs.
+    Compile {
+        /// On a GPU (Metal, CUDA); a CPU would compile with the system's C++
+        /// compiler at run time.
+        Auto = "auto",
+        On = "on",
+        Off = "off",
+    }
+);
+
+impl Compile {
+    pub fn enabled(self, on_gpu: bool) -> bool {
+        match self {
+            Compile::Auto => on_gpu,
+            Compile::On => true,
+            Compile::Off => false,
+        }
+    }
+}
+
+choice!(
+    /// The published WiLoR weight files.
+    HandVariant { F32 = "f32", Int4 = "int4" }
+);
+
+choice!(
+    /// The float type a network computes in.
+    FloatType { Float32 = "float32", Bfloat16 = "bfloat16" }
+);
+
+impl FloatType {
+    pub fn dtype(self) -> mlx_rs::Dtype {
+        match self {
+            FloatType::Float32 => mlx_rs::Dtype::Float32,
+            FloatType::Bfloat16 => mlx_rs::Dtype::Bfloat16,
+        }
+    }
+}
+
+choice!(
+    /// The published Sapiens2 pose sizes.
+    BodySize { B04 = "0.4b", B08 = "0.8b", B1 = "1b", B5 = "5b" }
+);
+
+choice!(
+    /// How CorridorKey sees a frame of another size than its input.
+    MatteFit {
+        /// Stretch every frame to img_size² and back.
+        Resize = "resize",
+        /// Native resolution in img_size² tiles.
+        Tiles = "tiles",
+    }
+);
+
+choice!(
+    /// The matte's hint when the client sends none and there is no
+    /// previous alpha.
+    FallbackHint {
+        /// All foreground.
+        Ones = "ones",
+        /// A soft green-screen key of the frame.
+        Chroma = "chroma",
+    }
+);
+
+choice!(
+    /// How events carry images.
+    ImageEncoding { Png = "png", Raw = "raw" }
+);
+
+choice!(
+    /// How fast replay feeds its frames.
+    ReplayPace {
+        /// Recorded timestamps, else `fps`.
+        Original = "original",
+        /// Each frame runs to completion before the next.
+        Fast = "fast",
+    }
+);
+
+choice!(
+    /// Log line format.
+    LogFormat { Text = "text", Json = "json" }
+);
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,7 +147,7 @@ pub struct ReplayConfig {
     /// Folder of PNG/JPEG images or a recording; empty = no replay.
     pub dir: String,
     /// "original" (recorded timestamps, else `fps`) or "fast".
-    pub pace: String,
+    pub pace: ReplayPace,
     pub fps: f64,
     /// Start over at the end.
     pub repeat: bool,
@@ -55,7 +168,7 @@ impl Default for ReplayConfig {
     fn default() -> Self {
         ReplayConfig {
             dir: String::new(),
-            pace: "original".into(),
+            pace: ReplayPace::Original,
             fps: 30.0,
             repeat: false,
         }
@@ -104,12 +217,12 @@ pub struct HandsConfig {
     /// `wilor_config.json`; the published sizes otherwise).
     pub models_dir: String,
     /// Published pose model variant to fetch and load: "f32" or "int4".
-    pub variant: String,
+    pub variant: HandVariant,
     /// A `mano.npz` or the official `MANO_RIGHT.pkl`; empty = the fetched one.
     pub mano: String,
     /// Run the detector and WiLoR as compiled MLX graphs: "auto" (on a
     /// GPU), "on", "off".
-    pub compile: String,
+    pub compile: Compile,
     /// Report sides as the user's for a mirrored (selfie) camera.
     pub mirror: bool,
     /// At most this many detected hands per frame, strongest first.
@@ -127,9 +240,9 @@ impl Default for HandsConfig {
         HandsConfig {
             enabled: true,
             models_dir: String::new(),
-            variant: "f32".into(),
+            variant: HandVariant::F32,
             mano: String::new(),
-            compile: "auto".into(),
+            compile: Compile::Auto,
             mirror: false,
             max_hands: 4,
             smoothing: false,
@@ -150,9 +263,9 @@ pub struct BodyConfig {
     /// `*_config.json`); "" = the published files from the hub cache.
     pub models_dir: String,
     /// Published Sapiens2 pose size: "0.4b", "0.8b", "1b" or "5b".
-    pub size: String,
+    pub size: BodySize,
     /// Float type the pose network runs in: "float32" or "bfloat16".
-    pub dtype: String,
+    pub dtype: FloatType,
     /// At most this many people per frame, strongest first.
     pub max_people: usize,
     /// Average with the mirrored crop's keypoints, as the reference does
@@ -165,8 +278,8 @@ impl Default for BodyConfig {
         BodyConfig {
             enabled: false,
             models_dir: String::new(),
-            size: "0.4b".into(),
-            dtype: "float32".into(),
+            size: BodySize::B04,
+            dtype: FloatType::Float32,
             max_people: 4,
             flip_test: true,
         }
@@ -186,10 +299,10 @@ pub struct MatteConfig {
     pub img_size: i32,
     /// Float type of the decoders and refiner: "float32" or "bfloat16"
     /// (the encoder stays float32).
-    pub head_dtype: String,
+    pub head_dtype: FloatType,
     /// "resize": stretch every frame to img_size² and back; "tiles": native
     /// resolution in img_size² tiles (sharper, slower on large frames).
-    pub fit: String,
+    pub fit: MatteFit,
     /// Overlap of neighbouring tiles in pixels (fit = "tiles").
     pub tile_overlap: i32,
     /// Run the refiner in tiles of this size (0 = whole frame): bounds its
@@ -200,9 +313,9 @@ pub struct MatteConfig {
     pub hint_from_previous: bool,
     /// The hint otherwise: "ones" (all foreground) or "chroma" (a soft
     /// green-screen key of the frame).
-    pub fallback_hint: String,
+    pub fallback_hint: FallbackHint,
     /// How events carry the images: "png" or "raw" (8-bit planes).
-    pub encoding: String,
+    pub encoding: ImageEncoding,
 }
 
 impl Default for MatteConfig {
@@ -211,13 +324,13 @@ impl Default for MatteConfig {
             enabled: false,
             models_dir: String::new(),
             img_size: 1024,
-            head_dtype: "float32".into(),
-            fit: "resize".into(),
+            head_dtype: FloatType::Float32,
+            fit: MatteFit::Resize,
             tile_overlap: 64,
             refiner_tile: 0,
             hint_from_previous: true,
-            fallback_hint: "chroma".into(),
-            encoding: "png".into(),
+            fallback_hint: FallbackHint::Chroma,
+            encoding: ImageEncoding::Png,
         }
     }
 }
@@ -226,7 +339,7 @@ impl Default for MatteConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// "text" or "json".
-    pub format: String,
+    pub format: LogFormat,
     /// Seconds between telemetry log lines; 0 turns them off.
     pub telemetry_interval_s: u64,
 }
@@ -250,7 +363,7 @@ impl Default for ServerConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            format: "text".into(),
+            format: LogFormat::Text,
             telemetry_interval_s: 10,
         }
     }
@@ -295,9 +408,9 @@ const KEYS: &[(&str, Setter)] = &[
     ("hands.models_dir", |c, v| {
         set_string(&mut c.hands.models_dir, v)
     }),
-    ("hands.variant", |c, v| set_string(&mut c.hands.variant, v)),
+    ("hands.variant", |c, v| set_choice(&mut c.hands.variant, v)),
     ("hands.mano", |c, v| set_string(&mut c.hands.mano, v)),
-    ("hands.compile", |c, v| set_string(&mut c.hands.compile, v)),
+    ("hands.compile", |c, v| set_choice(&mut c.hands.compile, v)),
     ("hands.mirror", |c, v| set_bool(&mut c.hands.mirror, v)),
     ("hands.max_hands", |c, v| set_num(&mut c.hands.max_hands, v)),
     ("hands.smoothing", |c, v| {
@@ -316,8 +429,8 @@ const KEYS: &[(&str, Setter)] = &[
     ("body.models_dir", |c, v| {
         set_string(&mut c.body.models_dir, v)
     }),
-    ("body.size", |c, v| set_string(&mut c.body.size, v)),
-    ("body.dtype", |c, v| set_string(&mut c.body.dtype, v)),
+    ("body.size", |c, v| set_choice(&mut c.body.size, v)),
+    ("body.dtype", |c, v| set_choice(&mut c.body.dtype, v)),
     ("body.max_people", |c, v| set_num(&mut c.body.max_people, v)),
     ("body.flip_test", |c, v| set_bool(&mut c.body.flip_test, v)),
     ("matte.enabled", |c, v| set_bool(&mut c.matte.enabled, v)),
@@ -325,10 +438,8 @@ const KEYS: &[(&str, Setter)] = &[
         set_string(&mut c.matte.models_dir, v)
     }),
     ("matte.img_size", |c, v| set_num(&mut c.matte.img_size, v)),
-    ("matte.head_dtype", |c, v| {
-        set_string(&mut c.matte.head_dtype, v)
-    }),
-    ("matte.fit", |c, v| set_string(&mut c.matte.fit, v)),
+    ("matte.head_dtype", |c, v| set_choice(&mut c.matte.head_dtype, v)),
+    ("matte.fit", |c, v| set_choice(&mut c.matte.fit, v)),
     ("matte.tile_overlap", |c, v| {
         set_num(&mut c.matte.tile_overlap, v)
     }),
@@ -338,14 +449,10 @@ const KEYS: &[(&str, Setter)] = &[
     ("matte.hint_from_previous", |c, v| {
         set_bool(&mut c.matte.hint_from_previous, v)
     }),
-    ("matte.fallback_hint", |c, v| {
-        set_string(&mut c.matte.fallback_hint, v)
-    }),
-    ("matte.encoding", |c, v| {
-        set_string(&mut c.matte.encoding, v)
-    }),
+    ("matte.fallback_hint", |c, v| set_choice(&mut c.matte.fallback_hint, v)),
+    ("matte.encoding", |c, v| set_choice(&mut c.matte.encoding, v)),
     ("replay.dir", |c, v| set_string(&mut c.replay.dir, v)),
-    ("replay.pace", |c, v| set_string(&mut c.replay.pace, v)),
+    ("replay.pace", |c, v| set_choice(&mut c.replay.pace, v)),
     ("replay.fps", |c, v| set_float(&mut c.replay.fps, v)),
     ("replay.repeat", |c, v| set_bool(&mut c.replay.repeat, v)),
     ("camera.enabled", |c, v| set_bool(&mut c.camera.enabled, v)),
@@ -354,7 +461,7 @@ const KEYS: &[(&str, Setter)] = &[
     ("camera.height", |c, v| set_num(&mut c.camera.height, v)),
     ("camera.fps", |c, v| set_num(&mut c.camera.fps, v)),
     ("recording.dir", |c, v| set_string(&mut c.recording.dir, v)),
-    ("log.format", |c, v| set_string(&mut c.log.format, v)),
+    ("log.format", |c, v| set_choice(&mut c.log.format, v)),
     ("log.telemetry_interval_s", |c, v| {
         set_num(&mut c.log.telemetry_interval_s, v)
     }),
@@ -362,6 +469,13 @@ const KEYS: &[(&str, Setter)] = &[
 
 fn set_string(slot: &mut String, v: &str) -> Result<(), String> {
     *slot = v.to_owned();
+    Ok(())
+}
+
+/// One of a [`choice!`] set: serde's message names the allowed values.
+fn set_choice<T: DeserializeOwned>(slot: &mut T, v: &str) -> Result<(), String> {
+    let de: serde::de::value::StrDeserializer<serde::de::value::Error> = v.into_deserializer();
+    *slot = T::deserialize(de).map_err(|e| format!("{v:?}: {e}"))?;
     Ok(())
 }
 
@@ -485,21 +599,6 @@ impl Config {
         if self.server.max_image_pixels == 0 {
             return Err(bad("server.max_image_pixels", "must be at least 1".into()));
         }
-        if !matches!(self.hands.variant.as_str(), "f32" | "int4") {
-            return Err(bad(
-                "hands.variant",
-                format!(
-                    "{:?} is not a published variant (f32, int4)",
-                    self.hands.variant
-                ),
-            ));
-        }
-        if !matches!(self.hands.compile.as_str(), "auto" | "on" | "off") {
-            return Err(bad(
-                "hands.compile",
-                format!("{:?} is not auto, on or off", self.hands.compile),
-            ));
-        }
         if self.hands.max_hands == 0 {
             return Err(bad("hands.max_hands", "must be at least 1".into()));
         }
@@ -517,27 +616,6 @@ impl Config {
                 format!("{} is not a positive multiple of 32", m.img_size),
             ));
         }
-        for (key, value, allowed) in [
-            (
-                "matte.head_dtype",
-                &m.head_dtype,
-                &["float32", "bfloat16"][..],
-            ),
-            ("matte.fit", &m.fit, &["resize", "tiles"][..]),
-            (
-                "matte.fallback_hint",
-                &m.fallback_hint,
-                &["ones", "chroma"][..],
-            ),
-            ("matte.encoding", &m.encoding, &["png", "raw"][..]),
-        ] {
-            if !allowed.contains(&value.as_str()) {
-                return Err(bad(
-                    key,
-                    format!("{value:?} is not one of {}", allowed.join(", ")),
-                ));
-            }
-        }
         if !(0..m.img_size).contains(&m.tile_overlap) {
             return Err(bad(
                 "matte.tile_overlap",
@@ -553,35 +631,11 @@ impl Config {
                 "must be 0 (off) or a size".into(),
             ));
         }
-        if posed_models::sapiens2::Sapiens2Size::parse(&self.body.size).is_none() {
-            return Err(bad(
-                "body.size",
-                format!(
-                    "{:?} is not a published size (0.4b, 0.8b, 1b, 5b)",
-                    self.body.size
-                ),
-            ));
-        }
-        if !matches!(self.body.dtype.as_str(), "float32" | "bfloat16") {
-            return Err(bad(
-                "body.dtype",
-                format!("{:?} is not float32 or bfloat16", self.body.dtype),
-            ));
-        }
         if self.body.max_people == 0 {
             return Err(bad("body.max_people", "must be at least 1".into()));
         }
         if self.server.subscriber_queue == 0 {
             return Err(bad("server.subscriber_queue", "must be at least 1".into()));
-        }
-        if !matches!(self.replay.pace.as_str(), "original" | "fast") {
-            return Err(bad(
-                "replay.pace",
-                format!(
-                    "{:?} is neither \"original\" nor \"fast\"",
-                    self.replay.pace
-                ),
-            ));
         }
         for (key, v) in [
             (
@@ -599,12 +653,6 @@ impl Config {
         }
         if !(self.replay.fps > 0.0 && self.replay.fps.is_finite()) {
             return Err(bad("replay.fps", "must be a positive number".into()));
-        }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(bad(
-                "log.format",
-                format!("{:?} is neither \"text\" nor \"json\"", self.log.format),
-            ));
         }
         Ok(())
     }
@@ -679,7 +727,7 @@ mod tests {
         assert_eq!(c.server.listen, "127.0.0.1:7002");
         assert_eq!(c.server.subscriber_queue, 5);
         assert!(c.hands.mirror);
-        assert_eq!(c.log.format, "json");
+        assert_eq!(c.log.format, LogFormat::Json);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use posed::client::{self, SubscribeArgs, Target};
 use posed::config::Config;
 use posed::proto::Route;
+use posed::routes::RouteId;
 use posed::weights::synth::{Size, Variant};
 
 #[derive(Parser)]
@@ -28,9 +29,9 @@ enum Command {
     Subscribe {
         #[command(flatten)]
         target: TargetArgs,
-        /// Routes to receive (hands, body, matte); all when omitted.
-        #[arg(long = "route")]
-        routes: Vec<String>,
+        /// Routes to receive; all when omitted.
+        #[arg(long = "route", value_enum)]
+        routes: Vec<RouteId>,
         /// Sources to receive; all when omitted.
         #[arg(long = "source")]
         sources: Vec<String>,
@@ -51,9 +52,9 @@ enum Command {
     Push {
         #[command(flatten)]
         target: TargetArgs,
-        /// Routes to run (hands, body, matte); every enabled route when omitted.
-        #[arg(long = "route")]
-        routes: Vec<String>,
+        /// Routes to run; every enabled route when omitted.
+        #[arg(long = "route", value_enum)]
+        routes: Vec<RouteId>,
         #[arg(long)]
         vertices: bool,
         /// Matte route: a grey PNG/JPEG hint (white = subject) sent with
@@ -114,9 +115,8 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// hands, body or matte.
-    #[arg(long, default_value = "hands")]
-    route: String,
+    #[arg(long, value_enum, default_value = "hands")]
+    route: RouteId,
     /// A models folder; default: synthetic full-size weights, made once in
     /// posed's cache (`posed weights synth`).
     #[arg(long)]
@@ -298,11 +298,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         |k| std::env::var(k).ok(),
         &overrides,
     )?;
-    posed::serve::init_logging(config.log.format == "json");
+    posed::daemon::init_logging(config.log.format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(posed::serve::run(config));
+    let result = runtime.block_on(posed::daemon::run(config));
     if posed::engine::mlx_thread_left_running() {
         // main ends the process without waiting for that thread; dropping
         // the runtime here would wait for nothing useful.
@@ -317,7 +317,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     let models = match args.models {
         Some(m) => m,
-        None => posed::weights::synth::cached_synthetic(&args.route)?,
+        None => posed::weights::synth::cached_synthetic(args.route.name())?,
     };
     let compile = args
         .compile
@@ -344,7 +344,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         warmup: args.warmup,
         runs: args.runs,
     };
-    let report = posed::bench::run_dir(&args.route, &models, &options, args.json.as_deref())?;
+    let report = posed::bench::run_dir(args.route, &models, &options, args.json.as_deref())?;
     print!("{}", posed::bench::table(&report));
     Ok(())
 }
@@ -411,16 +411,18 @@ fn weights(cmd: WeightsCommand) -> anyhow::Result<()> {
     }
 }
 
-fn parse_routes(names: &[String]) -> anyhow::Result<Vec<Route>> {
-    names
-        .iter()
-        .map(|n| match n.as_str() {
-            "hands" => Ok(Route::Hands),
-            "body" => Ok(Route::Body),
-            "matte" => Ok(Route::Matte),
-            other => anyhow::bail!("unknown route {other:?} (hands, body, matte)"),
-        })
-        .collect()
+/// The wire's names of `routes`.
+fn wire_routes(routes: &[RouteId]) -> Vec<Route> {
+    routes.iter().map(|r| r.to_proto()).collect()
+}
+
+/// `--seconds`: a duration, or one readable line.
+fn duration_arg(s: Option<f64>) -> anyhow::Result<Option<Duration>> {
+    s.map(|s| {
+        Duration::try_from_secs_f64(s)
+            .map_err(|_| anyhow::anyhow!("--seconds {s} is not a duration in seconds"))
+    })
+    .transpose()
 }
 
 fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -453,14 +455,14 @@ fn main() -> ExitCode {
             max_rate,
             count,
             seconds,
-        } => parse_routes(&routes).and_then(|routes| {
+        } => duration_arg(seconds).and_then(|duration| {
             let args = SubscribeArgs {
-                routes,
+                routes: wire_routes(&routes),
                 sources,
                 vertices,
                 max_rate_hz: max_rate,
                 count,
-                duration: seconds.map(Duration::from_secs_f64),
+                duration,
             };
             client_runtime()?.block_on(client::subscribe(&target.target(), args))
         }),
@@ -471,16 +473,16 @@ fn main() -> ExitCode {
             hint,
             matte_out,
             files,
-        } => parse_routes(&routes).and_then(|routes| {
+        } => {
             let args = client::PushArgs {
                 files,
-                routes,
+                routes: wire_routes(&routes),
                 vertices,
                 matte_hint: hint,
                 matte_out,
             };
-            client_runtime()?.block_on(client::push(&target.target(), &args))
-        }),
+            client_runtime().map_err(Into::into).and_then(|rt| rt.block_on(client::push(&target.target(), &args)))
+        }
         Command::Weights(cmd) => weights(cmd),
         Command::Bench(args) => bench(args),
         Command::BenchGrpc(args) => bench_grpc(args),

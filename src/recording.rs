@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::engine::Frame;
-use crate::post::unix_ns;
+use crate::events::unix_ns;
 
 #[derive(Clone)]
 pub struct Recorder {

@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use crate::decode::Rgb8;
-use crate::engine::{Engine, EngineError, Frame, FrameJob};
+use crate::engine::{EngineError, Frame, FrameJob};
+use crate::server::{DaemonEngine, Shutdown};
 use crate::proto;
 
 /// What `GetStatus` shows of a source.
@@ -55,7 +56,7 @@ impl SourceState {
 /// Hands decoded frames to the MLX thread with daemon-wide frame ids.
 #[derive(Clone)]
 pub struct FrameSubmitter {
-    pub(crate) engine: Arc<Engine>,
+    pub(crate) engine: Arc<DaemonEngine>,
     pub(crate) next_id: Arc<AtomicU64>,
     /// Live frames (camera) are recorded when recording is on.
     pub(crate) recorder: Option<crate::recording::Recorder>,
@@ -75,6 +76,7 @@ impl FrameSubmitter {
             client_frame_id: 0,
             captured,
             received,
+            stream: true,
             width: image.width,
             height: image.height,
             rgb: image.data,
@@ -146,7 +148,7 @@ pub async fn run_replay(
     cfg: ReplayConfig,
     state: Arc<SourceState>,
     submit: FrameSubmitter,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
     max_pixels: u64,
 ) {
     let files = match replay_files(&cfg.dir) {
@@ -172,10 +174,10 @@ pub async fn run_replay(
                 let wait = due.saturating_sub(start.elapsed());
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.wait_for(|s| *s) => return state.set("stopped", "daemon shutting down"),
+                    _ = shutdown.wait() => return state.set("stopped", "daemon shutting down"),
                 }
             }
-            if *shutdown.borrow() {
+            if shutdown.is_shutdown() {
                 return state.set("stopped", "daemon shutting down");
             }
             let received = Instant::now();

@@ -50,7 +50,7 @@ pub async fn hand_files(config: &HandsConfig, hub: &Hub) -> Result<HandModelFile
     }
     let m = manifest::builtin("hands")?;
     let get = |role: &str| {
-        let file = m.file(role, &config.variant).cloned();
+        let file = m.file(role, config.variant.as_str()).cloned();
         async move {
             let file = file?;
             hub.fetch(&file, DownloadProgress::bar())
@@ -113,14 +113,14 @@ pub async fn body_files(config: &BodyConfig, hub: &Hub) -> Result<BodyModelFiles
     if !config.models_dir.is_empty() {
         return BodyModelFiles::from_dir(Path::new(&config.models_dir)).map_err(anyhow::Error::msg);
     }
-    let size = Sapiens2Size::parse(&config.size)
+    let size = Sapiens2Size::parse(config.size.as_str())
         .with_context(|| format!("unknown Sapiens2 size {:?}", config.size))?;
     let m = manifest::builtin("body")?;
     let pth = hub
-        .fetch(m.file("detector", &config.size)?, DownloadProgress::bar())
+        .fetch(m.file("detector", config.size.as_str())?, DownloadProgress::bar())
         .await?;
     let pose_weights = hub
-        .fetch(m.file("pose", &config.size)?, DownloadProgress::bar())
+        .fetch(m.file("pose", config.size.as_str())?, DownloadProgress::bar())
         .await?;
     Ok(BodyModelFiles {
         detector_config: RtmdetConfig::m(),

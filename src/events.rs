@@ -1,0 +1,126 @@
+//! What every route's event has in common: the frame's identity, the stage
+//! timings, and the copy a subscriber gets (without heavy fields it did not
+//! ask for).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::engine::Frame;
+use crate::proto;
+
+pub fn unix_ns(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// The event of one route's result for `frame`: the route's stage timings
+/// then post-processing's, and the frame's identity and size.
+pub fn route_event(
+    frame: &Frame,
+    route: proto::Route,
+    stages: &[(&'static str, Duration)],
+    post_time: Duration,
+    dropped_before: u64,
+    payload: proto::event::Payload,
+) -> proto::Event {
+    let mut timings: Vec<proto::StageTiming> =
+        stages.iter().map(|(stage, d)| timing(stage, *d)).collect();
+    timings.push(timing(crate::routes::stage::POST, post_time));
+    proto::Event {
+        frame_id: frame.id,
+        source_id: frame.source_id.clone(),
+        client_frame_id: frame.client_frame_id,
+        route: route as i32,
+        capture_unix_ns: unix_ns(frame.captured),
+        emit_unix_ns: unix_ns(SystemTime::now()),
+        timings,
+        dropped_frames: dropped_before,
+        dropped_for_subscriber: 0,
+        image_width: frame.width as u32,
+        image_height: frame.height as u32,
+        mirrored: false,
+        payload: Some(payload),
+    }
+}
+
+pub fn timing(stage: &str, d: Duration) -> proto::StageTiming {
+    proto::StageTiming {
+        stage: stage.to_owned(),
+        duration_ns: u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+    }
+}
+
+/// A copy of `event` without the heavy fields a subscriber did not ask for
+/// (matte images are shared, not copied).
+pub fn without_heavy_fields(
+    event: &proto::Event,
+    include_vertices: bool,
+    include_matte_images: bool,
+) -> proto::Event {
+    let mut e = event.clone();
+    match &mut e.payload {
+        Some(proto::event::Payload::Hands(h)) if !include_vertices => {
+            for hand in &mut h.hands {
+                hand.vertices = Vec::new();
+            }
+        }
+        Some(proto::event::Payload::Matte(m)) if !include_matte_images => {
+            m.foreground = Default::default();
+            m.composite = Default::default();
+        }
+        _ => {}
+    }
+    e
+}
+
+/// The event that says route `route` has no result for `frame`, and why.
+pub fn error_event(frame: &Frame, route: proto::Route, status: &tonic::Status) -> proto::Event {
+    proto::Event {
+        frame_id: frame.id,
+        source_id: frame.source_id.clone(),
+        client_frame_id: frame.client_frame_id,
+        route: route as i32,
+        capture_unix_ns: unix_ns(frame.captured),
+        emit_unix_ns: unix_ns(SystemTime::now()),
+        image_width: frame.width as u32,
+        image_height: frame.height as u32,
+        payload: Some(proto::event::Payload::Error(proto::EventError {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+        })),
+        ..Default::default()
+    }
+}
+
+pub fn is_error(e: &proto::Event) -> bool {
+    matches!(e.payload, Some(proto::event::Payload::Error(_)))
+}
+
+/// A client box: finite, not empty or inverted, touching the image.
+pub fn checked_box(
+    field: &str,
+    i: usize,
+    r: Option<&proto::Box2D>,
+    width: usize,
+    height: usize,
+) -> Result<[f32; 4], tonic::Status> {
+    use tonic::Status;
+    let r = r.ok_or_else(|| Status::invalid_argument(format!("{field}[{i}] has no box")))?;
+    let v = [r.x1, r.y1, r.x2, r.y2];
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(Status::invalid_argument(format!(
+            "{field}[{i}] is not finite: {v:?}"
+        )));
+    }
+    if r.x2 <= r.x1 || r.y2 <= r.y1 {
+        return Err(Status::invalid_argument(format!(
+            "{field}[{i}] is empty or inverted: {v:?} (want x1 < x2, y1 < y2)"
+        )));
+    }
+    if r.x2 <= 0.0 || r.y2 <= 0.0 || r.x1 >= width as f32 || r.y1 >= height as f32 {
+        return Err(Status::invalid_argument(format!(
+            "{field}[{i}] {v:?} lies outside the {width}x{height} image"
+        )));
+    }
+    Ok(v)
+}

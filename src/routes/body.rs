@@ -1,0 +1,333 @@
+//! The body route: mmdet letterbox → RTMDet person detector → 3:4 crops →
+//! Sapiens2 pose (308 keypoints, with the reference's flip test) → DARK
+//! decode back to the image; then track ids and the `Bodies` event.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use posed_models::body_pipeline::{BodyEstimate, BodyPipeline, DetectorInput};
+use tonic::Status;
+
+use super::{
+    frame_image, BoxFuture, FoundModels, ModelInfo, PostOptions, PostWork, Preparer, Route,
+    RouteError, RouteId, RouteKind, RouteOutput, RoutePost, RouteRequest, RouteSet, StageClock, Timed,
+};
+use crate::config::Config;
+use crate::engine::Frame;
+use crate::events::{checked_box, route_event};
+use crate::proto;
+use crate::tracking::BoxTracker;
+use crate::weights::hub::Hub;
+
+/// The body route's stages, in order.
+pub mod stage {
+    /// mmdet's letterbox (made on the prep thread).
+    pub const PREPROCESS: &str = "preprocess";
+    /// RTMDet and its post-processing.
+    pub const DETECT: &str = "detect";
+    /// The UDP warps of the person crops.
+    pub const CROP: &str = "crop";
+    /// Sapiens2 on the crops (and their mirror images), evaluated.
+    pub const POSE: &str = "pose";
+    /// Flip average, DARK decode, back to the image.
+    pub const KEYPOINTS: &str = "keypoints";
+}
+
+/// The body models on the MLX thread.
+pub struct BodyRoute {
+    pipeline: BodyPipeline,
+}
+
+impl BodyRoute {
+    pub fn new(pipeline: BodyPipeline) -> Self {
+        BodyRoute { pipeline }
+    }
+}
+
+/// What a frame may ask of the body route.
+#[derive(Debug, Clone, Default)]
+pub struct BodyRequest {
+    /// People the client already knows: the person detector is skipped.
+    pub boxes: Option<Vec<[f32; 4]>>,
+    /// Run and time the detector even with `boxes`, whose people go on
+    /// (the bench's fixed batches).
+    pub time_detector: bool,
+}
+
+impl BodyRequest {
+    fn detects(&self) -> bool {
+        self.boxes.is_none() || self.time_detector
+    }
+}
+
+/// The detector's letterbox, made on the prep thread.
+pub type Letterbox = Timed<DetectorInput>;
+
+/// The prep thread's work: a letterbox if the detector will run.
+fn letterbox_for(frame: &Frame, request: &BodyRequest, size: usize) -> Option<Letterbox> {
+    request
+        .detects()
+        .then(|| Timed::of_frame(frame, |img| DetectorInput::new(img, size)))
+        .flatten()
+}
+
+/// The people of one frame.
+#[derive(Debug)]
+pub struct BodyOutput {
+    pub people: Vec<BodyEstimate>,
+}
+
+impl Route for BodyRoute {
+    type Request = BodyRequest;
+    type Prep = Letterbox;
+    type Output = BodyOutput;
+
+    const ID: RouteId = RouteId::Body;
+    const STAGES: &'static [&'static str] = &[
+        stage::PREPROCESS,
+        stage::DETECT,
+        stage::CROP,
+        stage::POSE,
+        stage::KEYPOINTS,
+    ];
+
+    fn preparer(&self) -> Option<Preparer<Self>> {
+        let size = self.pipeline.detector_input_size();
+        Some(Box::new(move |frame, request| letterbox_for(frame, request, size)))
+    }
+
+    fn warm_up(&mut self) -> Result<(), RouteError> {
+        // The detector, then one person through the pose network and decode.
+        let frame = super::blank_frame(320, 240);
+        let mut clock = StageClock::default();
+        self.run(&frame, &BodyRequest::default(), None, &mut clock)?;
+        let one = BodyRequest {
+            boxes: Some(vec![[100.0, 40.0, 180.0, 220.0]]),
+            time_detector: false,
+        };
+        self.run(&frame, &one, None, &mut clock)?;
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        frame: &Frame,
+        request: &BodyRequest,
+        prep: Option<Letterbox>,
+        clock: &mut StageClock,
+    ) -> Result<BodyOutput, RouteError> {
+        let p = &self.pipeline;
+        let img = frame_image(frame)?;
+        let mut detected = Vec::new();
+        if request.detects() {
+            let size = p.detector_input_size();
+            let letterbox = Timed::or_make(prep, frame, |img| DetectorInput::new(img, size))?;
+            clock.add(stage::PREPROCESS, letterbox.took);
+            detected = p.detect(&letterbox.value)?;
+            clock.mark(stage::DETECT);
+        }
+        let boxes: Vec<([f32; 4], f32)> = match &request.boxes {
+            Some(b) => b.iter().map(|&b| (b, 1.0)).collect(),
+            None => detected,
+        };
+        let batch = p.prepare_crops(img, &boxes);
+        clock.mark(stage::CROP);
+        let heatmaps = p.heatmaps(&batch)?;
+        clock.mark(stage::POSE);
+        let people = match heatmaps {
+            Some((hm, mirrored)) => p.decode(&batch, &hm, mirrored.as_ref())?,
+            None => Vec::new(),
+        };
+        clock.mark(stage::KEYPOINTS);
+        Ok(BodyOutput { people })
+    }
+}
+
+/// The body route as the daemon knows it.
+pub struct Body;
+
+impl RouteKind for Body {
+    fn id(&self) -> RouteId {
+        RouteId::Body
+    }
+
+    fn name(&self) -> &'static str {
+        "body"
+    }
+
+    fn proto(&self) -> proto::Route {
+        proto::Route::Body
+    }
+
+    fn stages(&self) -> &'static [&'static str] {
+        BodyRoute::STAGES
+    }
+
+    fn enabled(&self, config: &Config) -> bool {
+        config.body.enabled
+    }
+
+    fn models(&self, config: &Config) -> Vec<ModelInfo> {
+        model_infos(config, None, None)
+    }
+
+    fn find<'a>(
+        &'a self,
+        config: &'a Config,
+        hub: &'a Hub,
+    ) -> BoxFuture<'a, anyhow::Result<FoundModels>> {
+        Box::pin(async move {
+            let mut files = crate::weights::resolve::body_files(&config.body, hub).await?;
+            let models = model_infos(
+                config,
+                Some(&files.detector_weights),
+                Some(&files.pose_weights),
+            );
+            let body = config.body.clone();
+            files.pose_config.demo.flip_test = body.flip_test;
+            let load = move || {
+                tracing::info!(
+                    detector = %files.detector_weights.display(),
+                    pose = %files.pose_weights.display(),
+                    "loading the body route"
+                );
+                let (mut pipeline, synthetic) = BodyPipeline::load(&files, Some(body.dtype.dtype()))
+                    .context("loading the body route")
+                    .map_err(RouteError::Load)?;
+                pipeline.max_people = body.max_people;
+                Ok((RouteSet::default().with(BodyRoute::new(pipeline)), synthetic))
+            };
+            Ok(FoundModels {
+                models,
+                load: Box::new(load),
+            })
+        })
+    }
+
+    fn default_request(&self) -> RouteRequest {
+        RouteRequest::new::<BodyRoute>(BodyRequest::default())
+    }
+
+    fn request(
+        &self,
+        push: &proto::PushImageRequest,
+        width: usize,
+        height: usize,
+    ) -> Result<RouteRequest, Status> {
+        let boxes = if push.person_boxes.is_empty() {
+            None
+        } else {
+            let boxes = push
+                .person_boxes
+                .iter()
+                .enumerate()
+                .map(|(i, b)| checked_box("person_boxes", i, Some(b), width, height))
+                .collect::<Result<_, _>>()?;
+            Some(boxes)
+        };
+        Ok(RouteRequest::new::<BodyRoute>(BodyRequest {
+            boxes,
+            time_detector: false,
+        }))
+    }
+
+    fn post(&self, _: &PostOptions) -> Box<dyn RoutePost> {
+        Box::new(BodyPost::default())
+    }
+}
+
+fn model_infos(
+    config: &Config,
+    detector: Option<&std::path::Path>,
+    pose: Option<&std::path::Path>,
+) -> Vec<ModelInfo> {
+    vec![
+        ModelInfo {
+            name: "person-detector".into(),
+            route: RouteId::Body,
+            weights: detector.map(Into::into).unwrap_or_default(),
+            dtype: "float32".into(),
+        },
+        ModelInfo {
+            name: format!("sapiens2-pose-{}", config.body.size),
+            route: RouteId::Body,
+            weights: pose.map(Into::into).unwrap_or_default(),
+            dtype: config.body.dtype.to_string(),
+        },
+    ]
+}
+
+/// Track ids per source.
+#[derive(Default)]
+pub struct BodyPost {
+    tracker: BoxTracker,
+}
+
+impl RoutePost for BodyPost {
+    fn event(
+        &mut self,
+        frame: &Arc<Frame>,
+        output: &RouteOutput,
+        dropped: u64,
+        started: Instant,
+    ) -> PostWork {
+        let people = output
+            .get::<BodyRoute>()
+            .map_or(&[][..], |o| o.people.as_slice());
+        let boxes: Vec<([f32; 4], bool)> = people.iter().map(|p| (p.bbox, false)).collect();
+        let ids = self.tracker.assign(&frame.source_id, &boxes);
+        PostWork::Done(body_event(
+            frame,
+            people,
+            &ids,
+            &output.timings,
+            dropped,
+            started.elapsed(),
+        ))
+    }
+}
+
+/// The event for one frame's people.
+pub fn body_event(
+    frame: &Frame,
+    people: &[BodyEstimate],
+    track_ids: &[u32],
+    timings: &[(&'static str, Duration)],
+    dropped: u64,
+    post_time: Duration,
+) -> proto::Event {
+    let people = people
+        .iter()
+        .zip(track_ids)
+        .map(|(p, &track_id)| {
+            let [x1, y1, x2, y2] = p.bbox;
+            proto::BodyPose {
+                track_id,
+                bbox: Some(proto::Box2D { x1, y1, x2, y2 }),
+                score: p.score,
+                keypoints: p.keypoints.iter().flatten().copied().collect(),
+                keypoint_scores: p.keypoint_scores.clone(),
+            }
+        })
+        .collect();
+    let payload = proto::event::Payload::Bodies(proto::Bodies { people });
+    route_event(frame, proto::Route::Body, timings, post_time, dropped, payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_letterbox_is_made_only_when_the_detector_runs() {
+        let frame = crate::routes::blank_frame(64, 48);
+        let made = letterbox_for(&frame, &BodyRequest::default(), 40).unwrap();
+        assert_eq!(made.value.size, 40);
+        let boxed = BodyRequest {
+            boxes: Some(vec![[0.0, 0.0, 10.0, 10.0]]),
+            time_detector: false,
+        };
+        assert!(letterbox_for(&frame, &boxed, 40).is_none());
+    }
+}

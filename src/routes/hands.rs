@@ -1,0 +1,440 @@
+//! The hand route: letterbox → hand detector (YOLOv8-pose, left/right) →
+//! NMS → one crop per hand (left hands mirrored) → WiLoR on the batch →
+//! MANO → full-image coordinates; then track ids and the `Hands` event.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use posed_models::hand_pipeline::{DetectorInput, HandBox, HandEstimate, HandPipeline};
+use tonic::Status;
+
+use super::{
+    frame_image, BoxFuture, FoundModels, ModelInfo, PostOptions, PostWork, Preparer, Route,
+    RouteError, RouteId, RouteKind, RouteOutput, RoutePost, RouteRequest, RouteSet, StageClock, Timed,
+};
+use crate::config::Config;
+use crate::engine::Frame;
+use crate::events::{checked_box, route_event};
+use crate::proto;
+use crate::tracking::HandTracker;
+use crate::weights::hub::Hub;
+
+/// The hand route's stages, in order.
+pub mod stage {
+    /// The detector's letterbox (made on the prep thread).
+    pub const PREPROCESS: &str = "preprocess";
+    /// Detector forward, threshold and NMS.
+    pub const DETECT: &str = "detect";
+    /// One crop per hand, on the CPU.
+    pub const CROP: &str = "crop";
+    /// WiLoR and the final MANO pass on the batch, evaluated.
+    pub const POSE: &str = "pose";
+    /// Read-back, un-mirroring and placement in the image.
+    pub const MANO: &str = "mano";
+}
+
+/// The hand models on the MLX thread.
+pub struct HandsRoute {
+    pipeline: HandPipeline,
+    /// At most this many detected hands per frame, strongest first.
+    max_hands: usize,
+}
+
+impl HandsRoute {
+    pub fn new(pipeline: HandPipeline, max_hands: usize) -> Self {
+        HandsRoute {
+            pipeline,
+            max_hands,
+        }
+    }
+
+    pub fn pipeline(&self) -> &HandPipeline {
+        &self.pipeline
+    }
+}
+
+/// What a frame may ask of the hand route.
+#[derive(Debug, Clone, Default)]
+pub struct HandsRequest {
+    /// Hands the client already knows: the detector is skipped.
+    pub boxes: Option<Vec<HandBox>>,
+    /// Run and time the detector even with `boxes`, whose hands go on
+    /// (the bench's fixed batches).
+    pub time_detector: bool,
+}
+
+impl HandsRequest {
+    fn detects(&self) -> bool {
+        self.boxes.is_none() || self.time_detector
+    }
+}
+
+/// The detector's letterbox, made on the prep thread.
+pub type Letterbox = Timed<DetectorInput>;
+
+/// The prep thread's work: a letterbox if the detector will run.
+fn letterbox_for(frame: &Frame, request: &HandsRequest, size: usize) -> Option<Letterbox> {
+    request
+        .detects()
+        .then(|| Timed::of_frame(frame, |img| DetectorInput::new(img, size)))
+        .flatten()
+}
+
+/// The hands of one frame.
+#[derive(Debug)]
+pub struct HandsOutput {
+    pub hands: Vec<HandEstimate>,
+}
+
+/// Where the warm-up puts its hands on its blank frame.
+const WARM_UP_BOX: [f32; 4] = [100.0, 80.0, 160.0, 150.0];
+
+impl Route for HandsRoute {
+    type Request = HandsRequest;
+    type Prep = Letterbox;
+    type Output = HandsOutput;
+
+    const ID: RouteId = RouteId::Hands;
+    const STAGES: &'static [&'static str] = &[
+        stage::PREPROCESS,
+        stage::DETECT,
+        stage::CROP,
+        stage::POSE,
+        stage::MANO,
+    ];
+
+    fn preparer(&self) -> Option<Preparer<Self>> {
+        let size = self.pipeline.detector_input_size();
+        Some(Box::new(move |frame, request| letterbox_for(frame, request, size)))
+    }
+
+    fn warm_up(&mut self) -> Result<(), RouteError> {
+        let frame = super::blank_frame(320, 240);
+        let mut clock = StageClock::default();
+        self.run(&frame, &HandsRequest::default(), None, &mut clock)?;
+        // A compiled network is traced per batch size: trace every size a
+        // frame can bring now, not on the first frame with that many hands.
+        let batches = if self.pipeline.is_compiled() {
+            self.max_hands
+        } else {
+            1
+        };
+        for n in 1..=batches {
+            let hand = HandBox {
+                bbox: WARM_UP_BOX,
+                is_right: true,
+                score: 1.0,
+                keypoints_2d: Vec::new(),
+            };
+            let request = HandsRequest {
+                boxes: Some(vec![hand; n]),
+                time_detector: false,
+            };
+            self.run(&frame, &request, None, &mut clock)?;
+        }
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        frame: &Frame,
+        request: &HandsRequest,
+        prep: Option<Letterbox>,
+        clock: &mut StageClock,
+    ) -> Result<HandsOutput, RouteError> {
+        let p = &self.pipeline;
+        let img = frame_image(frame)?;
+        let mut detected = Vec::new();
+        if request.detects() {
+            let size = p.detector_input_size();
+            let letterbox = Timed::or_make(prep, frame, |img| DetectorInput::new(img, size))?;
+            clock.add(stage::PREPROCESS, letterbox.took);
+            detected = p.detect(&letterbox.value)?;
+            // Strongest first: keep the route's cost bounded per frame.
+            detected.truncate(self.max_hands);
+            clock.mark(stage::DETECT);
+        }
+        let hands = request.boxes.as_deref().unwrap_or(&detected);
+        let crops = p.prepare_crops(img, hands);
+        clock.mark(stage::CROP);
+        let regressed = p.regress(&crops)?;
+        clock.mark(stage::POSE);
+        let hands = match regressed {
+            Some(r) => p.mesh(&r, &crops, hands, frame.width, frame.height)?,
+            None => Vec::new(),
+        };
+        clock.mark(stage::MANO);
+        Ok(HandsOutput { hands })
+    }
+}
+
+/// The hand route as the daemon knows it.
+pub struct Hands;
+
+impl RouteKind for Hands {
+    fn id(&self) -> RouteId {
+        RouteId::Hands
+    }
+
+    fn name(&self) -> &'static str {
+        "hands"
+    }
+
+    fn proto(&self) -> proto::Route {
+        proto::Route::Hands
+    }
+
+    fn stages(&self) -> &'static [&'static str] {
+        HandsRoute::STAGES
+    }
+
+    fn enabled(&self, config: &Config) -> bool {
+        config.hands.enabled
+    }
+
+    fn models(&self, config: &Config) -> Vec<ModelInfo> {
+        model_infos(config, None, None)
+    }
+
+    fn find<'a>(
+        &'a self,
+        config: &'a Config,
+        hub: &'a Hub,
+    ) -> BoxFuture<'a, anyhow::Result<FoundModels>> {
+        Box::pin(async move {
+            let files = crate::weights::resolve::hand_files(&config.hands, hub).await?;
+            let models = model_infos(
+                config,
+                Some(&files.detector_weights),
+                Some(&files.wilor_weights),
+            );
+            let (compile, max_hands) = (config.hands.compile, config.hands.max_hands);
+            let load = move || {
+                tracing::info!(
+                    detector = %files.detector_weights.display(),
+                    wilor = %files.wilor_weights.display(),
+                    mano = %files.mano.display(),
+                    "loading the hand route"
+                );
+                let (pipeline, synthetic) = HandPipeline::load(&files)
+                    .context("loading the hand route")
+                    .map_err(RouteError::Load)?;
+                if compile.enabled(posed_models::runtime::default_device().kind == "gpu") {
+                    pipeline.compile()?;
+                }
+                let routes = RouteSet::default().with(HandsRoute::new(pipeline, max_hands));
+                Ok((routes, synthetic))
+            };
+            Ok(FoundModels {
+                models,
+                load: Box::new(load),
+            })
+        })
+    }
+
+    fn default_request(&self) -> RouteRequest {
+        RouteRequest::new::<HandsRoute>(HandsRequest::default())
+    }
+
+    fn request(
+        &self,
+        push: &proto::PushImageRequest,
+        width: usize,
+        height: usize,
+    ) -> Result<RouteRequest, Status> {
+        let boxes = if push.hand_boxes.is_empty() {
+            None
+        } else {
+            Some(hand_boxes(&push.hand_boxes, width, height)?)
+        };
+        Ok(RouteRequest::new::<HandsRoute>(HandsRequest {
+            boxes,
+            time_detector: false,
+        }))
+    }
+
+    fn post(&self, options: &PostOptions) -> Box<dyn RoutePost> {
+        Box::new(HandsPost {
+            tracker: HandTracker::default(),
+            mirror: options.mirror,
+        })
+    }
+}
+
+fn model_infos(
+    config: &Config,
+    detector: Option<&std::path::Path>,
+    wilor: Option<&std::path::Path>,
+) -> Vec<ModelInfo> {
+    vec![
+        ModelInfo {
+            name: "hand-detector".into(),
+            route: RouteId::Hands,
+            weights: detector.map(Into::into).unwrap_or_default(),
+            dtype: "float32".into(),
+        },
+        ModelInfo {
+            name: "wilor".into(),
+            route: RouteId::Hands,
+            weights: wilor.map(Into::into).unwrap_or_default(),
+            dtype: config.hands.variant.to_string(),
+        },
+    ]
+}
+
+fn hand_boxes(boxes: &[proto::HandBox], width: usize, height: usize) -> Result<Vec<HandBox>, Status> {
+    boxes
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let bbox = checked_box("hand_boxes", i, b.r#box.as_ref(), width, height)?;
+            let is_right = match proto::HandSide::try_from(b.side) {
+                Ok(proto::HandSide::Left) => false,
+                Ok(proto::HandSide::Right) => true,
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "hand_boxes[{i}] needs side LEFT or RIGHT"
+                    )))
+                }
+            };
+            Ok(HandBox {
+                bbox,
+                is_right,
+                score: 1.0,
+                keypoints_2d: Vec::new(),
+            })
+        })
+        .collect()
+}
+
+/// Track ids per source, and the user's sides for a mirrored camera.
+pub struct HandsPost {
+    tracker: HandTracker,
+    mirror: bool,
+}
+
+impl RoutePost for HandsPost {
+    fn event(
+        &mut self,
+        frame: &Arc<Frame>,
+        output: &RouteOutput,
+        dropped: u64,
+        started: Instant,
+    ) -> PostWork {
+        let hands = output
+            .get::<HandsRoute>()
+            .map_or(&[][..], |o| o.hands.as_slice());
+        let ids = self.tracker.assign(&frame.source_id, hands);
+        PostWork::Done(hands_event(
+            frame,
+            hands,
+            &ids,
+            self.mirror,
+            &output.timings,
+            dropped,
+            started.elapsed(),
+        ))
+    }
+}
+
+/// The event for one frame's hands.
+pub fn hands_event(
+    frame: &Frame,
+    hands: &[HandEstimate],
+    track_ids: &[u32],
+    mirror: bool,
+    timings: &[(&'static str, Duration)],
+    dropped: u64,
+    post_time: Duration,
+) -> proto::Event {
+    let hands = hands
+        .iter()
+        .zip(track_ids)
+        .map(|(h, &id)| hand_pose(h, id, mirror))
+        .collect();
+    let payload = proto::event::Payload::Hands(proto::Hands { hands });
+    proto::Event {
+        mirrored: mirror,
+        ..route_event(frame, proto::Route::Hands, timings, post_time, dropped, payload)
+    }
+}
+
+fn hand_pose(h: &HandEstimate, track_id: u32, mirror: bool) -> proto::HandPose {
+    // With `mirror`, the camera shows the user mirrored: the hand the
+    // detector calls right is the user's left.
+    let right = h.hand.is_right != mirror;
+    let [x1, y1, x2, y2] = h.hand.bbox;
+    proto::HandPose {
+        track_id,
+        side: if right {
+            proto::HandSide::Right
+        } else {
+            proto::HandSide::Left
+        } as i32,
+        confidence: h.hand.score,
+        bbox: Some(proto::Box2D { x1, y1, x2, y2 }),
+        keypoints_2d: h.keypoints_2d_projected.iter().flatten().copied().collect(),
+        keypoints_3d: h.keypoints_3d.iter().flatten().copied().collect(),
+        camera_translation: h.cam_t.to_vec(),
+        focal_length_px: h.focal_length,
+        vertices: h.vertices.iter().flatten().copied().collect(),
+        mano_pose: h
+            .global_orient
+            .iter()
+            .chain(h.hand_pose.iter().flatten())
+            .copied()
+            .collect(),
+        mano_betas: h.betas.clone(),
+        detector_keypoints: h.hand.keypoints_2d.iter().flatten().copied().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::without_heavy_fields;
+    use crate::tracking::tests::est;
+
+    #[test]
+    fn mirror_swaps_sides_and_vertices_are_opt_in() {
+        let h = est([0., 0., 10., 10.], true);
+        assert_eq!(hand_pose(&h, 1, false).side, proto::HandSide::Right as i32);
+        assert_eq!(hand_pose(&h, 1, true).side, proto::HandSide::Left as i32);
+        let e = proto::Event {
+            payload: Some(proto::event::Payload::Hands(proto::Hands {
+                hands: vec![hand_pose(&h, 1, false)],
+            })),
+            ..Default::default()
+        };
+        let stripped = without_heavy_fields(&e, false, false);
+        let Some(proto::event::Payload::Hands(hs)) = stripped.payload else {
+            panic!()
+        };
+        assert!(hs.hands[0].vertices.is_empty());
+        let Some(proto::event::Payload::Hands(hs)) = e.payload else {
+            panic!()
+        };
+        assert_eq!(hs.hands[0].vertices, [1.0, 2.0, 3.0]);
+    }
+
+    /// The prep thread letterboxes only for a detector that runs: a frame
+    /// that brings its own boxes gets none.
+    #[test]
+    fn the_letterbox_is_made_only_when_the_detector_runs() {
+        let frame = crate::routes::blank_frame(64, 48);
+        let letterbox = |request: &HandsRequest| letterbox_for(&frame, request, 32);
+        let made = letterbox(&HandsRequest::default()).unwrap();
+        assert_eq!(made.value.letterbox.size, 32);
+        let boxed = HandsRequest {
+            boxes: Some(Vec::new()),
+            time_detector: false,
+        };
+        assert!(letterbox(&boxed).is_none());
+        let timed = HandsRequest {
+            time_detector: true,
+            ..boxed
+        };
+        assert!(letterbox(&timed).is_some());
+    }
+}

@@ -1,0 +1,269 @@
+//! `PushImage` and `PushStream`: a client's images through the engine.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Status, Streaming};
+
+use super::{engine_status, EventStream, Reply, Shared};
+use crate::decode::{self, Rgb8};
+use crate::engine::{Frame, FrameJob};
+use crate::events::{unix_ns, without_heavy_fields};
+use crate::proto;
+use crate::routes::{RouteId, RouteRequest};
+
+pub(super) async fn push_image(
+    shared: &Arc<Shared>,
+    req: proto::PushImageRequest,
+) -> Result<proto::PushImageReply, Status> {
+    if req.wait {
+        let events = run_and_wait(shared, req, false).await?;
+        return Ok(proto::PushImageReply {
+            frame_id: events.first().map_or(0, |e| e.frame_id),
+            events,
+        });
+    }
+    let job = frame_job(shared, req, false, None).await?;
+    let frame_id = job.frame.id;
+    shared.engine.submit(job).map_err(|e| engine_status(&e))?;
+    Ok(proto::PushImageReply {
+        frame_id,
+        events: Vec::new(),
+    })
+}
+
+pub(super) fn push_stream(
+    shared: &Arc<Shared>,
+    mut incoming: Streaming<proto::PushImageRequest>,
+) -> EventStream {
+    let (tx, rx) = mpsc::channel(8);
+    // Latest-wins between the reader and the worker: a frame that arrives
+    // while another waits replaces it, and the replaced one is answered at
+    // once as skipped.
+    let slot = Arc::new(PushSlot::default());
+    let reader_slot = slot.clone();
+    let reader_tx = tx.clone();
+    let reader = shared.clone();
+    shared.tasks.spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                m = incoming.next() => m,
+                _ = reader.shutdown.wait() => None,
+            };
+            match msg {
+                Some(Ok(req)) => {
+                    if let Some(old) = reader_slot.put(req) {
+                        let skipped = proto::Event {
+                            route: first_route(&reader, &old),
+                            client_frame_id: old.client_frame_id,
+                            source_id: old.source_id,
+                            emit_unix_ns: unix_ns(SystemTime::now()),
+                            payload: Some(proto::event::Payload::Skipped(proto::Skipped {})),
+                            ..Default::default()
+                        };
+                        if reader_tx.send(Ok(skipped)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Some(Err(status)) => {
+                    let _ = reader_tx.send(Err(status)).await;
+                    break;
+                }
+                None => break,
+            }
+        }
+        reader_slot.finish();
+    });
+    let worker = shared.clone();
+    shared.tasks.spawn(async move {
+        'frames: while let Some(req) = slot.next().await {
+            for event in answer(&worker, req).await {
+                if tx.send(Ok(event)).await.is_err() {
+                    break 'frames;
+                }
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+/// One PushStream frame's events: the results, or an error event naming it.
+async fn answer(shared: &Arc<Shared>, req: proto::PushImageRequest) -> Vec<proto::Event> {
+    let client_frame_id = req.client_frame_id;
+    let source_id = req.source_id.clone();
+    let route = first_route(shared, &req);
+    run_and_wait(shared, req, true)
+        .await
+        .unwrap_or_else(|status| {
+            vec![proto::Event {
+                client_frame_id,
+                source_id,
+                route,
+                emit_unix_ns: unix_ns(SystemTime::now()),
+                payload: Some(proto::event::Payload::Error(proto::EventError {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                })),
+                ..Default::default()
+            }]
+        })
+}
+
+/// The routes a push names, checked against the daemon's; empty = all.
+fn requested_routes(shared: &Shared, routes: &[i32]) -> Result<Vec<RouteId>, Status> {
+    let mut out = Vec::with_capacity(routes.len());
+    for &r in routes {
+        let Some(id) = RouteId::from_proto(r) else {
+            return Err(Status::invalid_argument(format!("unknown route {r}")));
+        };
+        if !shared.facts.routes.contains(&id) {
+            return Err(Status::failed_precondition(format!(
+                "route {} is not enabled on this daemon",
+                id.to_proto().as_str_name()
+            )));
+        }
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// A push's image decoded, and what it asks of each of `routes` (checked
+/// against the image's size). CPU work: run it on a blocking thread.
+pub fn decode_push(
+    req: &proto::PushImageRequest,
+    max_pixels: u64,
+    routes: &[RouteId],
+) -> Result<(Rgb8, Vec<RouteRequest>), Status> {
+    let rgb = decode::decode(req.image.as_ref(), max_pixels)?;
+    let requests = routes
+        .iter()
+        .map(|id| id.kind().request(req, rgb.width, rgb.height))
+        .collect::<Result<_, _>>()?;
+    Ok((rgb, requests))
+}
+
+/// Checks the request, decodes its image (off the async workers) and
+/// makes the frame job.
+async fn frame_job(
+    shared: &Arc<Shared>,
+    req: proto::PushImageRequest,
+    stream: bool,
+    reply: Option<Reply>,
+) -> Result<FrameJob<Reply>, Status> {
+    let routes = requested_routes(shared, &req.routes)?;
+    let received = Instant::now();
+    let max_pixels = shared.options.max_pixels;
+    let daemon_routes = shared.facts.routes.clone();
+    let (rgb, requests, req) = tokio::task::spawn_blocking(move || {
+        let (rgb, requests) = decode_push(&req, max_pixels, &daemon_routes)?;
+        Ok::<_, Status>((rgb, requests, req))
+    })
+    .await
+    .map_err(|e| Status::internal(format!("decoder failed: {e}")))??;
+    shared.telemetry.record("push.decode", received.elapsed());
+    let id = shared.next_frame_id.fetch_add(1, Ordering::Relaxed);
+    let captured = match u64::try_from(req.capture_unix_ns) {
+        Ok(ns) if ns > 0 => SystemTime::UNIX_EPOCH + Duration::from_nanos(ns),
+        _ => SystemTime::now(),
+    };
+    shared.pushed.fetch_add(1, Ordering::Relaxed);
+    let frame = Arc::new(Frame {
+        id,
+        source_id: if req.source_id.is_empty() {
+            "push".into()
+        } else {
+            req.source_id
+        },
+        client_frame_id: req.client_frame_id,
+        captured,
+        received,
+        stream,
+        width: rgb.width,
+        height: rgb.height,
+        rgb: rgb.data,
+    });
+    if let Some(r) = &shared.recorder {
+        r.record(&frame);
+    }
+    Ok(FrameJob {
+        frame,
+        routes,
+        requests,
+        waiter: reply,
+    })
+}
+
+/// Submits and waits for the events, one per route (with vertices only if
+/// asked).
+async fn run_and_wait(
+    shared: &Arc<Shared>,
+    req: proto::PushImageRequest,
+    stream: bool,
+) -> Result<Vec<proto::Event>, Status> {
+    let (include_vertices, include_matte_images) = (req.include_vertices, req.include_matte_images);
+    let (tx, rx) = oneshot::channel();
+    let job = frame_job(shared, req, stream, Some(tx)).await?;
+    shared.engine.submit(job).map_err(|e| engine_status(&e))?;
+    let events = rx
+        .await
+        .map_err(|_| Status::unavailable("the engine stopped before answering"))?
+        .map_err(|e| engine_status(&e))?;
+    Ok(events
+        .iter()
+        .map(|e| without_heavy_fields(e, include_vertices, include_matte_images))
+        .collect())
+}
+
+/// The route a request's one-line answers (skipped, failed) name.
+fn first_route(shared: &Shared, req: &proto::PushImageRequest) -> i32 {
+    req.routes
+        .first()
+        .copied()
+        .or_else(|| shared.facts.routes.first().map(|&r| r.to_proto() as i32))
+        .unwrap_or(proto::Route::Hands as i32)
+}
+
+/// The one frame of a PushStream waiting for the worker.
+#[derive(Default)]
+struct PushSlot {
+    pending: std::sync::Mutex<(Option<proto::PushImageRequest>, bool)>,
+    wake: tokio::sync::Notify,
+}
+
+impl PushSlot {
+    /// Stores `req`; returns the frame it replaced.
+    fn put(&self, req: proto::PushImageRequest) -> Option<proto::PushImageRequest> {
+        let old = self.pending.lock().expect("slot lock").0.replace(req);
+        self.wake.notify_one();
+        old
+    }
+
+    /// No more frames will come.
+    fn finish(&self) {
+        self.pending.lock().expect("slot lock").1 = true;
+        self.wake.notify_one();
+    }
+
+    /// The waiting frame; `None` once finished and empty.
+    async fn next(&self) -> Option<proto::PushImageRequest> {
+        loop {
+            {
+                let mut p = self.pending.lock().expect("slot lock");
+                if let Some(req) = p.0.take() {
+                    return Some(req);
+                }
+                if p.1 {
+                    return None;
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+}
