@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use mlx_rs::{ops, Array, Dtype};
 
-use crate::fixture::FixtureError;
 use crate::image::RgbImage;
+use crate::model_files::LoadError;
 use crate::nn::Result;
 use crate::rtmdet::{self, Detection, Rtmdet, RtmdetConfig};
 use crate::sapiens2::{self, Sapiens2Config, Sapiens2Pose};
@@ -137,7 +137,7 @@ impl BodyPipeline {
     pub fn load(
         files: &BodyModelFiles,
         pose_dtype: Option<Dtype>,
-    ) -> std::result::Result<(Self, bool), FixtureError> {
+    ) -> std::result::Result<(Self, bool), LoadError> {
         let dw = Weights::from_file(&files.detector_weights)?;
         let detector = Rtmdet::new(files.detector_config.clone(), &dw)?;
         dw.finish()?;

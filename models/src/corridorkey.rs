@@ -10,13 +10,10 @@
 //! as upstream does. Activations NHWC; the encoder's tokens are `(B, N, C)`
 //! in Hiera's unrolled order (see [`unroll`]).
 
-use std::path::Path;
-
 use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{fast, ops, Array, Dtype};
 use serde::{Deserialize, Serialize};
 
-use crate::fixture::{self, FixtureError, FixtureModel, Tensors};
 use crate::nn::{gelu, host_f32, relu, select, BatchNorm, Conv2d, LayerNorm, Linear, Result};
 use crate::weights::Weights;
 
@@ -957,33 +954,6 @@ pub fn network_input(rgb: &Array, hint: &Array) -> Result<Array> {
         .subtract(&mean)?
         .divide(&std)?;
     ops::concatenate(&[norm, hint.as_dtype(Dtype::Float32)?], -1)
-}
-
-/// Runs the CorridorKey fixture in `dir`.
-pub fn run_fixture(dir: &Path) -> std::result::Result<Tensors, FixtureError> {
-    let cfg: CorridorKeyConfig = fixture::read_json(&dir.join("corridorkey_config.json"))?;
-    let w = Weights::from_file(dir.join("corridorkey_weights.safetensors"))?;
-    let net = CorridorKey::new(cfg, &w)?;
-    w.finish()?;
-    let io = fixture::read_tensors(&FixtureModel::CorridorKey.io_file(dir))?;
-    let get = |name: &str| {
-        io.get(name)
-            .ok_or_else(|| FixtureError::MissingTensor(name.into()))
-    };
-    let mut t = Tensors::new();
-    let out = net.forward(get("input.x_nhwc")?)?;
-    for (i, f) in out.features.iter().enumerate() {
-        t.insert(format!("intermediate.encoder_feature_{i}"), f.clone());
-    }
-    t.insert("intermediate.alpha_logits".into(), out.alpha_logits);
-    t.insert("intermediate.fg_logits".into(), out.fg_logits);
-    t.insert("intermediate.delta_logits".into(), out.delta_logits);
-    t.insert("output.alpha".into(), out.alpha);
-    t.insert("output.fg".into(), out.fg);
-    for a in t.values() {
-        a.eval()?;
-    }
-    Ok(t)
 }
 
 #[cfg(test)]

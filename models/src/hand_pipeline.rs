@@ -10,6 +10,7 @@ use mlx_rs::Array;
 use crate::camera;
 use crate::hand_detector::{self, HandDetector};
 use crate::image::{self, HandCrop, RgbImage};
+use crate::model_files::LoadError;
 use crate::nn::{host_f32, Result};
 use crate::rotation;
 use std::cell::RefCell;
@@ -383,7 +384,7 @@ impl HandModelFiles {
             if !p.is_file() {
                 return Ok(default);
             }
-            crate::fixture::read_json(&p).map_err(|e| e.to_string())
+            crate::model_files::read_json(&p).map_err(|e| e.to_string())
         }
         Ok(HandModelFiles {
             detector_config: config(
@@ -397,16 +398,6 @@ impl HandModelFiles {
             mano: need("mano.npz")?,
         })
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error(transparent)]
-    Weights(#[from] crate::weights::WeightError),
-    #[error(transparent)]
-    Mano(#[from] crate::mano::ManoError),
-    #[error("MLX: {0}")]
-    Mlx(#[from] mlx_rs::error::Exception),
 }
 
 impl HandPipeline {

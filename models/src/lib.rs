@@ -14,20 +14,23 @@
 //! - [`nn`], [`rotation`]: blocks shared by the networks
 //! - [`weights`], [`npz`], [`torch_checkpoint`]: loading with key and shape
 //!   validation; NumPy archives and PyTorch `.pth` files read without Python
-//! - [`fixture`]: parity runs against the PyTorch reference outputs
+//! - [`model_files`]: JSON configs and the errors of loading a route's networks
+//! - [`parity`]: parity runs against the PyTorch reference outputs (the
+//!   networks never import it)
 
 pub mod body_pipeline;
 pub mod camera;
 pub mod corridorkey;
-pub mod fixture;
 pub mod hand_detector;
 pub mod hand_pipeline;
 pub mod image;
 pub mod mano;
 pub mod mano_convert;
 pub mod matte_pipeline;
+pub mod model_files;
 pub mod nn;
 pub mod npz;
+pub mod parity;
 pub mod pickle;
 pub mod resample;
 pub mod rotation;

@@ -19,8 +19,8 @@ use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{ops, Array, Dtype};
 
 use crate::corridorkey::{network_input, CorridorKey, CorridorKeyConfig};
-use crate::fixture::FixtureError;
 use crate::image::RgbImage;
+use crate::model_files::LoadError;
 use crate::nn::Result;
 use crate::resample::resize_bilinear;
 use crate::weights::Weights;
@@ -122,7 +122,7 @@ impl MattePipeline {
         files: &MatteModelFiles,
         head_dtype: Dtype,
         fit: FrameFit,
-    ) -> std::result::Result<(Self, bool), FixtureError> {
+    ) -> std::result::Result<(Self, bool), LoadError> {
         let w = Weights::from_file(&files.weights)?;
         let synthetic = w.is_synthetic();
         let net = CorridorKey::with_head_dtype(files.config.clone(), &w, head_dtype)?;
@@ -130,9 +130,7 @@ impl MattePipeline {
         if let FrameFit::Tiles { overlap } = fit {
             let s = files.config.img_size;
             if !(0..s).contains(&overlap) {
-                return Err(FixtureError::Mlx(mlx_rs::error::Exception::custom(
-                    format!("matte tile overlap {overlap} must be in 0..{s} (the model size)"),
-                )));
+                return Err(LoadError::TileOverlap { overlap, size: s });
             }
         }
         Ok((

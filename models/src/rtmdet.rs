@@ -7,12 +7,9 @@
 //! on: the stem's conv layout, no identity in the last backbone stage, and
 //! channel attention applied to the concatenation before `final_conv`.
 
-use std::path::Path;
-
 use mlx_rs::{ops, Array};
 use serde::{Deserialize, Serialize};
 
-use crate::fixture::{self, FixtureError, FixtureModel, Tensors};
 use crate::nn::{max_pool_same, upsample_nearest_2x, Conv2d, ConvBnSilu, Result};
 use crate::weights::Weights;
 
@@ -607,94 +604,4 @@ impl Rtmdet {
             reg,
         })
     }
-}
-
-fn fixture_net(dir: &Path) -> std::result::Result<Rtmdet, FixtureError> {
-    let cfg: RtmdetConfig = fixture::read_json(&dir.join("rtmdet_config.json"))?;
-    let w = Weights::from_file(dir.join("rtmdet_weights.safetensors"))?;
-    let net = Rtmdet::new(cfg, &w)?;
-    w.finish()?;
-    Ok(net)
-}
-
-/// Runs the RTMDet post-processing fixture (`rtmdet_post_io.safetensors`):
-/// our letterbox of the image, and mmdet's post-processing plus the demo's
-/// person filter on the network's output for the reference letterbox (so
-/// the two stages are checked each on its own).
-pub fn run_post_fixture(dir: &Path) -> std::result::Result<Tensors, FixtureError> {
-    let net = fixture_net(dir)?;
-    let io = fixture::read_tensors(&FixtureModel::RtmdetPost.io_file(dir))?;
-    let get = |name: &str| {
-        io.get(name)
-            .ok_or_else(|| FixtureError::MissingTensor(name.into()))
-    };
-    let image = get("input.image_bgr_u8")?;
-    let (h, w) = (image.dim(0) as usize, image.dim(1) as usize);
-    let size = net.config().input_size as usize;
-    let (ours, scale_factor) = letterbox_bgr(image.as_slice::<u8>(), w, h, size);
-    let mut t = Tensors::new();
-    t.insert(
-        "intermediate.letterboxed_bgr_u8".into(),
-        Array::from_slice(&ours, &[size as i32, size as i32, 3]),
-    );
-    t.insert(
-        "intermediate.scale_factor_wh".into(),
-        Array::from_slice(&[scale_factor[0] as f32, scale_factor[1] as f32], &[2]),
-    );
-
-    let reference = get("intermediate.letterboxed_bgr_u8")?.expand_dims(0)?;
-    let out = net.forward(&reference)?;
-    let (letterbox, image_dets) = postprocess(&out, net.config(), scale_factor)?;
-    let keep = person_filter(&image_dets, &net.config().demo);
-    let rows = |d: &[Detection]| {
-        let flat: Vec<f32> = d
-            .iter()
-            .flat_map(|d| [d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3], d.score])
-            .collect();
-        Array::from_slice(&flat, &[d.len() as i32, 5])
-    };
-    let pick = |d: &[Detection]| keep.iter().map(|&i| d[i]).collect::<Vec<_>>();
-    t.insert("output.dets_letterbox_xyxy_score".into(), rows(&letterbox));
-    t.insert("output.dets_image_xyxy_score".into(), rows(&image_dets));
-    t.insert(
-        "output.person_boxes_letterbox_xyxy_score".into(),
-        rows(&pick(&letterbox)),
-    );
-    t.insert(
-        "output.person_boxes_image_xyxy_score".into(),
-        rows(&pick(&image_dets)),
-    );
-    let keep: Vec<i32> = keep.iter().map(|&i| i as i32).collect();
-    t.insert(
-        "output.person_keep_index".into(),
-        Array::from_slice(&keep, &[keep.len() as i32]),
-    );
-    Ok(t)
-}
-
-/// Runs the RTMDet fixture in `dir` (`rtmdet_config.json`,
-/// `rtmdet_weights.safetensors`, `rtmdet_io.safetensors`).
-pub fn run_fixture(dir: &Path) -> std::result::Result<Tensors, FixtureError> {
-    let net = fixture_net(dir)?;
-    let io = fixture::read_tensors(&FixtureModel::Rtmdet.io_file(dir))?;
-    let image = io
-        .get("input.letterboxed_bgr_u8")
-        .ok_or_else(|| FixtureError::MissingTensor("input.letterboxed_bgr_u8".into()))?;
-    let out = net.forward(image)?;
-    let mut t = Tensors::new();
-    for (name, a) in ["c3", "c4", "c5"].iter().zip(&out.backbone) {
-        t.insert(format!("intermediate.backbone_{name}"), a.clone());
-    }
-    for (name, a) in ["p3", "n4", "n5"].iter().zip(&out.neck) {
-        t.insert(format!("intermediate.neck_{name}"), a.clone());
-    }
-    for (l, (c, r)) in out.cls.iter().zip(&out.reg).enumerate() {
-        t.insert(format!("output.cls_l{l}"), c.clone());
-        t.insert(format!("output.reg_l{l}"), r.clone());
-    }
-    // Evaluate here so an MLX error surfaces in this call.
-    for a in t.values() {
-        a.eval()?;
-    }
-    Ok(t)
 }

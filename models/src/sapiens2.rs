@@ -20,7 +20,7 @@ use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{fast, ops, Array, Dtype};
 use serde::{Deserialize, Serialize};
 
-use crate::fixture::{self, FixtureError, FixtureModel, Tensors};
+use crate::model_files::LoadError;
 use crate::nn::{host_f32, instance_norm, silu, Conv2d, ConvTranspose2d, Linear, Result, RmsNorm};
 use crate::rtmdet::DemoConfig;
 use crate::weights::Weights;
@@ -440,7 +440,7 @@ impl Block {
     }
 }
 
-/// Where a forward pass reports its named intermediates (the fixture runner
+/// Where a forward pass reports its named intermediates (the parity runner
 /// keeps them; inference passes [`no_taps`]).
 pub type Tap<'a> = &'a mut dyn FnMut(&str, &Array);
 
@@ -649,7 +649,7 @@ impl Sapiens2Pose {
         cfg: Sapiens2Config,
         path: &Path,
         dtype: Option<Dtype>,
-    ) -> std::result::Result<Self, FixtureError> {
+    ) -> std::result::Result<Self, LoadError> {
         let mut w = Weights::from_file(path)?;
         if let Some(d) = dtype {
             w = w.with_float_dtype(d);
@@ -676,57 +676,6 @@ impl Sapiens2Pose {
         tap("featmap", &featmap);
         self.head.forward(&featmap, tap)?.as_dtype(Dtype::Float32)
     }
-}
-
-pub fn fixture_config(dir: &Path) -> std::result::Result<Sapiens2Config, FixtureError> {
-    fixture::read_json(&dir.join("sapiens2_pose_config.json"))
-}
-
-pub fn fixture_net(dir: &Path) -> std::result::Result<Sapiens2Pose, FixtureError> {
-    Sapiens2Pose::load(
-        fixture_config(dir)?,
-        &dir.join("sapiens2_pose_weights.safetensors"),
-        None,
-    )
-}
-
-/// Runs the Sapiens2 network fixture (`sapiens2_pose_io.safetensors`): the
-/// BGR demo crops through the network, every stage the fixture names.
-pub fn run_fixture(dir: &Path) -> std::result::Result<Tensors, FixtureError> {
-    let net = fixture_net(dir)?;
-    let io = fixture::read_tensors(&FixtureModel::Sapiens2.io_file(dir))?;
-    let crops = io
-        .get("input.crops_bgr_u8")
-        .ok_or_else(|| FixtureError::MissingTensor("input.crops_bgr_u8".into()))?;
-    let rgb = bgr_to_rgb(crops)?;
-    let mut t = Tensors::new();
-    let mut keep = |name: &str, a: &Array| {
-        let key = match name {
-            "featmap" => "output.featmap".to_string(),
-            n => format!("intermediate.{n}"),
-        };
-        t.insert(key, a.as_dtype(Dtype::Float32).expect("f32 cast"));
-    };
-    let heatmaps = net.forward(&rgb, &mut keep)?;
-    t.insert("output.heatmaps".into(), heatmaps);
-    let rope = net.backbone.rope();
-    t.insert(
-        "intermediate.rope_sin".into(),
-        rope.sin.as_dtype(Dtype::Float32)?,
-    );
-    t.insert(
-        "intermediate.rope_cos".into(),
-        rope.cos.as_dtype(Dtype::Float32)?,
-    );
-    let periods = net.backbone.periods();
-    t.insert(
-        "intermediate.rope_periods".into(),
-        Array::from_slice(periods, &[periods.len() as i32]),
-    );
-    for a in t.values() {
-        a.eval()?;
-    }
-    Ok(t)
 }
 
 /// Reverses the channel axis of an (…, 3) image.

@@ -7,14 +7,11 @@
 //! of every keypoint map, maxima) runs in MLX and only a 3×3 neighbourhood
 //! per keypoint comes back to the host.
 
-use std::path::Path;
-
 use mlx_rs::{ops, Array, Dtype};
 
-use crate::fixture::{self, FixtureError, FixtureModel, Tensors};
 use crate::nn::{host_f32, Result};
 use crate::rtmdet::{person_filter, Detection};
-use crate::sapiens2::{self, Sapiens2Config};
+use crate::sapiens2::Sapiens2Config;
 
 /// A person box made ready for the network: its centre and the padded,
 /// aspect-fixed size in image pixels.
@@ -419,131 +416,4 @@ pub fn person_boxes(
         return vec![[0.0, 0.0, (width - 1) as f32, (height - 1) as f32]];
     }
     keep.iter().map(|&i| dets[i].bbox).collect()
-}
-
-/// Runs the top-down fixture (`sapiens2_topdown_io.safetensors`): person
-/// filter, crops, and the decode of the stored heatmaps with and without
-/// the flip test, plus the whole-image fallback.
-pub fn run_fixture(dir: &Path) -> std::result::Result<Tensors, FixtureError> {
-    let cfg = sapiens2::fixture_config(dir)?;
-    let io = fixture::read_tensors(&FixtureModel::Sapiens2Topdown.io_file(dir))?;
-    let get = |name: &str| {
-        io.get(name)
-            .ok_or_else(|| FixtureError::MissingTensor(name.into()))
-    };
-    let image = get("input.image_bgr_u8")?;
-    let (h, w) = (image.dim(0) as usize, image.dim(1) as usize);
-    let pixels = image.as_slice::<u8>();
-    let input_hw = cfg.input_size_hw;
-    let mut t = Tensors::new();
-
-    let candidates = |name: &str| -> std::result::Result<Vec<Detection>, FixtureError> {
-        let rows = get(name)?;
-        let v = host_f32(rows)?;
-        // x1 y1 x2 y2 score label; the demo keeps label 0 (person).
-        Ok(v.chunks_exact(6)
-            .filter(|r| r[5] == 0.0)
-            .map(|r| Detection {
-                bbox: [r[0], r[1], r[2], r[3]],
-                score: r[4],
-            })
-            .collect())
-    };
-    let boxes = person_boxes(&candidates("input.det_boxes_xyxy_score_label")?, &cfg, w, h);
-    let crops: Vec<PersonCrop> = boxes
-        .iter()
-        .map(|&b| PersonCrop::from_box(b, cfg.demo.bbox_padding, input_hw))
-        .collect();
-    let n = crops.len() as i32;
-    let flat = |v: Vec<f32>, shape: &[i32]| Array::from_slice(&v, shape);
-    t.insert(
-        "intermediate.person_boxes_xyxy".into(),
-        flat(boxes.iter().flatten().copied().collect(), &[n, 4]),
-    );
-    t.insert(
-        "intermediate.bbox_center".into(),
-        flat(crops.iter().flat_map(|c| c.center).collect(), &[n, 2]),
-    );
-    t.insert(
-        "intermediate.bbox_scale".into(),
-        flat(crops.iter().flat_map(|c| c.scale).collect(), &[n, 2]),
-    );
-    t.insert(
-        "intermediate.warp_matrix".into(),
-        flat(
-            crops
-                .iter()
-                .flat_map(|c| c.warp_matrix(input_hw).into_iter().flatten())
-                .collect(),
-            &[n, 2, 3],
-        ),
-    );
-    let crop_shape = [n, input_hw[0], input_hw[1], 3];
-    t.insert(
-        "intermediate.crops_bgr_u8".into(),
-        Array::from_slice(&crop_persons(pixels, w, h, &crops, input_hw), &crop_shape),
-    );
-
-    let heatmaps = get("input.heatmaps")?;
-    let mirrored = get("input.heatmaps_mirrored_crop")?;
-    for (suffix, mirror) in [("", Some(mirrored)), ("_noflip", None)] {
-        let (peaks, people) = keypoints(&cfg, &crops, heatmaps, mirror)?;
-        let k = cfg.head.num_keypoints;
-        if mirror.is_some() {
-            let pts = |f: fn(&HeatmapPeak) -> [f32; 2]| {
-                flat(peaks.iter().flatten().flat_map(f).collect(), &[n, k, 2])
-            };
-            t.insert("intermediate.heatmap_argmax_xy".into(), pts(|p| p.argmax));
-            t.insert("intermediate.heatmap_dark_xy".into(), pts(|p| p.refined));
-        }
-        let per = |f: &dyn Fn(&PersonKeypoints) -> Vec<f32>, shape: &[i32]| {
-            flat(people.iter().flat_map(f).collect(), shape)
-        };
-        t.insert(
-            format!("output.keypoints_crop{suffix}"),
-            per(
-                &|p| p.input_px.iter().flatten().copied().collect(),
-                &[n, k, 2],
-            ),
-        );
-        t.insert(
-            format!("output.keypoints_image{suffix}"),
-            per(
-                &|p| p.image_px.iter().flatten().copied().collect(),
-                &[n, k, 2],
-            ),
-        );
-        t.insert(
-            format!("output.keypoint_scores{suffix}"),
-            per(&|p| p.scores.clone(), &[n, k]),
-        );
-    }
-
-    let fallback = person_boxes(
-        &candidates("input.det_boxes_fallback_xyxy_score_label")?,
-        &cfg,
-        w,
-        h,
-    );
-    let fb: Vec<PersonCrop> = fallback
-        .iter()
-        .map(|&b| PersonCrop::from_box(b, cfg.demo.bbox_padding, input_hw))
-        .collect();
-    let m = fb.len() as i32;
-    t.insert(
-        "intermediate.fallback_bbox_center".into(),
-        flat(fb.iter().flat_map(|c| c.center).collect(), &[m, 2]),
-    );
-    t.insert(
-        "intermediate.fallback_bbox_scale".into(),
-        flat(fb.iter().flat_map(|c| c.scale).collect(), &[m, 2]),
-    );
-    t.insert(
-        "intermediate.fallback_crop_bgr_u8".into(),
-        Array::from_slice(
-            &crop_persons(pixels, w, h, &fb, input_hw),
-            &[m, input_hw[0], input_hw[1], 3],
-        ),
-    );
-    Ok(t)
 }

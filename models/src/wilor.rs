@@ -7,12 +7,9 @@
 //! Semantics follow the PyTorch reference (WiLoR-mini): eval-mode BatchNorm
 //! and zero padding where RefineNet samples outside a feature map.
 
-use std::path::Path;
-
 use mlx_rs::{ops, Array};
 use serde::{Deserialize, Serialize};
 
-use crate::fixture::{self, FixtureError, Tensors};
 use crate::mano::Mano;
 use crate::nn::{self, BatchNorm, Conv2d, ConvTranspose2d, LayerNorm, Linear, Result, VitBlock};
 use crate::rotation;
@@ -443,58 +440,6 @@ pub struct Regressed {
     pub cam: Array,
     pub backbone: BackboneOutput,
     pub backbone_rotations: Array,
-}
-
-/// Runs the WiLoR fixture in `dir` (weights, config, `mano.npz`, inputs).
-pub fn run_fixture(dir: &Path) -> std::result::Result<Tensors, FixtureError> {
-    let cfg: WilorConfig = fixture::read_json(&dir.join("wilor_config.json"))?;
-    let mano = Mano::from_npz(&dir.join("mano.npz")).map_err(|e| FixtureError::File {
-        path: dir.join("mano.npz"),
-        reason: e.to_string(),
-    })?;
-    let w = Weights::from_file(dir.join("wilor_weights.safetensors"))?;
-    let model = Wilor::new(cfg, &w, mano)?;
-    w.finish()?;
-    let io = fixture::read_tensors(&crate::fixture::FixtureModel::Wilor.io_file(dir))?;
-    let crops = io
-        .get("input.crops_rgb_u8")
-        .ok_or_else(|| FixtureError::MissingTensor("input.crops_rgb_u8".into()))?;
-    let out = model.forward(crops)?;
-    let b = crops.dim(0);
-
-    let (global_orient, hand_pose) = rotation::split_axis_angles(&out.rotations)?;
-    let mut t = Tensors::new();
-    t.insert("output.pred_keypoints_3d".into(), out.keypoints_3d.clone());
-    t.insert("output.pred_vertices".into(), out.vertices.clone());
-    t.insert("output.pred_cam".into(), out.cam.clone());
-    t.insert("output.betas".into(), out.betas.clone());
-    t.insert("output.global_orient".into(), global_orient);
-    t.insert("output.hand_pose".into(), hand_pose);
-    let bb = &out.backbone;
-    let p = "intermediate.backbone";
-    t.insert(format!("{p}.pred_cam"), bb.cam.clone());
-    t.insert(format!("{p}.pred_mano_feats.cam"), bb.cam.clone());
-    t.insert(format!("{p}.pred_mano_feats.betas"), bb.betas.clone());
-    t.insert(
-        format!("{p}.pred_mano_feats.hand_pose"),
-        bb.hand_pose_6d.clone(),
-    );
-    t.insert(format!("{p}.temp_betas"), bb.betas.clone());
-    t.insert(
-        format!("{p}.temp_global_orient"),
-        out.backbone_rotations.index((.., 0..1, .., ..)),
-    );
-    t.insert(
-        format!("{p}.temp_hand_pose"),
-        out.backbone_rotations.index((.., 1.., .., ..)),
-    );
-    // Fixture stores the feature map channels-first.
-    t.insert(
-        format!("{p}.vit_out"),
-        bb.features.transpose_axes(&[0, 3, 1, 2])?,
-    );
-    let _ = b;
-    Ok(t)
 }
 
 use mlx_rs::ops::indexing::IndexOp;

@@ -6,14 +6,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use mlx_rs::Array;
-use posed_models::fixture::{self, FixtureModel};
+use posed_models::parity::{self, FixtureModel};
 use posed_models::rtmdet::{Rtmdet, RtmdetConfig};
 use posed_models::sapiens2;
 use posed_models::synth;
 use posed_models::weights::Weights;
 
 fn body_dir() -> PathBuf {
-    let dir = fixture::fixtures_dir().join("body");
+    let dir = parity::fixtures_dir().join("body");
     assert!(
         dir.is_dir(),
         "fixtures not found at {} (set POSED_FIXTURES)",
@@ -23,8 +23,8 @@ fn body_dir() -> PathBuf {
 }
 
 /// The fixture's comparison table (printed), asserting every row passed.
-fn check(model: FixtureModel) -> Vec<fixture::Comparison> {
-    let rows = fixture::check(model, &body_dir()).unwrap();
+fn check(model: FixtureModel) -> Vec<parity::Comparison> {
+    let rows = parity::check(model, &body_dir()).unwrap();
     for r in &rows {
         println!("{r}");
     }
@@ -108,8 +108,8 @@ fn sapiens2_matches_pytorch_end_to_end() {
 #[test]
 fn sapiens2_blocks_and_head_match_pytorch_one_at_a_time() {
     let dir = body_dir();
-    let net = sapiens2::fixture_net(&dir).unwrap();
-    let io = fixture::read_tensors(&FixtureModel::Sapiens2.io_file(&dir)).unwrap();
+    let net = parity::body::sapiens2_net(&dir).unwrap();
+    let io = parity::read_tensors(&FixtureModel::Sapiens2.io_file(&dir)).unwrap();
     let max_diff = |a: &Array, b: &Array| -> f32 {
         assert_eq!(a.shape(), b.shape());
         a.subtract(b)
@@ -169,7 +169,7 @@ fn sapiens2_topdown_glue_and_decode_match_pytorch() {
 /// reference metainfo does.
 #[test]
 fn keypoint_table_flips_like_the_reference() {
-    let cfg = sapiens2::fixture_config(&body_dir()).unwrap();
+    let cfg = parity::body::sapiens2_config(&body_dir()).unwrap();
     assert_eq!(sapiens2::keypoint_names_308().len(), 308);
     assert_eq!(sapiens2::flip_indices_308(), cfg.flip_indices);
 }

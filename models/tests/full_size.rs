@@ -14,7 +14,7 @@ use posed_models::weights::Weights;
 use posed_models::wilor::{Wilor, WilorConfig};
 
 fn hands_dir() -> PathBuf {
-    posed_models::fixture::fixtures_dir().join("hands")
+    posed_models::parity::fixtures_dir().join("hands")
 }
 
 fn all_finite(a: &Array) -> bool {

@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 
-use posed_models::fixture::{self, FixtureModel};
+use posed_models::parity::{self, FixtureModel};
 
 fn hands_dir() -> PathBuf {
-    let dir = posed_models::fixture::fixtures_dir().join("hands");
+    let dir = posed_models::parity::fixtures_dir().join("hands");
     assert!(
         dir.is_dir(),
         "fixtures not found at {} (set POSED_FIXTURES)",
@@ -17,8 +17,8 @@ fn hands_dir() -> PathBuf {
 }
 
 /// The fixture's comparison table (printed), asserting every row passed.
-fn check(model: FixtureModel) -> Vec<fixture::Comparison> {
-    let rows = fixture::check(model, &hands_dir()).unwrap();
+fn check(model: FixtureModel) -> Vec<parity::Comparison> {
+    let rows = parity::check(model, &hands_dir()).unwrap();
     for r in &rows {
         println!("{r}");
     }

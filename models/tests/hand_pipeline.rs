@@ -5,7 +5,7 @@ use posed_models::hand_pipeline::{HandBox, HandModelFiles, HandPipeline};
 use posed_models::image::RgbImage;
 
 fn pipeline() -> HandPipeline {
-    let dir = posed_models::fixture::fixtures_dir().join("hands");
+    let dir = posed_models::parity::fixtures_dir().join("hands");
     let files = HandModelFiles::from_dir(&dir).unwrap();
     HandPipeline::load(&files).unwrap().0
 }
@@ -198,7 +198,7 @@ fn compiled_networks_match_eager() {
 #[test]
 fn a_bf16_pose_model_stays_in_bf16() {
     use mlx_rs::Dtype;
-    let dir = posed_models::fixture::fixtures_dir().join("hands");
+    let dir = posed_models::parity::fixtures_dir().join("hands");
     let files = HandModelFiles::from_dir(&dir).unwrap();
     let (p, _) = HandPipeline::load_with(&files, Some(Dtype::Bfloat16)).unwrap();
     let s = p.wilor.config().image_size;

@@ -5,11 +5,11 @@
 use std::path::PathBuf;
 
 use posed_models::corridorkey::{network_input, CorridorKey, CorridorKeyConfig};
-use posed_models::fixture::{self, FixtureModel};
+use posed_models::parity::{self, FixtureModel};
 use posed_models::synth;
 
 fn matte_dir() -> PathBuf {
-    let dir = fixture::fixtures_dir().join("matte");
+    let dir = parity::fixtures_dir().join("matte");
     assert!(
         dir.is_dir(),
         "fixtures not found at {} (set POSED_FIXTURES)",
@@ -20,7 +20,7 @@ fn matte_dir() -> PathBuf {
 
 #[test]
 fn corridorkey_matches_pytorch() {
-    let rows = fixture::check(FixtureModel::CorridorKey, &matte_dir()).unwrap();
+    let rows = parity::check(FixtureModel::CorridorKey, &matte_dir()).unwrap();
     for r in &rows {
         println!("{r}");
     }
@@ -38,7 +38,7 @@ fn corridorkey_matches_pytorch() {
 /// builds it.
 #[test]
 fn corridorkey_input_is_normalised_rgb_and_the_hint() {
-    let io = fixture::read_tensors(&FixtureModel::CorridorKey.io_file(&matte_dir())).unwrap();
+    let io = parity::read_tensors(&FixtureModel::CorridorKey.io_file(&matte_dir())).unwrap();
     let x = network_input(&io["input.rgb_unnormalised"], &io["input.alpha_hint"]).unwrap();
     let d = x
         .subtract(&io["input.x_nhwc"])
@@ -105,7 +105,7 @@ fn input(size: i32) -> mlx_rs::Array {
 fn tiled_refiner_matches_the_whole_frame() {
     let dir = matte_dir();
     let mut cfg: CorridorKeyConfig =
-        fixture::read_json(&dir.join("corridorkey_config.json")).unwrap();
+        posed_models::model_files::read_json(&dir.join("corridorkey_config.json")).unwrap();
     cfg.img_size = 1024;
     let w = posed_models::weights::Weights::from_file(dir.join("corridorkey_weights.safetensors"))
         .unwrap();
@@ -166,7 +166,7 @@ fn corridorkey_full_size_runs_at_512() {
 fn fixture_net(img_size: i32) -> CorridorKey {
     let dir = matte_dir();
     let mut cfg: CorridorKeyConfig =
-        fixture::read_json(&dir.join("corridorkey_config.json")).unwrap();
+        posed_models::model_files::read_json(&dir.join("corridorkey_config.json")).unwrap();
     cfg.img_size = img_size;
     let w = posed_models::weights::Weights::from_file(dir.join("corridorkey_weights.safetensors"))
         .unwrap();

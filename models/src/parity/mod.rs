@@ -1,27 +1,39 @@
-//! Parity fixtures: run a model on a fixture folder's inputs and compare its
-//! outputs with what the upstream PyTorch implementation produced.
+//! Parity runs: a model on a fixture folder's inputs, its outputs compared
+//! with what the upstream PyTorch implementation produced. The runners live
+//! here, one file per route ([`hands`], [`body`], [`matte`]); the networks
+//! know nothing of them.
 //!
 //! A fixture folder holds `<model>_weights.safetensors`, `<model>_config.json`
 //! and `<model>_io.safetensors` whose tensors are named `input.*`, `output.*`
 //! and `intermediate.*`. Runners return tensors under those same names.
 
+pub mod body;
+mod hands;
+mod matte;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use mlx_rs::error::Exception;
 use mlx_rs::{Array, Dtype};
 
-use crate::hand_detector::{self, DetectorConfig, HandDetector};
+use crate::mano::ManoError;
+use crate::model_files::JsonFileError;
 use crate::weights::{WeightError, Weights};
 
 #[derive(Debug, thiserror::Error)]
-pub enum FixtureError {
+pub enum ParityError {
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
     #[error(transparent)]
+    Config(#[from] JsonFileError),
+    #[error(transparent)]
     Weights(#[from] WeightError),
+    #[error(transparent)]
+    Mano(#[from] ManoError),
     #[error("MLX: {0}")]
-    Mlx(#[from] mlx_rs::error::Exception),
+    Mlx(#[from] Exception),
     #[error("fixture tensor {0} is missing")]
     MissingTensor(String),
 }
@@ -130,7 +142,7 @@ impl FixtureModel {
 
     /// Views of a fixture tensor that carry their own tolerance: the
     /// detector's probability rows, compared apart from its pixel rows.
-    fn derived(self, name: &str, t: &Array) -> Result<Vec<(String, Array)>, FixtureError> {
+    fn derived(self, name: &str, t: &Array) -> Result<Vec<(String, Array)>, ParityError> {
         Ok(match (self, name) {
             // (B, rows, A): class scores at rows 4..6, visibility every third row after.
             (FixtureModel::Detector, "output.raw") => {
@@ -159,22 +171,11 @@ impl FixtureModel {
     }
 }
 
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, FixtureError> {
-    let text = std::fs::read_to_string(path).map_err(|e| FixtureError::File {
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
-    serde_json::from_str(&text).map_err(|e| FixtureError::File {
-        path: path.into(),
-        reason: e.to_string(),
-    })
-}
-
 /// Every tensor of a fixture file. MLX reads safetensors itself except
 /// float64 (some reference values are stored in double): those are read
 /// here and narrowed to float32, which every comparison uses.
-pub fn read_tensors(path: &Path) -> Result<HashMap<String, Array>, FixtureError> {
-    let fail = |reason: String| FixtureError::File {
+pub fn read_tensors(path: &Path) -> Result<HashMap<String, Array>, ParityError> {
+    let fail = |reason: String| ParityError::File {
         path: path.into(),
         reason,
     };
@@ -221,59 +222,35 @@ pub fn read_tensors(path: &Path) -> Result<HashMap<String, Array>, FixtureError>
     Ok(out)
 }
 
-fn take(io: &HashMap<String, Array>, name: &str) -> Result<Array, FixtureError> {
+/// The fixture tensor `name`.
+fn input<'a>(io: &'a HashMap<String, Array>, name: &str) -> Result<&'a Array, ParityError> {
     io.get(name)
-        .cloned()
-        .ok_or_else(|| FixtureError::MissingTensor(name.into()))
+        .ok_or_else(|| ParityError::MissingTensor(name.into()))
+}
+
+/// A network built from the weight file at `path`, every key and shape
+/// checked.
+fn load_net<T>(
+    path: &Path,
+    build: impl FnOnce(&Weights) -> Result<T, Exception>,
+) -> Result<T, ParityError> {
+    let w = Weights::from_file(path)?;
+    let net = build(&w)?;
+    w.finish()?;
+    Ok(net)
 }
 
 /// Runs `model` on the inputs of the fixture in `dir`.
-pub fn run(model: FixtureModel, dir: &Path) -> Result<Tensors, FixtureError> {
+pub fn run(model: FixtureModel, dir: &Path) -> Result<Tensors, ParityError> {
     match model {
-        FixtureModel::Detector => run_detector(dir),
-        FixtureModel::Wilor => crate::wilor::run_fixture(dir),
-        FixtureModel::Rtmdet => crate::rtmdet::run_fixture(dir),
-        FixtureModel::RtmdetPost => crate::rtmdet::run_post_fixture(dir),
-        FixtureModel::Sapiens2 => crate::sapiens2::run_fixture(dir),
-        FixtureModel::Sapiens2Topdown => crate::topdown::run_fixture(dir),
-        FixtureModel::CorridorKey => crate::corridorkey::run_fixture(dir),
+        FixtureModel::Detector => hands::detector(dir),
+        FixtureModel::Wilor => hands::wilor(dir),
+        FixtureModel::Rtmdet => body::rtmdet(dir),
+        FixtureModel::RtmdetPost => body::rtmdet_post(dir),
+        FixtureModel::Sapiens2 => body::sapiens2(dir),
+        FixtureModel::Sapiens2Topdown => body::topdown(dir),
+        FixtureModel::CorridorKey => matte::corridorkey(dir),
     }
-}
-
-fn run_detector(dir: &Path) -> Result<Tensors, FixtureError> {
-    let cfg: DetectorConfig = read_json(&dir.join("detector_config.json"))?;
-    let w = Weights::from_file(dir.join("detector_weights.safetensors"))?;
-    let net = HandDetector::new(cfg.clone(), &w)?;
-    w.finish()?;
-    let io = read_tensors(&FixtureModel::Detector.io_file(dir))?;
-    let image = take(&io, "input.image_letterboxed_f32")?;
-
-    let pred = net.forward(&image)?;
-    pred.eval()?;
-    let rows = cfg.output_rows();
-    let mut out = Tensors::new();
-    out.insert("output.raw".into(), pred.transpose_axes(&[0, 2, 1])?);
-
-    let first = crate::nn::host_f32(&pred.index(0))?;
-    let dets = hand_detector::select_detections(
-        &first,
-        rows as usize,
-        cfg.nc as usize,
-        cfg.conf_threshold,
-        cfg.iou_threshold,
-    );
-    let mut flat = Vec::with_capacity(dets.len() * rows as usize);
-    for d in &dets {
-        flat.extend_from_slice(&d.bbox);
-        flat.push(d.score);
-        flat.push(d.class as f32);
-        flat.extend(d.keypoints.iter().flatten());
-    }
-    out.insert(
-        "output.detections_xyxy_score_cls_kpts".into(),
-        Array::from_slice(&flat, &[dets.len() as i32, rows]),
-    );
-    Ok(out)
 }
 
 /// One compared tensor.
@@ -316,7 +293,7 @@ impl fmt::Display for Comparison {
 
 /// Runs `model` on its fixture in `dir` and compares the result with the
 /// stored reference outputs.
-pub fn check(model: FixtureModel, dir: &Path) -> Result<Vec<Comparison>, FixtureError> {
+pub fn check(model: FixtureModel, dir: &Path) -> Result<Vec<Comparison>, ParityError> {
     let got = run(model, dir)?;
     let expected = read_tensors(&model.io_file(dir))?;
     compare(model, &got, &expected)
@@ -328,7 +305,7 @@ pub fn compare(
     model: FixtureModel,
     got: &Tensors,
     expected: &HashMap<String, Array>,
-) -> Result<Vec<Comparison>, FixtureError> {
+) -> Result<Vec<Comparison>, ParityError> {
     let mut names: Vec<&String> = expected
         .keys()
         .filter(|k| k.starts_with("output.") || k.starts_with("intermediate."))
@@ -373,7 +350,7 @@ fn compare_one(
     g: &Array,
     want: &Array,
     tolerance: f32,
-) -> Result<Comparison, FixtureError> {
+) -> Result<Comparison, ParityError> {
     {
         if g.shape() != want.shape() {
             return Ok(Comparison {
@@ -407,5 +384,3 @@ fn compare_one(
         })
     }
 }
-
-use mlx_rs::ops::indexing::IndexOp;
