@@ -5,12 +5,11 @@
 //!   cargo bench --bench cpu_stages [-- <filter>]
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use mlx_rs::Array;
-use posed::engine::{Frame, HandsResult};
+use posed::engine::Frame;
 use posed::proto::push_image_request::Image;
 use posed_models::hand_detector::{select_detections, DetectorConfig};
 use posed_models::hand_pipeline::HandEstimate;
@@ -116,25 +115,30 @@ fn serialization(c: &mut Criterion) {
         crop_cam: [1.0, 0.0, 0.0],
         focal_length: 1000.0,
     };
-    let result = HandsResult {
-        frame: Arc::new(Frame {
-            id: 1,
-            source_id: "bench".into(),
-            client_frame_id: 0,
-            captured: SystemTime::now(),
-            received: std::time::Instant::now(),
-            width: 640,
-            height: 480,
-            rgb: Vec::new(),
-        }),
-        hands: vec![hand(true), hand(false)],
-        timings: Vec::new(),
-        dropped_before: 0,
+    let frame = Frame {
+        id: 1,
+        source_id: "bench".into(),
+        client_frame_id: 0,
+        captured: SystemTime::now(),
+        received: std::time::Instant::now(),
+        stream: false,
+        width: 640,
+        height: 480,
+        rgb: Vec::new(),
     };
+    let hands = [hand(true), hand(false)];
     c.bench_function("event of 2 hands with vertices, encoded", |b| {
         b.iter(|| {
-            posed::post::hands_event(black_box(&result), &[1, 2], false, Duration::ZERO)
-                .encode_to_vec()
+            posed::routes::hands::hands_event(
+                black_box(&frame),
+                &hands,
+                &[1, 2],
+                false,
+                &[],
+                0,
+                Duration::ZERO,
+            )
+            .encode_to_vec()
         })
     });
 }

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 use posed::bench::{self, BenchOptions};
+use posed::routes::RouteId;
 use posed::weights::synth;
 
 fn main() -> anyhow::Result<()> {
@@ -25,9 +26,11 @@ fn main() -> anyhow::Result<()> {
             .collect()
     };
     let route = value("--route").unwrap_or_else(|| "hands".into());
+    let route = <RouteId as clap::ValueEnum>::from_str(&route, false)
+        .map_err(|e| anyhow::anyhow!("--route: {e}"))?;
     let models = match value("--models") {
         Some(m) => PathBuf::from(m),
-        None => synth::cached_synthetic(&route)?,
+        None => synth::cached_synthetic(route.name())?,
     };
     let options = BenchOptions {
         pose_dtypes: list("--pose-dtypes", "f32,bf16"),
@@ -48,7 +51,7 @@ fn main() -> anyhow::Result<()> {
         runs: value("--runs").map_or(Ok(100), |v| v.parse())?,
     };
     let json = value("--json").map(PathBuf::from);
-    let report = bench::run_dir(&route, &models, &options, json.as_deref())?;
+    let report = bench::run_dir(route, &models, &options, json.as_deref())?;
     print!("{}", bench::table(&report));
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use posed_models::fixture::{self, FixtureModel};
+use posed_models::parity::{self, FixtureModel};
 
 /// Models whose fixture files are in `dir`, or the one asked for.
 fn models_in(dir: &Path, model: Option<&str>) -> Result<Vec<FixtureModel>> {
@@ -31,7 +31,7 @@ fn models_in(dir: &Path, model: Option<&str>) -> Result<Vec<FixtureModel>> {
 /// Writes every output and intermediate under the fixture's names.
 pub fn run(model: &str, dir: &Path, out: &Path) -> Result<()> {
     let model = models_in(dir, Some(model))?[0];
-    let tensors = fixture::run(model, dir)
+    let tensors = parity::run(model, dir)
         .with_context(|| format!("running {} on {}", model.name(), dir.display()))?;
     mlx_rs::Array::save_safetensors(tensors.iter().map(|(k, v)| (k.as_str(), v)), None, out)
         .with_context(|| format!("writing {}", out.display()))?;
@@ -44,7 +44,7 @@ pub fn check(dir: &Path, model: Option<&str>) -> Result<()> {
     let mut failed = Vec::new();
     let mut total = 0;
     for model in models_in(dir, model)? {
-        let rows = fixture::check(model, dir)
+        let rows = parity::check(model, dir)
             .with_context(|| format!("running {} on {}", model.name(), dir.display()))?;
         println!(
             "{:<52} {:>10} {:>10} {:>9}",

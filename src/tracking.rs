@@ -75,7 +75,7 @@ impl HandTracker {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use posed_models::hand_pipeline::HandBox;
 
     use super::*;

@@ -6,14 +6,37 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use posed::engine::{Engine, EngineError, Frame, FrameJob, Models, Readiness, RouteResult};
-use posed::proto::Route;
+use posed::engine::{Engine, EngineError, Frame, FrameJob, Readiness};
+use posed::routes::body::{BodyRequest, BodyRoute};
+use posed::routes::hands::{HandsRequest, HandsRoute};
+use posed::routes::{RouteId, RouteRequest, RouteSet};
 use posed_models::body_pipeline::{BodyModelFiles, BodyPipeline};
 use posed_models::hand_pipeline::{HandBox, HandModelFiles, HandPipeline};
 use tokio::sync::{mpsc, oneshot};
 
+/// A waiting caller as the tests play it: the answer is a string.
+type Reply = oneshot::Sender<Result<String, EngineError>>;
+type TestEngine = Engine<Reply>;
+
+/// The hand route on the fixture weights, on the MLX thread.
+fn hand_engine(files: HandModelFiles, tx: mpsc::UnboundedSender<posed::engine::EngineOutput<Reply>>) -> TestEngine {
+    TestEngine::start(
+        vec![RouteId::Hands],
+        move || Ok(RouteSet::default().with(HandsRoute::new(HandPipeline::load(&files)?.0, 4))),
+        tx,
+        4,
+    )
+}
+
+fn with_hand_boxes(boxes: Vec<HandBox>) -> RouteRequest {
+    RouteRequest::new::<HandsRoute>(HandsRequest {
+        boxes: Some(boxes),
+        time_detector: false,
+    })
+}
+
 fn files() -> HandModelFiles {
-    HandModelFiles::from_dir(&posed_models::fixture::fixtures_dir().join("hands")).unwrap()
+    HandModelFiles::from_dir(&posed_models::parity::fixtures_dir().join("hands")).unwrap()
 }
 
 fn frame(id: u64, width: usize, height: usize) -> Arc<Frame> {
@@ -23,6 +46,7 @@ fn frame(id: u64, width: usize, height: usize) -> Arc<Frame> {
         client_frame_id: id,
         captured: SystemTime::now(),
         received: Instant::now(),
+        stream: true,
         width,
         height,
         rgb: (0..width * height * 3)
@@ -31,7 +55,7 @@ fn frame(id: u64, width: usize, height: usize) -> Arc<Frame> {
     })
 }
 
-async fn wait_ready(engine: &Engine) -> Readiness {
+async fn wait_ready(engine: &TestEngine) -> Readiness {
     let mut r = engine.readiness();
     loop {
         let now = r.borrow_and_update().clone();
@@ -46,7 +70,7 @@ async fn wait_ready(engine: &Engine) -> Readiness {
 async fn serves_after_warm_up_and_answers_waiting_pushes() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let files = files();
-    let engine = Engine::start(move || Ok(HandPipeline::load(&files)?.0), tx, 4, 4);
+    let engine = hand_engine(files, tx);
     assert_eq!(wait_ready(&engine).await, Readiness::Serving);
 
     let (reply, answer) = oneshot::channel();
@@ -58,25 +82,25 @@ async fn serves_after_warm_up_and_answers_waiting_pushes() {
     };
     engine
         .submit(FrameJob {
-            hand_boxes: Some(vec![hand]),
+            requests: vec![with_hand_boxes(vec![hand])],
             ..FrameJob::new(frame(7, 200, 160), Some(reply))
         })
         .unwrap();
     // Post-processing answers the reply; here the test plays that part.
     let out = rx.recv().await.unwrap();
-    let result = out.hands().unwrap().clone();
-    assert_eq!(result.frame.id, 7);
-    assert_eq!(result.hands.len(), 1);
-    assert_eq!(result.hands[0].keypoints_3d.len(), 21);
+    let result = out.result(RouteId::Hands).unwrap();
+    let hands = &result.get::<HandsRoute>().unwrap().hands;
+    assert_eq!(out.frame.id, 7);
+    assert_eq!(hands.len(), 1);
+    assert_eq!(hands[0].keypoints_3d.len(), 21);
     let stages: Vec<_> = result.timings.iter().map(|(s, _)| *s).collect();
     assert_eq!(
         stages,
         ["crop", "pose", "mano"],
         "client boxes skip the detector"
     );
-    let event = posed::post::hands_event(&result, &[1], false, std::time::Duration::ZERO);
-    out.reply.unwrap().send(Ok(vec![event])).unwrap();
-    assert_eq!(answer.await.unwrap().unwrap()[0].frame_id, 7);
+    out.waiter.unwrap().send(Ok(format!("frame {}", out.frame.id))).unwrap();
+    assert_eq!(answer.await.unwrap().unwrap(), "frame 7");
 
     // A frame the route cannot take is an error for that frame only.
     let mut bad = Frame {
@@ -86,9 +110,9 @@ async fn serves_after_warm_up_and_answers_waiting_pushes() {
     engine.submit(FrameJob::new(Arc::new(bad), None)).unwrap();
     let out = rx.recv().await.unwrap();
     assert!(
-        matches!(out.hands(), Err(EngineError::Route { frame: 8, .. })),
+        matches!(out.result(RouteId::Hands), Err(EngineError::Route { frame: 8, .. })),
         "{:?}",
-        out.hands().err()
+        out.result(RouteId::Hands).err()
     );
     assert!(matches!(*engine.readiness().borrow(), Readiness::Failed(_)));
 
@@ -97,8 +121,8 @@ async fn serves_after_warm_up_and_answers_waiting_pushes() {
         .submit(FrameJob::new(frame(9, 64, 48), None))
         .unwrap();
     let out = rx.recv().await.unwrap();
-    let result = out.hands().unwrap();
-    assert_eq!(result.frame.id, 9);
+    let result = out.result(RouteId::Hands).unwrap();
+    assert_eq!(out.frame.id, 9);
     assert_eq!(result.timings[0].0, "preprocess");
     assert_eq!(*engine.readiness().borrow(), Readiness::Serving);
     engine.shutdown();
@@ -109,7 +133,7 @@ async fn a_failed_load_is_reported_and_every_frame_answered() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut files = files();
     files.wilor_weights = PathBuf::from("/nonexistent/wilor.safetensors");
-    let engine = Engine::start(move || Ok(HandPipeline::load(&files)?.0), tx, 4, 4);
+    let engine = hand_engine(files, tx);
     match wait_ready(&engine).await {
         Readiness::Failed(msg) => assert!(msg.contains("/nonexistent/wilor.safetensors"), "{msg}"),
         other => panic!("{other:?}"),
@@ -119,11 +143,11 @@ async fn a_failed_load_is_reported_and_every_frame_answered() {
         .submit(FrameJob::new(frame(1, 8, 8), Some(reply)))
         .unwrap();
     let out = rx.recv().await.unwrap();
-    let Err(err) = out.hands() else {
+    let Err(err) = out.result(RouteId::Hands) else {
         panic!("loaded without weights")
     };
     assert!(matches!(err, EngineError::Load(_)));
-    out.reply.unwrap().send(Err(err)).unwrap();
+    out.waiter.unwrap().send(Err(err)).unwrap();
     assert!(answer.await.unwrap().is_err());
 }
 
@@ -134,7 +158,7 @@ async fn a_failed_load_is_reported_and_every_frame_answered() {
 async fn degenerate_boxes_do_not_crash_the_route() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let files = files();
-    let engine = Engine::start(move || Ok(HandPipeline::load(&files)?.0), tx, 4, 4);
+    let engine = hand_engine(files, tx);
     assert_eq!(wait_ready(&engine).await, Readiness::Serving);
     for (id, bbox) in [
         [f32::NAN, 0.0, 10.0, 10.0],
@@ -147,17 +171,18 @@ async fn degenerate_boxes_do_not_crash_the_route() {
     {
         engine
             .submit(FrameJob {
-                hand_boxes: Some(vec![HandBox {
+                requests: vec![with_hand_boxes(vec![HandBox {
                     bbox,
                     is_right: true,
                     score: 1.0,
                     keypoints_2d: vec![],
-                }]),
+                }])],
                 ..FrameJob::new(frame(id as u64, 64, 48), None)
             })
             .unwrap();
         let out = rx.recv().await.unwrap();
-        assert_eq!(out.hands().unwrap().hands.len(), 1, "{bbox:?}");
+        let hands = &out.result(RouteId::Hands).unwrap().get::<HandsRoute>().unwrap().hands;
+        assert_eq!(hands.len(), 1, "{bbox:?}");
     }
     assert_eq!(*engine.readiness().borrow(), Readiness::Serving);
     engine.shutdown();
@@ -171,35 +196,37 @@ async fn degenerate_boxes_do_not_crash_the_route() {
 async fn the_body_route_runs_beside_the_hand_route() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let hand_files = files();
-    let body_dir = posed_models::fixture::fixtures_dir().join("body");
+    let body_dir = posed_models::parity::fixtures_dir().join("body");
     let body_files = BodyModelFiles::from_dir(&body_dir).unwrap();
-    let engine = Engine::start(
+    let engine = TestEngine::start(
+        vec![RouteId::Hands, RouteId::Body],
         move || {
-            Ok(Models {
-                hands: Some(HandPipeline::load(&hand_files)?.0),
-                body: Some(BodyPipeline::load(&body_files, None)?.0),
-                matte: None,
-            })
+            Ok(RouteSet::default()
+                .with(HandsRoute::new(HandPipeline::load(&hand_files)?.0, 4))
+                .with(BodyRoute::new(BodyPipeline::load(&body_files, None)?.0)))
         },
         tx,
-        4,
         4,
     );
     assert_eq!(wait_ready(&engine).await, Readiness::Serving);
 
     engine
         .submit(FrameJob {
-            routes: vec![Route::Body, Route::Hands],
-            person_boxes: Some(vec![[20.0, 10.0, 90.0, 150.0], [100.0, 20.0, 180.0, 150.0]]),
+            routes: vec![RouteId::Body, RouteId::Hands],
+            requests: vec![RouteRequest::new::<BodyRoute>(BodyRequest {
+                boxes: Some(vec![[20.0, 10.0, 90.0, 150.0], [100.0, 20.0, 180.0, 150.0]]),
+                time_detector: false,
+            })],
             ..FrameJob::new(frame(1, 200, 160), None)
         })
         .unwrap();
     let out = rx.recv().await.unwrap();
-    let routes: Vec<Route> = out.results.iter().map(|(r, _)| *r).collect();
-    assert_eq!(routes, [Route::Body, Route::Hands]);
-    let Ok(RouteResult::Body(body)) = &out.results[0].1 else {
+    let routes: Vec<RouteId> = out.results.iter().map(|(r, _)| *r).collect();
+    assert_eq!(routes, [RouteId::Body, RouteId::Hands]);
+    let Ok(output) = &out.results[0].1 else {
         panic!("{:?}", out.results[0].1)
     };
+    let body = output.get::<BodyRoute>().unwrap();
     assert_eq!(body.people.len(), 2);
     for p in &body.people {
         assert_eq!(p.keypoints.len(), 308);
@@ -208,28 +235,29 @@ async fn the_body_route_runs_beside_the_hand_route() {
         assert!(p.keypoints.iter().flatten().all(|v| v.is_finite()));
     }
     assert_eq!(body.people[0].bbox, [20.0, 10.0, 90.0, 150.0]);
-    let stages: Vec<_> = body.timings.iter().map(|(s, _)| *s).collect();
+    let stages: Vec<_> = output.timings.iter().map(|(s, _)| *s).collect();
     assert_eq!(
         stages,
         ["crop", "pose", "keypoints"],
         "client boxes skip the detector"
     );
-    assert!(out.hands().is_ok());
+    assert!(out.result(RouteId::Hands).is_ok());
 
     // No boxes: the person detector runs first.
     engine
         .submit(FrameJob {
-            routes: vec![Route::Body],
+            routes: vec![RouteId::Body],
             ..FrameJob::new(frame(2, 200, 160), None)
         })
         .unwrap();
     let out = rx.recv().await.unwrap();
-    let Ok(RouteResult::Body(body)) = &out.results[0].1 else {
+    let Ok(output) = &out.results[0].1 else {
         panic!("{:?}", out.results[0].1)
     };
+    let body = output.get::<BodyRoute>().unwrap();
     assert!(!body.people.is_empty());
     assert!(body.people.len() <= 4);
-    let stages: Vec<_> = body.timings.iter().map(|(s, _)| *s).collect();
+    let stages: Vec<_> = output.timings.iter().map(|(s, _)| *s).collect();
     assert_eq!(
         stages,
         ["preprocess", "detect", "crop", "pose", "keypoints"]
@@ -241,16 +269,16 @@ async fn the_body_route_runs_beside_the_hand_route() {
 async fn a_route_without_models_is_refused_for_that_route_only() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let files = files();
-    let engine = Engine::start(move || Ok(HandPipeline::load(&files)?.0), tx, 4, 4);
+    let engine = hand_engine(files, tx);
     assert_eq!(wait_ready(&engine).await, Readiness::Serving);
     engine
         .submit(FrameJob {
-            routes: vec![Route::Hands, Route::Body],
+            routes: vec![RouteId::Hands, RouteId::Body],
             ..FrameJob::new(frame(3, 64, 48), None)
         })
         .unwrap();
     let out = rx.recv().await.unwrap();
-    assert!(out.hands().is_ok());
+    assert!(out.result(RouteId::Hands).is_ok());
     assert!(matches!(out.results[1].1, Err(EngineError::NotEnabled(_))));
     assert_eq!(*engine.readiness().borrow(), Readiness::Serving);
     engine.shutdown();

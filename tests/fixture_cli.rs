@@ -7,7 +7,7 @@ use std::process::Command;
 use mlx_rs::Array;
 
 fn hands_dir() -> PathBuf {
-    posed_models::fixture::fixtures_dir().join("hands")
+    posed_models::parity::fixtures_dir().join("hands")
 }
 
 fn posed(args: &[&str]) -> (bool, String) {
@@ -34,7 +34,7 @@ fn check_passes_on_the_reference_fixtures() {
 /// Sapiens2 and the top-down glue; one command checks them all.
 #[test]
 fn check_passes_on_the_body_fixtures() {
-    let dir = posed_models::fixture::fixtures_dir().join("body");
+    let dir = posed_models::parity::fixtures_dir().join("body");
     let (ok, text) = posed(&["fixture", "check", "--dir", dir.to_str().unwrap()]);
     assert!(ok, "{text}");
     for tensor in [
@@ -53,7 +53,7 @@ fn check_passes_on_the_body_fixtures() {
 /// refiner and the outputs.
 #[test]
 fn check_passes_on_the_matte_fixture() {
-    let dir = posed_models::fixture::fixtures_dir().join("matte");
+    let dir = posed_models::parity::fixtures_dir().join("matte");
     let (ok, text) = posed(&["fixture", "check", "--dir", dir.to_str().unwrap()]);
     assert!(ok, "{text}");
     for tensor in [

@@ -6,10 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::ImageEncoder;
-use posed::engine::{Engine, Models};
 use posed::proto::pose_service_client::PoseServiceClient;
 use posed::proto::{self, push_image_request::Image};
-use posed::server::{self, ServeOptions, StaticStatus};
+use posed::routes::body::BodyRoute;
+use posed::routes::hands::HandsRoute;
+use posed::routes::matte::MatteRoute;
+use posed::routes::{RouteId, RouteSet};
+use posed::server::{self, DaemonEngine, DaemonFacts, ServeOptions};
 use posed::telemetry::Telemetry;
 use posed_models::body_pipeline::{BodyModelFiles, BodyPipeline};
 use posed_models::hand_pipeline::{HandModelFiles, HandPipeline};
@@ -21,21 +24,25 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 fn files() -> HandModelFiles {
-    HandModelFiles::from_dir(&posed_models::fixture::fixtures_dir().join("hands")).unwrap()
+    HandModelFiles::from_dir(&posed_models::parity::fixtures_dir().join("hands")).unwrap()
 }
 
 /// CorridorKey's fixture network (run at its 128² size), hints from pushes,
 /// previous alphas or a green-screen key.
-fn matte_route() -> anyhow::Result<posed::engine::MatteRoute> {
-    use posed_models::matte_pipeline::{FallbackHint, FrameFit, MatteModelFiles, MattePipeline};
-    let dir = posed_models::fixture::fixtures_dir().join("matte");
+fn matte_route() -> anyhow::Result<MatteRoute> {
+    use posed::config::{FallbackHint, FloatType, MatteConfig, MatteFit};
+    use posed_models::matte_pipeline::MatteModelFiles;
+    let dir = posed_models::parity::fixtures_dir().join("matte");
     let files = MatteModelFiles::from_dir(&dir, 128).map_err(anyhow::Error::msg)?;
-    let (pipeline, _) = MattePipeline::load(&files, mlx_rs::Dtype::Float32, FrameFit::Resize)?;
-    Ok(posed::engine::MatteRoute {
-        pipeline,
+    let config = MatteConfig {
+        img_size: 128,
+        head_dtype: FloatType::Float32,
+        fit: MatteFit::Resize,
         hint_from_previous: true,
-        fallback: FallbackHint::Chroma,
-    })
+        fallback_hint: FallbackHint::Chroma,
+        ..MatteConfig::default()
+    };
+    Ok(posed::routes::matte::load(&files, &config)?.0)
 }
 
 struct Daemon {
@@ -87,45 +94,35 @@ impl Daemon {
         let addr = listeners.tcp.as_ref().unwrap().local_addr().unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
         let files = files();
-        let engine = Engine::start(
+        let mut routes = vec![RouteId::Hands];
+        routes.extend(extra.iter().filter_map(|r| RouteId::from_proto(*r as i32)));
+        let engine = DaemonEngine::start(
+            routes.clone(),
             move || {
                 if let Some(r) = release {
                     let _ = r.recv();
                 }
-                let body = match body {
-                    true => {
-                        let dir = posed_models::fixture::fixtures_dir().join("body");
-                        let files = BodyModelFiles::from_dir(&dir).map_err(anyhow::Error::msg)?;
-                        Some(BodyPipeline::load(&files, None)?.0)
-                    }
-                    false => None,
-                };
-                let matte = match matte {
-                    true => Some(matte_route()?),
-                    false => None,
-                };
-                Ok(Models {
-                    hands: Some(HandPipeline::load(&files)?.0),
-                    body,
-                    matte,
-                })
+                let mut set =
+                    RouteSet::default().with(HandsRoute::new(HandPipeline::load(&files)?.0, 4));
+                if body {
+                    let dir = posed_models::parity::fixtures_dir().join("body");
+                    let files = BodyModelFiles::from_dir(&dir).map_err(anyhow::Error::msg)?;
+                    set.push(BodyRoute::new(BodyPipeline::load(&files, None)?.0));
+                }
+                if matte {
+                    set.push(matte_route()?);
+                }
+                Ok(set)
             },
             tx,
             options.max_waiting,
-            4,
         );
         let (stop, stopped) = oneshot::channel::<()>();
-        let mut status = StaticStatus {
-            device: "cpu".into(),
-            mlx_version: "test".into(),
-            ..Default::default()
-        };
-        status.routes.extend_from_slice(extra);
         let backend = server::Backend {
             engine,
             results: rx,
             telemetry: Arc::new(Telemetry::new()),
-            status,
+            facts: DaemonFacts::new("cpu", "test", routes),
         };
         let done = tokio::spawn(server::run(listeners, backend, sources, options, async {
             let _ = stopped.await;
@@ -230,10 +227,13 @@ async fn health_turns_serving_after_warm_up_and_pushes_return_real_hands() {
     let (release, gate) = std::sync::mpsc::channel();
     let d = Daemon::start(ServeOptions::default(), Some(gate)).await;
     let mut health = HealthClient::new(d.channel().await);
-    for service in [server::SERVICE_NAME, server::HANDS_HEALTH_NAME] {
+    for service in [
+        server::SERVICE_NAME.to_owned(),
+        server::route_health_name(RouteId::Hands),
+    ] {
         let s = health
             .check(HealthCheckRequest {
-                service: service.into(),
+                service: service.clone(),
             })
             .await
             .unwrap()
@@ -824,7 +824,7 @@ async fn pushes_with_person_boxes_get_body_pose_events() {
     let mut health = HealthClient::new(d.channel().await);
     let s = health
         .check(HealthCheckRequest {
-            service: server::BODY_HEALTH_NAME.into(),
+            service: server::route_health_name(RouteId::Body),
         })
         .await
         .unwrap()
@@ -990,7 +990,7 @@ async fn pushes_with_a_hint_get_matte_events() {
     let mut health = HealthClient::new(d.channel().await);
     let s = health
         .check(HealthCheckRequest {
-            service: server::MATTE_HEALTH_NAME.into(),
+            service: server::route_health_name(RouteId::Matte),
         })
         .await
         .unwrap()
@@ -1170,5 +1170,89 @@ async fn bench_grpc_times_every_frame_and_counts_the_ones_the_gate_replaced() {
     assert!(three.frames >= 1);
     assert!(report.daemon_stages.contains_key("hands.pose"));
     assert!(bench_grpc::table(&report).contains("| 2 hand boxes | 1 | 6 | 0 |"));
+    d.stop().await;
+}
+
+/// `posed bench` runs the daemon's stage code: on the fixture weights, the
+/// stages it reports for each route are exactly those the daemon's
+/// telemetry records for a push through that route (the bench's `decode`
+/// is the daemon's `push.decode`; its spans, such as `model`, add up
+/// stages and are left out).
+#[tokio::test]
+async fn posed_bench_reports_the_stages_the_daemon_records() {
+    let fixtures = posed_models::parity::fixtures_dir();
+    let d = Daemon::start_routes(
+        ServeOptions::default(),
+        None,
+        vec![],
+        &[proto::Route::Body, proto::Route::Matte],
+    )
+    .await;
+    d.wait_serving().await;
+    let mut c = d.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    for (route, models, extra) in [
+        (proto::Route::Hands, "hands", &["--hands", "1"][..]),
+        (proto::Route::Body, "body", &["--people", "1"][..]),
+        (proto::Route::Matte, "matte", &["--sizes", "128"][..]),
+    ] {
+        let name = RouteId::from_proto(route as i32).unwrap().name();
+        let mut req = push(jpeg(320, 240), vec![], true);
+        req.routes = vec![route as i32];
+        let reply = c.push_image(req).await.unwrap().into_inner();
+        assert!(
+            !matches!(reply.events[0].payload, Some(proto::event::Payload::Error(_))),
+            "{name}: {:?}",
+            reply.events[0]
+        );
+        let telemetry = c
+            .get_telemetry(proto::GetTelemetryRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let mut daemon: Vec<String> = telemetry
+            .stages
+            .iter()
+            .filter(|s| s.count > 0)
+            .filter_map(|s| match s.name.as_str() {
+                "push.decode" => Some("decode".to_owned()),
+                n => n.strip_prefix(&format!("{name}.")).map(str::to_owned),
+            })
+            .collect();
+        daemon.sort();
+
+        let json = dir.path().join(format!("{name}.json"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_posed"))
+            .args(["bench", "--route", name, "--models"])
+            .arg(fixtures.join(models))
+            .args(["--pose-dtypes", "f32", "--warmup", "1", "--runs", "2", "--json"])
+            .arg(&json)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let cases = report["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), 1, "{name}");
+        let spans: Vec<&str> = posed::bench::SPANS.iter().map(|(s, _)| *s).collect();
+        let mut bench: Vec<String> = cases[0]["stages"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| !spans.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        bench.sort();
+        assert_eq!(bench, daemon, "{name}: bench vs daemon telemetry");
+        // And both are the route's own stages between decode and post.
+        for stage in RouteId::from_proto(route as i32).unwrap().kind().stages() {
+            assert!(bench.iter().any(|s| s == stage), "{name}: {stage}");
+        }
+    }
     d.stop().await;
 }

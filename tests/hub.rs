@@ -605,7 +605,7 @@ async fn weights_fetch_converts_the_person_detector_checkpoint() {
     let pth = dir.path().join("rtmdet_m.pth");
     posed_models::torch_checkpoint::write_state_dict(&pth, &tensors).unwrap();
     let fixture_pose =
-        posed_models::fixture::fixtures_dir().join("body/sapiens2_pose_weights.safetensors");
+        posed_models::parity::fixtures_dir().join("body/sapiens2_pose_weights.safetensors");
     let mock = MockHub::start(&[
         (
             "facebook/sapiens-pose-bbox-detector/rtmdet_m_8xb32-100e_coco-obj365-person-235e8209.pth",

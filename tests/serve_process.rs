@@ -21,7 +21,7 @@ fn free_port() -> u16 {
 }
 
 fn models_dir(dir: &std::path::Path) -> PathBuf {
-    let src = posed_models::fixture::fixtures_dir().join("hands");
+    let src = posed_models::parity::fixtures_dir().join("hands");
     let out = dir.join("models");
     std::fs::create_dir_all(&out).unwrap();
     for f in [
@@ -275,7 +275,7 @@ async fn offline_without_weights_says_what_is_missing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_only_daemon_answers_pushes_from_the_cli() {
     let grpc = format!("127.0.0.1:{}", free_port());
-    let body = posed_models::fixture::fixtures_dir().join("body");
+    let body = posed_models::parity::fixtures_dir().join("body");
     let mut child = Command::new(env!("CARGO_BIN_EXE_posed"))
         .arg("serve")
         .env("POSED_HANDS_ENABLED", "false")
@@ -349,7 +349,7 @@ async fn a_body_only_daemon_answers_pushes_from_the_cli() {
 async fn a_matte_only_daemon_writes_pngs_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let grpc = format!("127.0.0.1:{}", free_port());
-    let matte = posed_models::fixture::fixtures_dir().join("matte");
+    let matte = posed_models::parity::fixtures_dir().join("matte");
     let mut child = Command::new(env!("CARGO_BIN_EXE_posed"))
         .arg("serve")
         .env("POSED_HANDS_ENABLED", "false")

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use posed_models::body_pipeline::{BodyEstimate, BodyPipeline, DetectorInput};
+use posed_models::body_pipeline::{BodyEstimate, BodyModelFiles, BodyPipeline, DetectorInput};
 use tonic::Status;
 
 use super::{
-    frame_image, BoxFuture, FoundModels, ModelInfo, PostOptions, PostWork, Preparer, Route,
-    RouteError, RouteId, RouteKind, RouteOutput, RoutePost, RouteRequest, RouteSet, StageClock, Timed,
+    frame_image, ModelInfo, PostOptions, PostWork, Preparer, Route, RouteError, RouteId, RouteKind,
+    RoutePost, RouteResult, StageClock, Timed,
 };
 use crate::config::Config;
 use crate::engine::Frame;
@@ -148,65 +148,49 @@ impl Route for BodyRoute {
 pub struct Body;
 
 impl RouteKind for Body {
-    fn id(&self) -> RouteId {
-        RouteId::Body
-    }
+    type Route = BodyRoute;
+    type Files = BodyModelFiles;
+    type Post = BodyPost;
 
-    fn name(&self) -> &'static str {
-        "body"
-    }
-
-    fn proto(&self) -> proto::Route {
-        proto::Route::Body
-    }
-
-    fn stages(&self) -> &'static [&'static str] {
-        BodyRoute::STAGES
-    }
+    const PROTO: proto::Route = proto::Route::Body;
 
     fn enabled(&self, config: &Config) -> bool {
         config.body.enabled
     }
 
-    fn models(&self, config: &Config) -> Vec<ModelInfo> {
-        model_infos(config, None, None)
+    fn models(&self, config: &Config, files: Option<&BodyModelFiles>) -> Vec<ModelInfo> {
+        vec![
+            ModelInfo {
+                name: "person-detector".into(),
+                route: RouteId::Body,
+                weights: files.map(|f| f.detector_weights.clone()).unwrap_or_default(),
+                dtype: "float32".into(),
+            },
+            ModelInfo {
+                name: format!("sapiens2-pose-{}", config.body.size),
+                route: RouteId::Body,
+                weights: files.map(|f| f.pose_weights.clone()).unwrap_or_default(),
+                dtype: config.body.dtype.to_string(),
+            },
+        ]
     }
 
-    fn find<'a>(
-        &'a self,
-        config: &'a Config,
-        hub: &'a Hub,
-    ) -> BoxFuture<'a, anyhow::Result<FoundModels>> {
-        Box::pin(async move {
-            let mut files = crate::weights::resolve::body_files(&config.body, hub).await?;
-            let models = model_infos(
-                config,
-                Some(&files.detector_weights),
-                Some(&files.pose_weights),
-            );
-            let body = config.body.clone();
-            files.pose_config.demo.flip_test = body.flip_test;
-            let load = move || {
-                tracing::info!(
-                    detector = %files.detector_weights.display(),
-                    pose = %files.pose_weights.display(),
-                    "loading the body route"
-                );
-                let (mut pipeline, synthetic) = BodyPipeline::load(&files, Some(body.dtype.dtype()))
-                    .context("loading the body route")
-                    .map_err(RouteError::Load)?;
-                pipeline.max_people = body.max_people;
-                Ok((RouteSet::default().with(BodyRoute::new(pipeline)), synthetic))
-            };
-            Ok(FoundModels {
-                models,
-                load: Box::new(load),
-            })
-        })
+    async fn find(&self, config: &Config, hub: &Hub) -> anyhow::Result<BodyModelFiles> {
+        crate::weights::resolve::body_files(&config.body, hub).await
     }
 
-    fn default_request(&self) -> RouteRequest {
-        RouteRequest::new::<BodyRoute>(BodyRequest::default())
+    fn load(mut files: BodyModelFiles, config: &Config) -> anyhow::Result<(BodyRoute, bool)> {
+        tracing::info!(
+            detector = %files.detector_weights.display(),
+            pose = %files.pose_weights.display(),
+            "loading the body route"
+        );
+        let body = &config.body;
+        files.pose_config.demo.flip_test = body.flip_test;
+        let (mut pipeline, synthetic) = BodyPipeline::load(&files, Some(body.dtype.dtype()))
+            .context("loading the body route")?;
+        pipeline.max_people = body.max_people;
+        Ok((BodyRoute::new(pipeline), synthetic))
     }
 
     fn request(
@@ -214,7 +198,7 @@ impl RouteKind for Body {
         push: &proto::PushImageRequest,
         width: usize,
         height: usize,
-    ) -> Result<RouteRequest, Status> {
+    ) -> Result<BodyRequest, Status> {
         let boxes = if push.person_boxes.is_empty() {
             None
         } else {
@@ -226,36 +210,15 @@ impl RouteKind for Body {
                 .collect::<Result<_, _>>()?;
             Some(boxes)
         };
-        Ok(RouteRequest::new::<BodyRoute>(BodyRequest {
+        Ok(BodyRequest {
             boxes,
             time_detector: false,
-        }))
+        })
     }
 
-    fn post(&self, _: &PostOptions) -> Box<dyn RoutePost> {
-        Box::new(BodyPost::default())
+    fn post(&self, _: &PostOptions) -> BodyPost {
+        BodyPost::default()
     }
-}
-
-fn model_infos(
-    config: &Config,
-    detector: Option<&std::path::Path>,
-    pose: Option<&std::path::Path>,
-) -> Vec<ModelInfo> {
-    vec![
-        ModelInfo {
-            name: "person-detector".into(),
-            route: RouteId::Body,
-            weights: detector.map(Into::into).unwrap_or_default(),
-            dtype: "float32".into(),
-        },
-        ModelInfo {
-            name: format!("sapiens2-pose-{}", config.body.size),
-            route: RouteId::Body,
-            weights: pose.map(Into::into).unwrap_or_default(),
-            dtype: config.body.dtype.to_string(),
-        },
-    ]
 }
 
 /// Track ids per source.
@@ -264,25 +227,22 @@ pub struct BodyPost {
     tracker: BoxTracker,
 }
 
-impl RoutePost for BodyPost {
+impl RoutePost<BodyRoute> for BodyPost {
     fn event(
         &mut self,
         frame: &Arc<Frame>,
-        output: &RouteOutput,
-        dropped: u64,
+        result: &RouteResult<BodyRoute>,
         started: Instant,
     ) -> PostWork {
-        let people = output
-            .get::<BodyRoute>()
-            .map_or(&[][..], |o| o.people.as_slice());
+        let people = &result.output.people;
         let boxes: Vec<([f32; 4], bool)> = people.iter().map(|p| (p.bbox, false)).collect();
         let ids = self.tracker.assign(&frame.source_id, &boxes);
         PostWork::Done(body_event(
             frame,
             people,
             &ids,
-            &output.timings,
-            dropped,
+            result.timings,
+            result.dropped,
             started.elapsed(),
         ))
     }

@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use posed_models::hand_pipeline::{DetectorInput, HandBox, HandEstimate, HandPipeline};
+use posed_models::hand_pipeline::{
+    DetectorInput, HandBox, HandEstimate, HandModelFiles, HandPipeline,
+};
 use tonic::Status;
 
 use super::{
-    frame_image, BoxFuture, FoundModels, ModelInfo, PostOptions, PostWork, Preparer, Route,
-    RouteError, RouteId, RouteKind, RouteOutput, RoutePost, RouteRequest, RouteSet, StageClock, Timed,
+    frame_image, ModelInfo, PostOptions, PostWork, Preparer, Route, RouteError, RouteId, RouteKind,
+    RoutePost, RouteResult, StageClock, Timed,
 };
 use crate::config::Config;
 use crate::engine::Frame;
@@ -173,68 +175,51 @@ impl Route for HandsRoute {
 pub struct Hands;
 
 impl RouteKind for Hands {
-    fn id(&self) -> RouteId {
-        RouteId::Hands
-    }
+    type Route = HandsRoute;
+    type Files = HandModelFiles;
+    type Post = HandsPost;
 
-    fn name(&self) -> &'static str {
-        "hands"
-    }
-
-    fn proto(&self) -> proto::Route {
-        proto::Route::Hands
-    }
-
-    fn stages(&self) -> &'static [&'static str] {
-        HandsRoute::STAGES
-    }
+    const PROTO: proto::Route = proto::Route::Hands;
 
     fn enabled(&self, config: &Config) -> bool {
         config.hands.enabled
     }
 
-    fn models(&self, config: &Config) -> Vec<ModelInfo> {
-        model_infos(config, None, None)
+    fn models(&self, config: &Config, files: Option<&HandModelFiles>) -> Vec<ModelInfo> {
+        vec![
+            ModelInfo {
+                name: "hand-detector".into(),
+                route: RouteId::Hands,
+                weights: files.map(|f| f.detector_weights.clone()).unwrap_or_default(),
+                dtype: "float32".into(),
+            },
+            ModelInfo {
+                name: "wilor".into(),
+                route: RouteId::Hands,
+                weights: files.map(|f| f.wilor_weights.clone()).unwrap_or_default(),
+                dtype: config.hands.variant.to_string(),
+            },
+        ]
     }
 
-    fn find<'a>(
-        &'a self,
-        config: &'a Config,
-        hub: &'a Hub,
-    ) -> BoxFuture<'a, anyhow::Result<FoundModels>> {
-        Box::pin(async move {
-            let files = crate::weights::resolve::hand_files(&config.hands, hub).await?;
-            let models = model_infos(
-                config,
-                Some(&files.detector_weights),
-                Some(&files.wilor_weights),
-            );
-            let (compile, max_hands) = (config.hands.compile, config.hands.max_hands);
-            let load = move || {
-                tracing::info!(
-                    detector = %files.detector_weights.display(),
-                    wilor = %files.wilor_weights.display(),
-                    mano = %files.mano.display(),
-                    "loading the hand route"
-                );
-                let (pipeline, synthetic) = HandPipeline::load(&files)
-                    .context("loading the hand route")
-                    .map_err(RouteError::Load)?;
-                if compile.enabled(posed_models::runtime::default_device().kind == "gpu") {
-                    pipeline.compile()?;
-                }
-                let routes = RouteSet::default().with(HandsRoute::new(pipeline, max_hands));
-                Ok((routes, synthetic))
-            };
-            Ok(FoundModels {
-                models,
-                load: Box::new(load),
-            })
-        })
+    async fn find(&self, config: &Config, hub: &Hub) -> anyhow::Result<HandModelFiles> {
+        crate::weights::resolve::hand_files(&config.hands, hub).await
     }
 
-    fn default_request(&self) -> RouteRequest {
-        RouteRequest::new::<HandsRoute>(HandsRequest::default())
+    fn load(files: HandModelFiles, config: &Config) -> anyhow::Result<(HandsRoute, bool)> {
+        tracing::info!(
+            detector = %files.detector_weights.display(),
+            wilor = %files.wilor_weights.display(),
+            mano = %files.mano.display(),
+            "loading the hand route"
+        );
+        let (pipeline, synthetic) =
+            HandPipeline::load(&files).context("loading the hand route")?;
+        let on_gpu = posed_models::runtime::default_device().kind == "gpu";
+        if config.hands.compile.enabled(on_gpu) {
+            pipeline.compile().context("compiling the hand route")?;
+        }
+        Ok((HandsRoute::new(pipeline, config.hands.max_hands), synthetic))
     }
 
     fn request(
@@ -242,45 +227,24 @@ impl RouteKind for Hands {
         push: &proto::PushImageRequest,
         width: usize,
         height: usize,
-    ) -> Result<RouteRequest, Status> {
+    ) -> Result<HandsRequest, Status> {
         let boxes = if push.hand_boxes.is_empty() {
             None
         } else {
             Some(hand_boxes(&push.hand_boxes, width, height)?)
         };
-        Ok(RouteRequest::new::<HandsRoute>(HandsRequest {
+        Ok(HandsRequest {
             boxes,
             time_detector: false,
-        }))
-    }
-
-    fn post(&self, options: &PostOptions) -> Box<dyn RoutePost> {
-        Box::new(HandsPost {
-            tracker: HandTracker::default(),
-            mirror: options.mirror,
         })
     }
-}
 
-fn model_infos(
-    config: &Config,
-    detector: Option<&std::path::Path>,
-    wilor: Option<&std::path::Path>,
-) -> Vec<ModelInfo> {
-    vec![
-        ModelInfo {
-            name: "hand-detector".into(),
-            route: RouteId::Hands,
-            weights: detector.map(Into::into).unwrap_or_default(),
-            dtype: "float32".into(),
-        },
-        ModelInfo {
-            name: "wilor".into(),
-            route: RouteId::Hands,
-            weights: wilor.map(Into::into).unwrap_or_default(),
-            dtype: config.hands.variant.to_string(),
-        },
-    ]
+    fn post(&self, options: &PostOptions) -> HandsPost {
+        HandsPost {
+            tracker: HandTracker::default(),
+            mirror: options.mirror,
+        }
+    }
 }
 
 fn hand_boxes(boxes: &[proto::HandBox], width: usize, height: usize) -> Result<Vec<HandBox>, Status> {
@@ -314,25 +278,22 @@ pub struct HandsPost {
     mirror: bool,
 }
 
-impl RoutePost for HandsPost {
+impl RoutePost<HandsRoute> for HandsPost {
     fn event(
         &mut self,
         frame: &Arc<Frame>,
-        output: &RouteOutput,
-        dropped: u64,
+        result: &RouteResult<HandsRoute>,
         started: Instant,
     ) -> PostWork {
-        let hands = output
-            .get::<HandsRoute>()
-            .map_or(&[][..], |o| o.hands.as_slice());
+        let hands = &result.output.hands;
         let ids = self.tracker.assign(&frame.source_id, hands);
         PostWork::Done(hands_event(
             frame,
             hands,
             &ids,
             self.mirror,
-            &output.timings,
-            dropped,
+            result.timings,
+            result.dropped,
             started.elapsed(),
         ))
     }

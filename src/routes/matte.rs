@@ -9,12 +9,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use posed_models::matte_pipeline::{self, FrameFit, Hint, MatteEstimate, MattePipeline};
+use posed_models::matte_pipeline::{
+    self, FrameFit, Hint, MatteEstimate, MatteModelFiles, MattePipeline,
+};
 use tonic::Status;
 
 use super::{
-    frame_image, BoxFuture, FoundModels, ModelInfo, PostOptions, PostWork, Preparer, Route,
-    RouteError, RouteId, RouteKind, RouteOutput, RoutePost, RouteRequest, RouteSet, StageClock,
+    frame_image, ModelInfo, PostOptions, PostWork, Preparer, Route, RouteError, RouteId, RouteKind,
+    RoutePost, RouteResult, StageClock,
 };
 use crate::config::{Config, FallbackHint, ImageEncoding, MatteConfig, MatteFit};
 use crate::decode::encode_png;
@@ -190,60 +192,39 @@ impl Route for MatteRoute {
 pub struct Matte;
 
 impl RouteKind for Matte {
-    fn id(&self) -> RouteId {
-        RouteId::Matte
-    }
+    type Route = MatteRoute;
+    type Files = MatteModelFiles;
+    type Post = MattePost;
 
-    fn name(&self) -> &'static str {
-        "matte"
-    }
-
-    fn proto(&self) -> proto::Route {
-        proto::Route::Matte
-    }
-
-    fn stages(&self) -> &'static [&'static str] {
-        MatteRoute::STAGES
-    }
+    const PROTO: proto::Route = proto::Route::Matte;
 
     fn enabled(&self, config: &Config) -> bool {
         config.matte.enabled
     }
 
-    fn models(&self, config: &Config) -> Vec<ModelInfo> {
-        vec![model_info(&config.matte, None)]
+    fn models(&self, config: &Config, files: Option<&MatteModelFiles>) -> Vec<ModelInfo> {
+        let mc = &config.matte;
+        vec![ModelInfo {
+            name: format!("corridorkey-{}", mc.img_size),
+            route: RouteId::Matte,
+            weights: files.map(|f| f.weights.clone()).unwrap_or_default(),
+            dtype: format!("float32 encoder, {} heads", mc.head_dtype),
+        }]
     }
 
-    fn find<'a>(
-        &'a self,
-        config: &'a Config,
-        hub: &'a Hub,
-    ) -> BoxFuture<'a, anyhow::Result<FoundModels>> {
-        Box::pin(async move {
-            let mc = config.matte.clone();
-            let files = crate::weights::resolve::matte_files(&mc, hub).await?;
-            let models = vec![model_info(&mc, Some(&files.weights))];
-            let load = move || {
-                tracing::info!(
-                    weights = %files.weights.display(),
-                    img_size = mc.img_size,
-                    fit = %mc.fit,
-                    "loading the matte route"
-                );
-                let (route, synthetic) = load(&files, &mc)
-                    .context("loading the matte route")
-                    .map_err(RouteError::Load)?;
-                Ok((RouteSet::default().with(route), synthetic))
-            };
-            Ok(FoundModels {
-                models,
-                load: Box::new(load),
-            })
-        })
+    async fn find(&self, config: &Config, hub: &Hub) -> anyhow::Result<MatteModelFiles> {
+        crate::weights::resolve::matte_files(&config.matte, hub).await
     }
 
-    fn default_request(&self) -> RouteRequest {
-        RouteRequest::new::<MatteRoute>(MatteRequest::default())
+    fn load(files: MatteModelFiles, config: &Config) -> anyhow::Result<(MatteRoute, bool)> {
+        let mc = &config.matte;
+        tracing::info!(
+            weights = %files.weights.display(),
+            img_size = mc.img_size,
+            fit = %mc.fit,
+            "loading the matte route"
+        );
+        load(&files, mc).context("loading the matte route")
     }
 
     fn request(
@@ -251,28 +232,28 @@ impl RouteKind for Matte {
         push: &proto::PushImageRequest,
         width: usize,
         height: usize,
-    ) -> Result<RouteRequest, Status> {
+    ) -> Result<MatteRequest, Status> {
         let hint = if push.matte_hint.is_empty() {
             None
         } else {
             Some(crate::decode::decode_hint(&push.matte_hint, width, height)?)
         };
-        Ok(RouteRequest::new::<MatteRoute>(MatteRequest {
+        Ok(MatteRequest {
             hint,
             images: push.include_matte_images,
-        }))
+        })
     }
 
-    fn post(&self, options: &PostOptions) -> Box<dyn RoutePost> {
-        Box::new(MattePost {
+    fn post(&self, options: &PostOptions) -> MattePost {
+        MattePost {
             options: options.clone(),
-        })
+        }
     }
 }
 
 /// CorridorKey as `[matte]` configures it.
 pub fn load(
-    files: &matte_pipeline::MatteModelFiles,
+    files: &MatteModelFiles,
     mc: &MatteConfig,
 ) -> anyhow::Result<(MatteRoute, bool)> {
     let fit = match mc.fit {
@@ -287,42 +268,33 @@ pub fn load(
     Ok((route, synthetic))
 }
 
-fn model_info(mc: &MatteConfig, weights: Option<&std::path::Path>) -> ModelInfo {
-    ModelInfo {
-        name: format!("corridorkey-{}", mc.img_size),
-        route: RouteId::Matte,
-        weights: weights.map(Into::into).unwrap_or_default(),
-        dtype: format!("float32 encoder, {} heads", mc.head_dtype),
-    }
-}
-
 /// Encodes the images: PNG takes milliseconds, so off the async workers.
 pub struct MattePost {
     options: PostOptions,
 }
 
-impl RoutePost for MattePost {
+impl RoutePost<MatteRoute> for MattePost {
     fn event(
         &mut self,
         frame: &Arc<Frame>,
-        output: &RouteOutput,
-        dropped: u64,
+        result: &RouteResult<MatteRoute>,
         _: Instant,
     ) -> PostWork {
-        let (frame, output) = (frame.clone(), output.clone());
         let subscribers = self.options.matte_image_subscribers.load(Ordering::Relaxed);
+        let with_images = result.output.images || subscribers > 0;
         let encoding = self.options.matte_encoding;
+        // The event is made on a blocking thread; it needs its own handles.
+        let frame = frame.clone();
+        let timings = result.timings.to_vec();
+        let dropped = result.dropped;
+        let output = result.shared();
         PostWork::OffThread(Box::new(move || {
             let started = Instant::now();
-            let m = output
-                .get::<MatteRoute>()
-                .expect("a matte route output holds a matte");
-            let with_images = m.images || subscribers > 0;
-            let payload = matte_payload(m, encoding, with_images);
+            let payload = matte_payload(&output, encoding, with_images);
             route_event(
                 &frame,
                 proto::Route::Matte,
-                &output.timings,
+                &timings,
                 started.elapsed(),
                 dropped,
                 payload,

@@ -12,7 +12,7 @@ use crate::engine::{EngineError, EngineOutput, Frame};
 use crate::events::{error_event, is_error};
 use crate::fanout::FanOut;
 use crate::proto;
-use crate::routes::{self, stage, PostOptions, PostWork, RouteOutput, RoutePost};
+use crate::routes::{self, stage, AnyRoutePost, PostOptions, PostWork, RouteOutput};
 use crate::telemetry::Telemetry;
 
 pub(super) async fn post_loop(
@@ -73,7 +73,7 @@ pub(super) async fn post_loop(
 /// One result's event; heavy encoding runs on a blocking thread (events
 /// stay in order: this task waits for it).
 async fn post_one(
-    post: &mut dyn RoutePost,
+    post: &mut dyn AnyRoutePost,
     frame: &Arc<Frame>,
     output: &RouteOutput,
     dropped: u64,
