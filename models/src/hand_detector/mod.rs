@@ -4,13 +4,16 @@
 //!
 //! The layer list is YOLOv8-pose's; widths and repeats follow from the
 //! config's scale multipliers, so the `n` fixture and the published `m` run
-//! the same code.
+//! the same code. Its C2f and SPPF blocks are in `yolo.rs`.
+
+mod yolo;
 
 use mlx_rs::{ops, Array};
 use serde::{Deserialize, Serialize};
 
-use crate::nn::{self, C2f, Conv2d, ConvBnSilu, Result, Sppf};
+use crate::nn::{self, Conv2d, ConvBnSilu, Result};
 use crate::weights::Weights;
+use yolo::{C2f, Sppf};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DetectorConfig {
