@@ -7,6 +7,8 @@
 //! - [`rtmdet`]: RTMDet person detector (the body route's first stage)
 //! - [`sapiens2`]: Sapiens2 whole-body pose (308 keypoints), [`topdown`]: its
 //!   crops and heatmap decode
+//! - [`sapiens_demo`]: the Sapiens demo's person filter and top-down settings,
+//!   shared by RTMDet and Sapiens2
 //! - [`body_pipeline`]: person detector → crops → Sapiens2 → keypoints
 //! - [`corridorkey`]: CorridorKey green-screen matting (Hiera + heads + refiner)
 //! - [`hand_pipeline`]: detector → crops → WiLoR → image space, stage by stage
@@ -37,6 +39,7 @@ pub mod rotation;
 pub mod rtmdet;
 pub mod runtime;
 pub mod sapiens2;
+pub mod sapiens_demo;
 pub mod synth;
 pub mod topdown;
 pub mod torch_checkpoint;

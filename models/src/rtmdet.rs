@@ -11,6 +11,7 @@ use mlx_rs::{ops, Array};
 use serde::{Deserialize, Serialize};
 
 use crate::nn::{max_pool_same, upsample_nearest_2x, Conv2d, ConvBnSilu, Result};
+use crate::sapiens_demo::PersonFilter;
 use crate::weights::Weights;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,7 +37,7 @@ pub struct RtmdetConfig {
     #[serde(default)]
     pub test_cfg: TestConfig,
     #[serde(default)]
-    pub demo: DemoConfig,
+    pub demo: PersonFilter,
 }
 
 /// mmdet's `test_cfg` as the Sapiens person detector sets it.
@@ -55,23 +56,6 @@ impl Default for TestConfig {
             nms_pre: 1000,
             score_thr: 0.05,
             max_per_img: 100,
-        }
-    }
-}
-
-/// The Sapiens demo's person filter on top of mmdet's output.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct DemoConfig {
-    pub bbox_thr: f32,
-    pub nms_thr: f32,
-}
-
-impl Default for DemoConfig {
-    fn default() -> Self {
-        DemoConfig {
-            bbox_thr: 0.3,
-            nms_thr: 0.3,
         }
     }
 }
@@ -119,7 +103,7 @@ impl RtmdetConfig {
                 std_bgr: [57.375, 57.12, 58.395],
             },
             test_cfg: TestConfig::default(),
-            demo: DemoConfig::default(),
+            demo: PersonFilter::default(),
         }
     }
 }
@@ -240,10 +224,10 @@ pub fn postprocess(
 /// The Sapiens demo's person filter: score above `bbox_thr`, then greedy
 /// NMS at `nms_thr` with areas counted as `(x2 − x1 + 1)(y2 − y1 + 1)`.
 /// Returns the indices kept, best first.
-pub fn person_filter(dets: &[Detection], demo: &DemoConfig) -> Vec<usize> {
+pub fn person_filter(dets: &[Detection], filter: &PersonFilter) -> Vec<usize> {
     let area = |b: &[f32; 4]| (b[2] - b[0] + 1.0) * (b[3] - b[1] + 1.0);
     let mut order: Vec<usize> = (0..dets.len())
-        .filter(|&i| dets[i].score > demo.bbox_thr)
+        .filter(|&i| dets[i].score > filter.bbox_thr)
         .collect();
     order.sort_by(|&a, &b| dets[b].score.total_cmp(&dets[a].score));
     let mut keep = Vec::new();
@@ -258,7 +242,7 @@ pub fn person_filter(dets: &[Detection], demo: &DemoConfig) -> Vec<usize> {
                 let w = (a[2].min(b[2]) - a[0].max(b[0]) + 1.0).max(0.0);
                 let h = (a[3].min(b[3]) - a[1].max(b[1]) + 1.0).max(0.0);
                 let inter = w * h;
-                inter / (area(a) + area(b) - inter) <= demo.nms_thr
+                inter / (area(a) + area(b) - inter) <= filter.nms_thr
             })
             .collect();
     }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model_files::LoadError;
 use crate::nn::{host_f32, instance_norm, silu, Conv2d, ConvTranspose2d, Linear, Result, RmsNorm};
-use crate::rtmdet::DemoConfig;
+use crate::sapiens_demo::TopdownConfig;
 use crate::weights::Weights;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,36 +111,6 @@ impl Default for Codec {
     fn default() -> Self {
         Codec {
             blur_kernel_size: 11,
-        }
-    }
-}
-
-/// The Sapiens demo's top-down settings: its person filter and the flip test.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TopdownConfig {
-    #[serde(flatten)]
-    pub person_filter: DemoConfig,
-    #[serde(default = "yes")]
-    pub flip_test: bool,
-    /// Box padding around a person before the aspect is fixed.
-    #[serde(default = "padding")]
-    pub bbox_padding: f32,
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn padding() -> f32 {
-    1.25
-}
-
-impl Default for TopdownConfig {
-    fn default() -> Self {
-        TopdownConfig {
-            person_filter: DemoConfig::default(),
-            flip_test: true,
-            bbox_padding: padding(),
         }
     }
 }
