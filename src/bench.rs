@@ -223,10 +223,11 @@ pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
             for &n in &options.per_frame {
                 let case = format!("hands-{label}-x{n}");
                 let boxes = fixed_hand_boxes(n);
-                let stages = time_case(&mut route, &push, &case, options, |r: &mut HandsRequest| {
-                    r.boxes = Some(boxes.clone());
-                    r.time_detector = true;
-                })?;
+                let stages =
+                    time_case(&mut route, &push, &case, options, |r: &mut HandsRequest| {
+                        r.boxes = Some(boxes.clone());
+                        r.time_detector = true;
+                    })?;
                 let outputs = hand_outputs(&mut route, &push, n)?;
                 let vs_f32 = match reference.get(&n) {
                     Some(f32_outputs) => Some(deviation(f32_outputs, &outputs)),
@@ -369,7 +370,7 @@ pub fn run_matte(files: &MatteModelFiles, options: &BenchOptions) -> Result<Repo
         })
         .collect();
     let push = proto::PushImageRequest {
-        matte_hint: crate::decode::encode_png(&hint, w as usize, h as usize, 1).into(),
+        matte_hint: crate::decode::encode_png(&hint, w as usize, h as usize, 1),
         include_matte_images: true,
         ..jpeg_push(jpeg)
     };
@@ -536,8 +537,8 @@ fn decoded_frame<R: Route>(
     id: u64,
     received: Instant,
 ) -> Result<(Arc<Frame>, R::Request)> {
-    let (rgb, mut requests) = decode_push(push, u64::MAX, &[R::ID])
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    let (rgb, mut requests) =
+        decode_push(push, u64::MAX, &[R::ID]).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     let request = requests
         .pop()
         .and_then(|r| r.into_inner::<R>())

@@ -438,7 +438,9 @@ const KEYS: &[(&str, Setter)] = &[
         set_string(&mut c.matte.models_dir, v)
     }),
     ("matte.img_size", |c, v| set_num(&mut c.matte.img_size, v)),
-    ("matte.head_dtype", |c, v| set_choice(&mut c.matte.head_dtype, v)),
+    ("matte.head_dtype", |c, v| {
+        set_choice(&mut c.matte.head_dtype, v)
+    }),
     ("matte.fit", |c, v| set_choice(&mut c.matte.fit, v)),
     ("matte.tile_overlap", |c, v| {
         set_num(&mut c.matte.tile_overlap, v)
@@ -449,8 +451,12 @@ const KEYS: &[(&str, Setter)] = &[
     ("matte.hint_from_previous", |c, v| {
         set_bool(&mut c.matte.hint_from_previous, v)
     }),
-    ("matte.fallback_hint", |c, v| set_choice(&mut c.matte.fallback_hint, v)),
-    ("matte.encoding", |c, v| set_choice(&mut c.matte.encoding, v)),
+    ("matte.fallback_hint", |c, v| {
+        set_choice(&mut c.matte.fallback_hint, v)
+    }),
+    ("matte.encoding", |c, v| {
+        set_choice(&mut c.matte.encoding, v)
+    }),
     ("replay.dir", |c, v| set_string(&mut c.replay.dir, v)),
     ("replay.pace", |c, v| set_choice(&mut c.replay.pace, v)),
     ("replay.fps", |c, v| set_float(&mut c.replay.fps, v)),

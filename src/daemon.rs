@@ -41,12 +41,21 @@ pub async fn run(config: Config) -> Result<()> {
     // maybe downloaded, and the routes load and warm on the MLX thread.
     let routes = enabled_routes(&config);
     let models = Arc::new(watch::Sender::new(ModelReport {
-        models: routes.iter().flat_map(|r| r.kind().models(&config)).collect(),
+        models: routes
+            .iter()
+            .flat_map(|r| r.kind().models(&config))
+            .collect(),
         synthetic: false,
     }));
     let (found_tx, found_rx) = std::sync::mpsc::channel();
     let (engine, results) = start_engine(&config, &routes, found_rx, models.clone());
-    let finder = tokio::spawn(find_models(config.clone(), hub, routes.clone(), found_tx, models.clone()));
+    let finder = tokio::spawn(find_models(
+        config.clone(),
+        hub,
+        routes.clone(),
+        found_tx,
+        models.clone(),
+    ));
     let ready_notifier = tokio::spawn(notify_when_ready(engine.readiness()));
 
     let telemetry = Arc::new(Telemetry::new());
@@ -68,15 +77,28 @@ pub async fn run(config: Config) -> Result<()> {
             models: models.subscribe(),
         },
     };
-    server::run(listeners, backend, source_specs(&config), serve_options(&config), signal).await?;
+    server::run(
+        listeners,
+        backend,
+        source_specs(&config),
+        serve_options(&config),
+        signal,
+    )
+    .await?;
     crate::notify::notify_until_delivered(
         &[sd_notify::NotifyState::Stopping],
         Duration::from_millis(200),
     )
     .await;
-    for task in [Some(finder), Some(ready_notifier), metrics, logger, watchdog]
-        .into_iter()
-        .flatten()
+    for task in [
+        Some(finder),
+        Some(ready_notifier),
+        metrics,
+        logger,
+        watchdog,
+    ]
+    .into_iter()
+    .flatten()
     {
         task.abort();
     }
@@ -134,15 +156,16 @@ fn start_engine(
     routes: &[RouteId],
     found: std::sync::mpsc::Receiver<Found>,
     models: Arc<watch::Sender<ModelReport>>,
-) -> (DaemonEngine, mpsc::UnboundedReceiver<crate::engine::EngineOutput<Reply>>) {
+) -> (
+    DaemonEngine,
+    mpsc::UnboundedReceiver<crate::engine::EngineOutput<Reply>>,
+) {
     let cache_limit_mb = config.server.mlx_cache_limit_mb;
     let load = move || {
         if cache_limit_mb > 0 {
             posed_models::runtime::set_cache_limit(cache_limit_mb << 20);
         }
-        let found = found
-            .recv()
-            .context("finding the model files stopped")??;
+        let found = found.recv().context("finding the model files stopped")??;
         let mut routes = RouteSet::default();
         let mut synthetic = false;
         for f in found {

@@ -9,8 +9,7 @@ use crate::proto;
 
 pub fn unix_ns(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// The event of one route's result for `frame`: the route's stage timings
@@ -27,19 +26,25 @@ pub fn route_event(
         stages.iter().map(|(stage, d)| timing(stage, *d)).collect();
     timings.push(timing(crate::routes::stage::POST, post_time));
     proto::Event {
+        timings,
+        dropped_frames: dropped_before,
+        ..frame_event(frame, route, payload)
+    }
+}
+
+/// An event of `route` for `frame`: its identity, size and times.
+fn frame_event(frame: &Frame, route: proto::Route, payload: proto::event::Payload) -> proto::Event {
+    proto::Event {
         frame_id: frame.id,
         source_id: frame.source_id.clone(),
         client_frame_id: frame.client_frame_id,
         route: route as i32,
         capture_unix_ns: unix_ns(frame.captured),
         emit_unix_ns: unix_ns(SystemTime::now()),
-        timings,
-        dropped_frames: dropped_before,
-        dropped_for_subscriber: 0,
-        image_width: frame.width as u32,
-        image_height: frame.height as u32,
-        mirrored: false,
+        image_width: u32::try_from(frame.width).unwrap_or(u32::MAX),
+        image_height: u32::try_from(frame.height).unwrap_or(u32::MAX),
         payload: Some(payload),
+        ..Default::default()
     }
 }
 
@@ -75,21 +80,11 @@ pub fn without_heavy_fields(
 
 /// The event that says route `route` has no result for `frame`, and why.
 pub fn error_event(frame: &Frame, route: proto::Route, status: &tonic::Status) -> proto::Event {
-    proto::Event {
-        frame_id: frame.id,
-        source_id: frame.source_id.clone(),
-        client_frame_id: frame.client_frame_id,
-        route: route as i32,
-        capture_unix_ns: unix_ns(frame.captured),
-        emit_unix_ns: unix_ns(SystemTime::now()),
-        image_width: frame.width as u32,
-        image_height: frame.height as u32,
-        payload: Some(proto::event::Payload::Error(proto::EventError {
-            code: status.code() as i32,
-            message: status.message().to_owned(),
-        })),
-        ..Default::default()
-    }
+    let error = proto::EventError {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+    };
+    frame_event(frame, route, proto::event::Payload::Error(error))
 }
 
 pub fn is_error(e: &proto::Event) -> bool {

@@ -481,7 +481,9 @@ fn main() -> ExitCode {
                 matte_hint: hint,
                 matte_out,
             };
-            client_runtime().map_err(Into::into).and_then(|rt| rt.block_on(client::push(&target.target(), &args)))
+            client_runtime()
+                .map_err(Into::into)
+                .and_then(|rt| rt.block_on(client::push(&target.target(), &args)))
         }
         Command::Weights(cmd) => weights(cmd),
         Command::Bench(args) => bench(args),

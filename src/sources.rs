@@ -11,8 +11,8 @@ use tokio::sync::oneshot;
 
 use crate::decode::Rgb8;
 use crate::engine::{EngineError, Frame, FrameJob};
-use crate::server::{DaemonEngine, Shutdown};
 use crate::proto;
+use crate::server::{DaemonEngine, Shutdown};
 
 /// What `GetStatus` shows of a source.
 pub struct SourceState {

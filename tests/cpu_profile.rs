@@ -84,7 +84,7 @@ fn the_route_harness_writes_a_profile_of_each_case() {
         warmup: 1,
         runs: 8,
     };
-    posed::bench::run_dir("hands", &models, &options, None).unwrap();
+    posed::bench::run_dir(posed::routes::RouteId::Hands, &models, &options, None).unwrap();
 
     let text = std::fs::read_to_string(profiles.join("hands-f32-x1.folded")).unwrap();
     // The timed frames on the calling thread, and MLX's work under them.

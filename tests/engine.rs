@@ -19,7 +19,10 @@ type Reply = oneshot::Sender<Result<String, EngineError>>;
 type TestEngine = Engine<Reply>;
 
 /// The hand route on the fixture weights, on the MLX thread.
-fn hand_engine(files: HandModelFiles, tx: mpsc::UnboundedSender<posed::engine::EngineOutput<Reply>>) -> TestEngine {
+fn hand_engine(
+    files: HandModelFiles,
+    tx: mpsc::UnboundedSender<posed::engine::EngineOutput<Reply>>,
+) -> TestEngine {
     TestEngine::start(
         vec![RouteId::Hands],
         move || Ok(RouteSet::default().with(HandsRoute::new(HandPipeline::load(&files)?.0, 4))),
@@ -99,7 +102,10 @@ async fn serves_after_warm_up_and_answers_waiting_pushes() {
         ["crop", "pose", "mano"],
         "client boxes skip the detector"
     );
-    out.waiter.unwrap().send(Ok(format!("frame {}", out.frame.id))).unwrap();
+    out.waiter
+        .unwrap()
+        .send(Ok(format!("frame {}", out.frame.id)))
+        .unwrap();
     assert_eq!(answer.await.unwrap().unwrap(), "frame 7");
 
     // A frame the route cannot take is an error for that frame only.
@@ -110,7 +116,10 @@ async fn serves_after_warm_up_and_answers_waiting_pushes() {
     engine.submit(FrameJob::new(Arc::new(bad), None)).unwrap();
     let out = rx.recv().await.unwrap();
     assert!(
-        matches!(out.result(RouteId::Hands), Err(EngineError::Route { frame: 8, .. })),
+        matches!(
+            out.result(RouteId::Hands),
+            Err(EngineError::Route { frame: 8, .. })
+        ),
         "{:?}",
         out.result(RouteId::Hands).err()
     );
@@ -181,7 +190,12 @@ async fn degenerate_boxes_do_not_crash_the_route() {
             })
             .unwrap();
         let out = rx.recv().await.unwrap();
-        let hands = &out.result(RouteId::Hands).unwrap().get::<HandsRoute>().unwrap().hands;
+        let hands = &out
+            .result(RouteId::Hands)
+            .unwrap()
+            .get::<HandsRoute>()
+            .unwrap()
+            .hands;
         assert_eq!(hands.len(), 1, "{bbox:?}");
     }
     assert_eq!(*engine.readiness().borrow(), Readiness::Serving);

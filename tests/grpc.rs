@@ -1201,7 +1201,10 @@ async fn posed_bench_reports_the_stages_the_daemon_records() {
         req.routes = vec![route as i32];
         let reply = c.push_image(req).await.unwrap().into_inner();
         assert!(
-            !matches!(reply.events[0].payload, Some(proto::event::Payload::Error(_))),
+            !matches!(
+                reply.events[0].payload,
+                Some(proto::event::Payload::Error(_))
+            ),
             "{name}: {:?}",
             reply.events[0]
         );
@@ -1225,7 +1228,15 @@ async fn posed_bench_reports_the_stages_the_daemon_records() {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_posed"))
             .args(["bench", "--route", name, "--models"])
             .arg(fixtures.join(models))
-            .args(["--pose-dtypes", "f32", "--warmup", "1", "--runs", "2", "--json"])
+            .args([
+                "--pose-dtypes",
+                "f32",
+                "--warmup",
+                "1",
+                "--runs",
+                "2",
+                "--json",
+            ])
             .arg(&json)
             .args(extra)
             .output()

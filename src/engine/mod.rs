@@ -367,9 +367,9 @@ where
     } = ends;
     let loaded = catch_unwind(AssertUnwindSafe(|| {
         let mut routes = load()?;
-        routes
-            .warm_up()
-            .map_err(|(id, e)| anyhow::Error::new(e).context(format!("warming up the {id} route")))?;
+        routes.warm_up().map_err(|(id, e)| {
+            anyhow::Error::new(e).context(format!("warming up the {id} route"))
+        })?;
         Ok(routes)
     }));
     let mut routes = match loaded {
@@ -433,7 +433,10 @@ where
 }
 
 /// A failing frame marks the daemon unhealthy until one succeeds again.
-fn follow_health(ready: &watch::Sender<Readiness>, results: &[(RouteId, Result<RouteOutput, EngineError>)]) {
+fn follow_health(
+    ready: &watch::Sender<Readiness>,
+    results: &[(RouteId, Result<RouteOutput, EngineError>)],
+) {
     match results.iter().find_map(|(_, r)| r.as_ref().err()) {
         None => {
             ready.send_if_modified(|r| {

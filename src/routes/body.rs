@@ -10,8 +10,8 @@ use posed_models::body_pipeline::{BodyEstimate, BodyModelFiles, BodyPipeline, De
 use tonic::Status;
 
 use super::{
-    frame_image, ModelInfo, PostOptions, PostWork, Preparer, Route, RouteError, RouteId, RouteKind,
-    RoutePost, RouteResult, StageClock, Timed,
+    frame_image, DetectRequest, ModelInfo, PostOptions, PostWork, Preparer, Route, RouteError,
+    RouteId, RouteKind, RoutePost, RouteResult, StageClock, Timed,
 };
 use crate::config::Config;
 use crate::engine::Frame;
@@ -22,10 +22,8 @@ use crate::weights::hub::Hub;
 
 /// The body route's stages, in order.
 pub mod stage {
-    /// mmdet's letterbox (made on the prep thread).
-    pub const PREPROCESS: &str = "preprocess";
-    /// RTMDet and its post-processing.
-    pub const DETECT: &str = "detect";
+    /// mmdet's letterbox, then RTMDet and its post-processing.
+    pub use crate::routes::stage::{DETECT, PREPROCESS};
     /// The UDP warps of the person crops.
     pub const CROP: &str = "crop";
     /// Sapiens2 on the crops (and their mirror images), evaluated.
@@ -45,32 +43,11 @@ impl BodyRoute {
     }
 }
 
-/// What a frame may ask of the body route.
-#[derive(Debug, Clone, Default)]
-pub struct BodyRequest {
-    /// People the client already knows: the person detector is skipped.
-    pub boxes: Option<Vec<[f32; 4]>>,
-    /// Run and time the detector even with `boxes`, whose people go on
-    /// (the bench's fixed batches).
-    pub time_detector: bool,
-}
-
-impl BodyRequest {
-    fn detects(&self) -> bool {
-        self.boxes.is_none() || self.time_detector
-    }
-}
+/// What a frame may ask of the body route: boxes it knows, or detect.
+pub type BodyRequest = DetectRequest<[f32; 4]>;
 
 /// The detector's letterbox, made on the prep thread.
 pub type Letterbox = Timed<DetectorInput>;
-
-/// The prep thread's work: a letterbox if the detector will run.
-fn letterbox_for(frame: &Frame, request: &BodyRequest, size: usize) -> Option<Letterbox> {
-    request
-        .detects()
-        .then(|| Timed::of_frame(frame, |img| DetectorInput::new(img, size)))
-        .flatten()
-}
 
 /// The people of one frame.
 #[derive(Debug)]
@@ -94,7 +71,9 @@ impl Route for BodyRoute {
 
     fn preparer(&self) -> Option<Preparer<Self>> {
         let size = self.pipeline.detector_input_size();
-        Some(Box::new(move |frame, request| letterbox_for(frame, request, size)))
+        Some(Box::new(move |frame, request| {
+            request.letterbox(frame, |img| DetectorInput::new(img, size))
+        }))
     }
 
     fn warm_up(&mut self) -> Result<(), RouteError> {
@@ -119,14 +98,14 @@ impl Route for BodyRoute {
     ) -> Result<BodyOutput, RouteError> {
         let p = &self.pipeline;
         let img = frame_image(frame)?;
-        let mut detected = Vec::new();
-        if request.detects() {
-            let size = p.detector_input_size();
-            let letterbox = Timed::or_make(prep, frame, |img| DetectorInput::new(img, size))?;
-            clock.add(stage::PREPROCESS, letterbox.took);
-            detected = p.detect(&letterbox.value)?;
-            clock.mark(stage::DETECT);
-        }
+        let size = p.detector_input_size();
+        let detected = request.detect(
+            frame,
+            prep,
+            clock,
+            |img| DetectorInput::new(img, size),
+            |input| Ok(p.detect(input)?),
+        )?;
         let boxes: Vec<([f32; 4], f32)> = match &request.boxes {
             Some(b) => b.iter().map(|&b| (b, 1.0)).collect(),
             None => detected,
@@ -163,7 +142,9 @@ impl RouteKind for Body {
             ModelInfo {
                 name: "person-detector".into(),
                 route: RouteId::Body,
-                weights: files.map(|f| f.detector_weights.clone()).unwrap_or_default(),
+                weights: files
+                    .map(|f| f.detector_weights.clone())
+                    .unwrap_or_default(),
                 dtype: "float32".into(),
             },
             ModelInfo {
@@ -237,14 +218,14 @@ impl RoutePost<BodyRoute> for BodyPost {
         let people = &result.output.people;
         let boxes: Vec<([f32; 4], bool)> = people.iter().map(|p| (p.bbox, false)).collect();
         let ids = self.tracker.assign(&frame.source_id, &boxes);
-        PostWork::Done(body_event(
+        PostWork::Done(Box::new(body_event(
             frame,
             people,
             &ids,
             result.timings,
             result.dropped,
             started.elapsed(),
-        ))
+        )))
     }
 }
 
@@ -272,22 +253,12 @@ pub fn body_event(
         })
         .collect();
     let payload = proto::event::Payload::Bodies(proto::Bodies { people });
-    route_event(frame, proto::Route::Body, timings, post_time, dropped, payload)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_letterbox_is_made_only_when_the_detector_runs() {
-        let frame = crate::routes::blank_frame(64, 48);
-        let made = letterbox_for(&frame, &BodyRequest::default(), 40).unwrap();
-        assert_eq!(made.value.size, 40);
-        let boxed = BodyRequest {
-            boxes: Some(vec![[0.0, 0.0, 10.0, 10.0]]),
-            time_detector: false,
-        };
-        assert!(letterbox_for(&frame, &boxed, 40).is_none());
-    }
+    route_event(
+        frame,
+        proto::Route::Body,
+        timings,
+        post_time,
+        dropped,
+        payload,
+    )
 }

@@ -12,8 +12,8 @@ use posed_models::hand_pipeline::{
 use tonic::Status;
 
 use super::{
-    frame_image, ModelInfo, PostOptions, PostWork, Preparer, Route, RouteError, RouteId, RouteKind,
-    RoutePost, RouteResult, StageClock, Timed,
+    frame_image, DetectRequest, ModelInfo, PostOptions, PostWork, Preparer, Route, RouteError,
+    RouteId, RouteKind, RoutePost, RouteResult, StageClock, Timed,
 };
 use crate::config::Config;
 use crate::engine::Frame;
@@ -24,10 +24,7 @@ use crate::weights::hub::Hub;
 
 /// The hand route's stages, in order.
 pub mod stage {
-    /// The detector's letterbox (made on the prep thread).
-    pub const PREPROCESS: &str = "preprocess";
-    /// Detector forward, threshold and NMS.
-    pub const DETECT: &str = "detect";
+    pub use crate::routes::stage::{DETECT, PREPROCESS};
     /// One crop per hand, on the CPU.
     pub const CROP: &str = "crop";
     /// WiLoR and the final MANO pass on the batch, evaluated.
@@ -56,32 +53,11 @@ impl HandsRoute {
     }
 }
 
-/// What a frame may ask of the hand route.
-#[derive(Debug, Clone, Default)]
-pub struct HandsRequest {
-    /// Hands the client already knows: the detector is skipped.
-    pub boxes: Option<Vec<HandBox>>,
-    /// Run and time the detector even with `boxes`, whose hands go on
-    /// (the bench's fixed batches).
-    pub time_detector: bool,
-}
-
-impl HandsRequest {
-    fn detects(&self) -> bool {
-        self.boxes.is_none() || self.time_detector
-    }
-}
+/// What a frame may ask of the hands route: boxes it knows, or detect.
+pub type HandsRequest = DetectRequest<HandBox>;
 
 /// The detector's letterbox, made on the prep thread.
 pub type Letterbox = Timed<DetectorInput>;
-
-/// The prep thread's work: a letterbox if the detector will run.
-fn letterbox_for(frame: &Frame, request: &HandsRequest, size: usize) -> Option<Letterbox> {
-    request
-        .detects()
-        .then(|| Timed::of_frame(frame, |img| DetectorInput::new(img, size)))
-        .flatten()
-}
 
 /// The hands of one frame.
 #[derive(Debug)]
@@ -108,7 +84,9 @@ impl Route for HandsRoute {
 
     fn preparer(&self) -> Option<Preparer<Self>> {
         let size = self.pipeline.detector_input_size();
-        Some(Box::new(move |frame, request| letterbox_for(frame, request, size)))
+        Some(Box::new(move |frame, request| {
+            request.letterbox(frame, |img| DetectorInput::new(img, size))
+        }))
     }
 
     fn warm_up(&mut self) -> Result<(), RouteError> {
@@ -147,16 +125,19 @@ impl Route for HandsRoute {
     ) -> Result<HandsOutput, RouteError> {
         let p = &self.pipeline;
         let img = frame_image(frame)?;
-        let mut detected = Vec::new();
-        if request.detects() {
-            let size = p.detector_input_size();
-            let letterbox = Timed::or_make(prep, frame, |img| DetectorInput::new(img, size))?;
-            clock.add(stage::PREPROCESS, letterbox.took);
-            detected = p.detect(&letterbox.value)?;
-            // Strongest first: keep the route's cost bounded per frame.
-            detected.truncate(self.max_hands);
-            clock.mark(stage::DETECT);
-        }
+        let size = p.detector_input_size();
+        let detected = request.detect(
+            frame,
+            prep,
+            clock,
+            |img| DetectorInput::new(img, size),
+            |input| {
+                let mut hands = p.detect(input)?;
+                // Strongest first: keep the route's cost bounded per frame.
+                hands.truncate(self.max_hands);
+                Ok(hands)
+            },
+        )?;
         let hands = request.boxes.as_deref().unwrap_or(&detected);
         let crops = p.prepare_crops(img, hands);
         clock.mark(stage::CROP);
@@ -190,7 +171,9 @@ impl RouteKind for Hands {
             ModelInfo {
                 name: "hand-detector".into(),
                 route: RouteId::Hands,
-                weights: files.map(|f| f.detector_weights.clone()).unwrap_or_default(),
+                weights: files
+                    .map(|f| f.detector_weights.clone())
+                    .unwrap_or_default(),
                 dtype: "float32".into(),
             },
             ModelInfo {
@@ -213,8 +196,7 @@ impl RouteKind for Hands {
             mano = %files.mano.display(),
             "loading the hand route"
         );
-        let (pipeline, synthetic) =
-            HandPipeline::load(&files).context("loading the hand route")?;
+        let (pipeline, synthetic) = HandPipeline::load(&files).context("loading the hand route")?;
         let on_gpu = posed_models::runtime::default_device().kind == "gpu";
         if config.hands.compile.enabled(on_gpu) {
             pipeline.compile().context("compiling the hand route")?;
@@ -247,7 +229,11 @@ impl RouteKind for Hands {
     }
 }
 
-fn hand_boxes(boxes: &[proto::HandBox], width: usize, height: usize) -> Result<Vec<HandBox>, Status> {
+fn hand_boxes(
+    boxes: &[proto::HandBox],
+    width: usize,
+    height: usize,
+) -> Result<Vec<HandBox>, Status> {
     boxes
         .iter()
         .enumerate()
@@ -287,7 +273,7 @@ impl RoutePost<HandsRoute> for HandsPost {
     ) -> PostWork {
         let hands = &result.output.hands;
         let ids = self.tracker.assign(&frame.source_id, hands);
-        PostWork::Done(hands_event(
+        PostWork::Done(Box::new(hands_event(
             frame,
             hands,
             &ids,
@@ -295,7 +281,7 @@ impl RoutePost<HandsRoute> for HandsPost {
             result.timings,
             result.dropped,
             started.elapsed(),
-        ))
+        )))
     }
 }
 
@@ -317,7 +303,14 @@ pub fn hands_event(
     let payload = proto::event::Payload::Hands(proto::Hands { hands });
     proto::Event {
         mirrored: mirror,
-        ..route_event(frame, proto::Route::Hands, timings, post_time, dropped, payload)
+        ..route_event(
+            frame,
+            proto::Route::Hands,
+            timings,
+            post_time,
+            dropped,
+            payload,
+        )
     }
 }
 
@@ -377,25 +370,5 @@ mod tests {
             panic!()
         };
         assert_eq!(hs.hands[0].vertices, [1.0, 2.0, 3.0]);
-    }
-
-    /// The prep thread letterboxes only for a detector that runs: a frame
-    /// that brings its own boxes gets none.
-    #[test]
-    fn the_letterbox_is_made_only_when_the_detector_runs() {
-        let frame = crate::routes::blank_frame(64, 48);
-        let letterbox = |request: &HandsRequest| letterbox_for(&frame, request, 32);
-        let made = letterbox(&HandsRequest::default()).unwrap();
-        assert_eq!(made.value.letterbox.size, 32);
-        let boxed = HandsRequest {
-            boxes: Some(Vec::new()),
-            time_detector: false,
-        };
-        assert!(letterbox(&boxed).is_none());
-        let timed = HandsRequest {
-            time_detector: true,
-            ..boxed
-        };
-        assert!(letterbox(&timed).is_some());
     }
 }

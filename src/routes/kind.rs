@@ -45,7 +45,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// What post-processing does with one result: make the event now, or on a
 /// blocking thread (PNG encoding takes milliseconds).
 pub enum PostWork {
-    Done(proto::Event),
+    Done(Box<proto::Event>),
     OffThread(Box<dyn FnOnce() -> proto::Event + Send>),
 }
 
@@ -54,7 +54,7 @@ impl PostWork {
     /// off-thread work to a blocking thread).
     pub fn finish(self) -> proto::Event {
         match self {
-            PostWork::Done(event) => event,
+            PostWork::Done(event) => *event,
             PostWork::OffThread(work) => work(),
         }
     }
@@ -65,8 +65,7 @@ impl PostWork {
 pub trait RoutePost<R: Route>: Send + 'static {
     /// The event for one result of this route; `started` is when
     /// post-processing of it began (its `post` timing).
-    fn event(&mut self, frame: &Arc<Frame>, result: &RouteResult<R>, started: Instant)
-        -> PostWork;
+    fn event(&mut self, frame: &Arc<Frame>, result: &RouteResult<R>, started: Instant) -> PostWork;
 }
 
 /// What a route's post-processing reads of one result.
@@ -272,11 +271,14 @@ impl<R: Route, P: RoutePost<R>> AnyRoutePost for TypedPost<R, P> {
             }
             // The engine keys outputs by route: another type here is a bug,
             // reported as this frame's error, not a crash.
-            None => PostWork::Done(crate::events::error_event(
-                frame,
-                R::ID.to_proto(),
-                &tonic::Status::internal(format!("the {} route's output has the wrong type", R::ID)),
-            )),
+            None => {
+                let status = tonic::Status::internal(format!(
+                    "the {} route's output has the wrong type",
+                    R::ID
+                ));
+                let event = crate::events::error_event(frame, R::ID.to_proto(), &status);
+                PostWork::Done(Box::new(event))
+            }
         }
     }
 }
@@ -305,8 +307,5 @@ impl Default for PostOptions {
 
 /// Every route's post-processing, for the post loop.
 pub fn posts(options: &PostOptions) -> Vec<(RouteId, Box<dyn AnyRoutePost>)> {
-    REGISTRY
-        .iter()
-        .map(|k| (k.id(), k.post(options)))
-        .collect()
+    REGISTRY.iter().map(|k| (k.id(), k.post(options))).collect()
 }

@@ -252,10 +252,7 @@ impl RouteKind for Matte {
 }
 
 /// CorridorKey as `[matte]` configures it.
-pub fn load(
-    files: &MatteModelFiles,
-    mc: &MatteConfig,
-) -> anyhow::Result<(MatteRoute, bool)> {
+pub fn load(files: &MatteModelFiles, mc: &MatteConfig) -> anyhow::Result<(MatteRoute, bool)> {
     let fit = match mc.fit {
         MatteFit::Tiles => FrameFit::Tiles {
             overlap: mc.tile_overlap,

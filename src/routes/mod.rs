@@ -30,7 +30,17 @@ pub mod matte;
 /// Which route. The names are the config sections, the CLI's `--route`
 /// values and the telemetry prefixes.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum RouteId {
@@ -78,8 +88,13 @@ impl std::fmt::Display for RouteId {
 /// Every route, in the order a frame runs them.
 pub static REGISTRY: [&dyn AnyRouteKind; 3] = [&hands::Hands, &body::Body, &matte::Matte];
 
-/// Stages every route's events carry besides its own.
+/// Stages every route's events carry besides its own, and the two every
+/// detector-first route (hands, body) starts with.
 pub mod stage {
+    /// The detector's letterbox (made on the prep thread).
+    pub const PREPROCESS: &str = "preprocess";
+    /// The detector's forward pass and its post-processing (NMS).
+    pub const DETECT: &str = "detect";
     /// The push's image (and hint) decoded; recorded as `push.decode`.
     pub const DECODE: &str = "decode";
     /// The result turned into an event.

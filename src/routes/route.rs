@@ -5,7 +5,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::RouteId;
+use super::{stage, RouteId};
 use crate::engine::Frame;
 
 /// Times a route's stages as they run: each [`StageClock::mark`] ends the
@@ -106,6 +106,72 @@ impl<T> Timed<T> {
     }
 }
 
+/// What a frame may ask of a detector-first route (hands, body).
+#[derive(Debug, Clone)]
+pub struct DetectRequest<B> {
+    /// Boxes the client already knows: the detector is skipped.
+    pub boxes: Option<Vec<B>>,
+    /// Run and time the detector even with `boxes`, whose boxes go on
+    /// (the bench's fixed batches).
+    pub time_detector: bool,
+}
+
+impl<B> Default for DetectRequest<B> {
+    fn default() -> Self {
+        DetectRequest {
+            boxes: None,
+            time_detector: false,
+        }
+    }
+}
+
+impl<B> DetectRequest<B> {
+    /// The client's boxes; the detector runs only for the bench.
+    pub fn with_boxes(boxes: Vec<B>) -> Self {
+        DetectRequest {
+            boxes: Some(boxes),
+            time_detector: false,
+        }
+    }
+
+    /// The detector runs for this frame.
+    pub fn detects(&self) -> bool {
+        self.boxes.is_none() || self.time_detector
+    }
+
+    /// The detector stage, when this frame needs it: the letterbox (the
+    /// prep thread's, or made now) timed as `preprocess`, then `detect`;
+    /// nothing otherwise.
+    pub fn detect<T, D>(
+        &self,
+        frame: &Frame,
+        prep: Option<Timed<T>>,
+        clock: &mut StageClock,
+        make: impl FnOnce(posed_models::image::RgbImage) -> T,
+        detect: impl FnOnce(&T) -> Result<Vec<D>, RouteError>,
+    ) -> Result<Vec<D>, RouteError> {
+        if !self.detects() {
+            return Ok(Vec::new());
+        }
+        let letterbox = Timed::or_make(prep, frame, make)?;
+        clock.add(stage::PREPROCESS, letterbox.took);
+        let found = detect(&letterbox.value)?;
+        clock.mark(stage::DETECT);
+        Ok(found)
+    }
+
+    /// The prep thread's work: the detector's input if it will run.
+    pub fn letterbox<T>(
+        &self,
+        frame: &Frame,
+        make: impl FnOnce(posed_models::image::RgbImage) -> T,
+    ) -> Option<Timed<T>> {
+        self.detects()
+            .then(|| Timed::of_frame(frame, make))
+            .flatten()
+    }
+}
+
 /// A mid-grey frame, for warm-ups and tests.
 pub fn blank_frame(width: usize, height: usize) -> Frame {
     Frame {
@@ -156,9 +222,8 @@ pub trait Route: 'static {
 }
 
 /// A route's prep-thread work for one frame and its request.
-pub type Preparer<R> = Box<
-    dyn Fn(&Frame, &<R as Route>::Request) -> Option<<R as Route>::Prep> + Send + 'static,
->;
+pub type Preparer<R> =
+    Box<dyn Fn(&Frame, &<R as Route>::Request) -> Option<<R as Route>::Prep> + Send + 'static>;
 
 /// What one frame asks of one route.
 pub struct RouteRequest {
@@ -371,5 +436,51 @@ impl FramePreparer {
             }
         }
         Prepared(made)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use posed_models::body_pipeline::DetectorInput as PersonInput;
+    use posed_models::hand_pipeline::{DetectorInput as HandInput, HandBox};
+
+    use super::*;
+
+    /// The prep thread letterboxes only for a detector that runs: a frame
+    /// that brings its own boxes gets none, unless the bench times the
+    /// detector anyway.
+    #[test]
+    fn the_letterbox_is_made_only_when_the_detector_runs() {
+        let frame = blank_frame(64, 48);
+        let hands = DetectRequest::<HandBox>::default()
+            .letterbox(&frame, |img| HandInput::new(img, 32))
+            .unwrap();
+        assert_eq!(hands.value.letterbox.size, 32);
+        let people = DetectRequest::<[f32; 4]>::default()
+            .letterbox(&frame, |img| PersonInput::new(img, 40))
+            .unwrap();
+        assert_eq!(people.value.size, 40);
+
+        let boxed = DetectRequest::<HandBox>::with_boxes(Vec::new());
+        assert!(boxed
+            .letterbox(&frame, |img| HandInput::new(img, 32))
+            .is_none());
+        let timed = DetectRequest {
+            time_detector: true,
+            ..boxed
+        };
+        assert!(timed
+            .letterbox(&frame, |img| HandInput::new(img, 32))
+            .is_some());
+
+        // A frame whose pixels do not match its size gets none: the
+        // route's run reports it.
+        let broken = Frame {
+            rgb: vec![0; 5],
+            ..blank_frame(64, 48)
+        };
+        assert!(DetectRequest::<HandBox>::default()
+            .letterbox(&broken, |img| HandInput::new(img, 32))
+            .is_none());
     }
 }

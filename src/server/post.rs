@@ -35,7 +35,14 @@ pub(super) async fn post_loop(
                         .map(|(_, p)| p)
                         .expect("every route has its post-processing");
                     let started = Instant::now();
-                    let event = post_one(post.as_mut(), &out.frame, output, out.dropped_before, started).await;
+                    let event = post_one(
+                        post.as_mut(),
+                        &out.frame,
+                        output,
+                        out.dropped_before,
+                        started,
+                    )
+                    .await;
                     for (stage, d) in &output.timings {
                         telemetry.record(&format!("{name}.{stage}"), *d);
                     }
@@ -80,16 +87,18 @@ async fn post_one(
     started: Instant,
 ) -> proto::Event {
     match post.event(frame, output, dropped, started) {
-        PostWork::Done(event) => event,
-        PostWork::OffThread(work) => tokio::task::spawn_blocking(work)
-            .await
-            .unwrap_or_else(|panic| {
-                let e = EngineError::Panic {
-                    route: output.id,
-                    frame: frame.id,
-                    message: format!("making its event: {panic}"),
-                };
-                error_event(frame, output.id.to_proto(), &engine_status(&e))
-            }),
+        PostWork::Done(event) => *event,
+        PostWork::OffThread(work) => {
+            tokio::task::spawn_blocking(work)
+                .await
+                .unwrap_or_else(|panic| {
+                    let e = EngineError::Panic {
+                        route: output.id,
+                        frame: frame.id,
+                        message: format!("making its event: {panic}"),
+                    };
+                    error_event(frame, output.id.to_proto(), &engine_status(&e))
+                })
+        }
     }
 }

@@ -117,10 +117,16 @@ pub async fn body_files(config: &BodyConfig, hub: &Hub) -> Result<BodyModelFiles
         .with_context(|| format!("unknown Sapiens2 size {:?}", config.size))?;
     let m = manifest::builtin("body")?;
     let pth = hub
-        .fetch(m.file("detector", config.size.as_str())?, DownloadProgress::bar())
+        .fetch(
+            m.file("detector", config.size.as_str())?,
+            DownloadProgress::bar(),
+        )
         .await?;
     let pose_weights = hub
-        .fetch(m.file("pose", config.size.as_str())?, DownloadProgress::bar())
+        .fetch(
+            m.file("pose", config.size.as_str())?,
+            DownloadProgress::bar(),
+        )
         .await?;
     Ok(BodyModelFiles {
         detector_config: RtmdetConfig::m(),
