@@ -12,13 +12,13 @@ use std::path::{Path, PathBuf};
 
 use mlx_rs::{ops, Array, Dtype};
 
+use crate::checked_weights::Weights;
 use crate::image::RgbImage;
 use crate::model_files::LoadError;
 use crate::nn::Result;
 use crate::rtmdet::{self, Detection, Rtmdet, RtmdetConfig};
 use crate::sapiens2::{self, Sapiens2Config, Sapiens2Pose};
 use crate::topdown::{self, PersonCrop};
-use crate::weights::Weights;
 
 /// Where the body route's files are and what they hold.
 #[derive(Debug, Clone)]

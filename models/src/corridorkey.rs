@@ -14,8 +14,8 @@ use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{fast, ops, Array, Dtype};
 use serde::{Deserialize, Serialize};
 
+use crate::checked_weights::Weights;
 use crate::nn::{gelu, host_f32, relu, select, BatchNorm, Conv2d, LayerNorm, Linear, Result};
-use crate::weights::Weights;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CorridorKeyConfig {

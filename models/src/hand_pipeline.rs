@@ -413,10 +413,10 @@ impl HandPipeline {
         files: &HandModelFiles,
         pose_dtype: Option<mlx_rs::Dtype>,
     ) -> std::result::Result<(Self, bool), LoadError> {
-        let dw = crate::weights::Weights::from_file(&files.detector_weights)?;
+        let dw = crate::checked_weights::Weights::from_file(&files.detector_weights)?;
         let detector = HandDetector::new(files.detector_config.clone(), &dw)?;
         dw.finish()?;
-        let mut ww = crate::weights::Weights::from_file(&files.wilor_weights)?;
+        let mut ww = crate::checked_weights::Weights::from_file(&files.wilor_weights)?;
         if let Some(dtype) = pose_dtype {
             ww = ww.with_float_dtype(dtype);
         }

@@ -14,14 +14,17 @@
 //! - [`hand_pipeline`]: detector → crops → WiLoR → image space, stage by stage
 //! - [`image`], [`camera`]: CPU crops, letterbox and camera conversion
 //! - [`nn`], [`rotation`]: blocks shared by the networks
-//! - [`weights`], [`npz`], [`torch_checkpoint`]: loading with key and shape
-//!   validation; NumPy archives and PyTorch `.pth` files read without Python
+//! - [`checked_weights`], [`npz`], [`torch_checkpoint`]: loading with key and
+//!   shape validation; NumPy archives and PyTorch `.pth` files read without
+//!   Python
+//! - [`random_weights`]: random weights in a published layout, marked synthetic
 //! - [`model_files`]: JSON configs and the errors of loading a route's networks
 //! - [`parity`]: parity runs against the PyTorch reference outputs (the
 //!   networks never import it)
 
 pub mod body_pipeline;
 pub mod camera;
+pub mod checked_weights;
 pub mod corridorkey;
 pub mod hand_detector;
 pub mod hand_pipeline;
@@ -34,14 +37,13 @@ pub mod nn;
 pub mod npz;
 pub mod parity;
 pub mod pickle;
+pub mod random_weights;
 pub mod resample;
 pub mod rotation;
 pub mod rtmdet;
 pub mod runtime;
 pub mod sapiens2;
 pub mod sapiens_demo;
-pub mod synth;
 pub mod topdown;
 pub mod torch_checkpoint;
-pub mod weights;
 pub mod wilor;

@@ -18,12 +18,12 @@ use std::path::{Path, PathBuf};
 use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{ops, Array, Dtype};
 
+use crate::checked_weights::Weights;
 use crate::corridorkey::{network_input, CorridorKey, CorridorKeyConfig};
 use crate::image::RgbImage;
 use crate::model_files::LoadError;
 use crate::nn::Result;
 use crate::resample::resize_bilinear;
-use crate::weights::Weights;
 
 /// Where the matte route's files are.
 #[derive(Debug, Clone)]

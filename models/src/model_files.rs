@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::checked_weights::WeightError;
 use crate::mano::ManoError;
-use crate::weights::WeightError;
 
 /// A JSON file that cannot be read or does not parse as what it should hold.
 #[derive(Debug, thiserror::Error)]

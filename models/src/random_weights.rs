@@ -8,8 +8,8 @@ use std::path::Path;
 use mlx_rs::{ops, Array, Dtype};
 use serde::Deserialize;
 
+use crate::checked_weights::{WeightError, Weights, SYNTHETIC_METADATA_KEY};
 use crate::nn::Result;
-use crate::weights::SYNTHETIC_METADATA_KEY;
 
 /// One tensor of a manifest (`*_keys.json`: name → {shape, dtype}).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -146,11 +146,11 @@ pub fn synthetic_metadata(what: &str, seed: u64) -> HashMap<String, String> {
 /// The tensors a model's loader asks for, from its config alone: build the
 /// model against an empty file and read the "missing" list. This is the
 /// layout `Weights::finish` checks, so synthetic files always load.
-pub fn layout_of(build: impl FnOnce(&crate::weights::Weights) -> Result<()>) -> Result<Manifest> {
-    let w = crate::weights::Weights::from_tensors("layout", HashMap::new(), HashMap::new());
+pub fn layout_of(build: impl FnOnce(&Weights) -> Result<()>) -> Result<Manifest> {
+    let w = Weights::from_tensors("layout", HashMap::new(), HashMap::new());
     build(&w)?;
     let mut out = Manifest::new();
-    if let Err(crate::weights::WeightError::Layout { report, .. }) = w.finish() {
+    if let Err(WeightError::Layout { report, .. }) = w.finish() {
         for (name, shape) in report.missing {
             out.insert(
                 name,

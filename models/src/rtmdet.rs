@@ -10,9 +10,9 @@
 use mlx_rs::{ops, Array};
 use serde::{Deserialize, Serialize};
 
+use crate::checked_weights::Weights;
 use crate::nn::{max_pool_same, upsample_nearest_2x, Conv2d, ConvBnSilu, Result};
 use crate::sapiens_demo::PersonFilter;
-use crate::weights::Weights;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RtmdetConfig {

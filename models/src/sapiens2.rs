@@ -20,10 +20,10 @@ use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{fast, ops, Array, Dtype};
 use serde::{Deserialize, Serialize};
 
+use crate::checked_weights::Weights;
 use crate::model_files::LoadError;
 use crate::nn::{host_f32, instance_norm, silu, Conv2d, ConvTranspose2d, Linear, Result, RmsNorm};
 use crate::sapiens_demo::TopdownConfig;
-use crate::weights::Weights;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sapiens2Config {

@@ -10,10 +10,10 @@
 use mlx_rs::{ops, Array};
 use serde::{Deserialize, Serialize};
 
+use crate::checked_weights::Weights;
 use crate::mano::Mano;
 use crate::nn::{self, BatchNorm, Conv2d, ConvTranspose2d, LayerNorm, Linear, Result, VitBlock};
 use crate::rotation;
-use crate::weights::Weights;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WilorConfig {

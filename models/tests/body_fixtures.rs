@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use mlx_rs::Array;
+use posed_models::checked_weights::Weights;
 use posed_models::parity::{self, FixtureModel};
+use posed_models::random_weights;
 use posed_models::rtmdet::{Rtmdet, RtmdetConfig};
 use posed_models::sapiens2;
-use posed_models::synth;
-use posed_models::weights::Weights;
 
 fn body_dir() -> PathBuf {
     let dir = parity::fixtures_dir().join("body");
@@ -62,12 +62,13 @@ fn rtmdet_post_processing_matches_mmdet_and_the_demo() {
 /// layout run one 640×640 forward.
 #[test]
 fn rtmdet_m_matches_the_published_layout_and_runs() {
-    let published = synth::read_manifest(&body_dir().join("rtmdet_m_keys.json")).unwrap();
-    let layout = synth::layout_of(|w| Rtmdet::new(RtmdetConfig::m(), w).map(drop)).unwrap();
+    let published = random_weights::read_manifest(&body_dir().join("rtmdet_m_keys.json")).unwrap();
+    let layout =
+        random_weights::layout_of(|w| Rtmdet::new(RtmdetConfig::m(), w).map(drop)).unwrap();
     assert_eq!(layout.len(), 580);
     assert_eq!(layout, published);
 
-    let tensors = synth::random_tensors(&layout, 5).unwrap();
+    let tensors = random_weights::random_tensors(&layout, 5).unwrap();
     let w = Weights::from_tensors("rtmdet-m (random)", tensors, Default::default());
     let net = Rtmdet::new(RtmdetConfig::m(), &w).unwrap();
     w.finish().unwrap();
@@ -193,11 +194,13 @@ fn peak_rss_mib() -> Option<f64> {
 #[test]
 fn sapiens2_0_4b_matches_the_published_layout_and_runs() {
     let cfg = sapiens2::Sapiens2Config::pose(sapiens2::Sapiens2Size::B0_4);
-    let published = synth::read_manifest(&body_dir().join("sapiens2_pose_0.4b_keys.json")).unwrap();
+    let published =
+        random_weights::read_manifest(&body_dir().join("sapiens2_pose_0.4b_keys.json")).unwrap();
     let layout =
-        synth::layout_of(|w| sapiens2::Sapiens2Pose::new(cfg.clone(), w).map(drop)).unwrap();
+        random_weights::layout_of(|w| sapiens2::Sapiens2Pose::new(cfg.clone(), w).map(drop))
+            .unwrap();
     assert_eq!(layout.len(), 424);
-    let shapes = |m: &synth::Manifest| -> Vec<(String, Vec<i32>)> {
+    let shapes = |m: &random_weights::Manifest| -> Vec<(String, Vec<i32>)> {
         m.iter()
             .map(|(k, v)| (k.clone(), v.shape.clone()))
             .collect()
@@ -207,7 +210,7 @@ fn sapiens2_0_4b_matches_the_published_layout_and_runs() {
     assert_eq!(published["backbone.rope_embed.periods"].dtype, "bfloat16");
 
     let t = Instant::now();
-    let tensors = synth::random_tensors(&published, 7).unwrap();
+    let tensors = random_weights::random_tensors(&published, 7).unwrap();
     let w = Weights::from_tensors("sapiens2-pose-0.4b (random)", tensors, Default::default());
     let net = sapiens2::Sapiens2Pose::new(cfg, &w).unwrap();
     w.finish().unwrap();

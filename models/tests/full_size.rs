@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use mlx_rs::Array;
+use posed_models::checked_weights::Weights;
 use posed_models::hand_detector::{DetectorConfig, HandDetector};
 use posed_models::mano::Mano;
-use posed_models::synth;
-use posed_models::weights::Weights;
+use posed_models::random_weights;
 use posed_models::wilor::{Wilor, WilorConfig};
 
 fn hands_dir() -> PathBuf {
@@ -34,10 +34,10 @@ fn crops(batch: i32) -> Array {
 #[test]
 fn wilor_vit_h_float32_and_int4_load_and_run() {
     let dir = hands_dir();
-    let manifest = synth::read_manifest(&dir.join("wilor_full_keys.json")).unwrap();
+    let manifest = random_weights::read_manifest(&dir.join("wilor_full_keys.json")).unwrap();
     assert_eq!(manifest.len(), 429);
     let t = Instant::now();
-    let mut tensors = synth::random_tensors(&manifest, 7).unwrap();
+    let mut tensors = random_weights::random_tensors(&manifest, 7).unwrap();
     let all: Vec<&Array> = tensors.values().collect();
     mlx_rs::transforms::eval(all).unwrap();
     println!("random weights: {:?}", t.elapsed());
@@ -46,7 +46,7 @@ fn wilor_vit_h_float32_and_int4_load_and_run() {
     let w = Weights::from_tensors(
         "synthetic ViT-H",
         tensors.clone(),
-        synth::synthetic_metadata("wilor", 7),
+        random_weights::synthetic_metadata("wilor", 7),
     );
     let model = Wilor::new(
         cfg.clone(),
@@ -73,12 +73,13 @@ fn wilor_vit_h_float32_and_int4_load_and_run() {
     // The int4 layout: every block Linear quantized, group 32, f32 scales.
     let t = Instant::now();
     let n =
-        synth::quantize_linears(&mut tensors, 32, |p| p.starts_with("backbone.blocks.")).unwrap();
+        random_weights::quantize_linears(&mut tensors, 32, |p| p.starts_with("backbone.blocks."))
+            .unwrap();
     assert_eq!(n, 4 * 32);
     let w4 = Weights::from_tensors(
         "synthetic ViT-H int4",
         tensors,
-        synth::synthetic_metadata("wilor-int4", 7),
+        random_weights::synthetic_metadata("wilor-int4", 7),
     );
     let model4 = Wilor::new(cfg, &w4, Mano::from_npz(&dir.join("mano.npz")).unwrap()).unwrap();
     w4.finish().unwrap();
@@ -106,9 +107,9 @@ fn wilor_vit_h_float32_and_int4_load_and_run() {
 #[test]
 fn detector_yolov8m_loads_and_runs() {
     let dir = hands_dir();
-    let manifest = synth::read_manifest(&dir.join("detector_m_keys.json")).unwrap();
+    let manifest = random_weights::read_manifest(&dir.join("detector_m_keys.json")).unwrap();
     assert_eq!(manifest.len(), 433);
-    let tensors = synth::random_tensors(&manifest, 3).unwrap();
+    let tensors = random_weights::random_tensors(&manifest, 3).unwrap();
     let w = Weights::from_tensors("synthetic YOLOv8m-pose", tensors, Default::default());
     let cfg = DetectorConfig::yolov8m();
     let net = HandDetector::new(cfg.clone(), &w).unwrap();
@@ -125,8 +126,8 @@ fn detector_yolov8m_loads_and_runs() {
 #[test]
 fn a_bad_file_is_reported_whole() {
     let dir = hands_dir();
-    let manifest = synth::read_manifest(&dir.join("detector_m_keys.json")).unwrap();
-    let mut tensors = synth::random_tensors(&manifest, 3).unwrap();
+    let manifest = random_weights::read_manifest(&dir.join("detector_m_keys.json")).unwrap();
+    let mut tensors = random_weights::random_tensors(&manifest, 3).unwrap();
     tensors.remove("b3.conv.weight");
     tensors.remove("pose.cv4.2.2.bias");
     tensors.insert("b0.bn.weight".into(), Array::from_slice(&[1.0f32; 4], &[4]));
@@ -154,10 +155,11 @@ fn loader_layouts_match_the_published_manifests() {
     use posed_models::wilor::WilorConfig;
     let manifests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
     let (detector, wilor) =
-        synth::hand_layouts(&DetectorConfig::yolov8m(), &WilorConfig::vit_h()).unwrap();
+        random_weights::hand_layouts(&DetectorConfig::yolov8m(), &WilorConfig::vit_h()).unwrap();
     let published_detector =
-        synth::read_manifest(&manifests.join("hand-detector.keys.json")).unwrap();
-    let published_wilor = synth::read_manifest(&manifests.join("wilor.keys.json")).unwrap();
+        random_weights::read_manifest(&manifests.join("hand-detector.keys.json")).unwrap();
+    let published_wilor =
+        random_weights::read_manifest(&manifests.join("wilor.keys.json")).unwrap();
     assert_eq!(detector, published_detector);
     assert_eq!(wilor, published_wilor);
 }

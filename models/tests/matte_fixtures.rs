@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use posed_models::corridorkey::{network_input, CorridorKey, CorridorKeyConfig};
 use posed_models::parity::{self, FixtureModel};
-use posed_models::synth;
+use posed_models::random_weights;
 
 fn matte_dir() -> PathBuf {
     let dir = parity::fixtures_dir().join("matte");
@@ -55,12 +55,14 @@ fn corridorkey_input_is_normalised_rgb_and_the_hint() {
 /// exactly the 365 tensors of the released file.
 #[test]
 fn corridorkey_matches_the_published_layout() {
-    let published = synth::read_manifest(&matte_dir().join("corridorkey_full_keys.json")).unwrap();
-    let layout =
-        synth::layout_of(|w| CorridorKey::new(CorridorKeyConfig::base_plus(512), w).map(drop))
-            .unwrap();
+    let published =
+        random_weights::read_manifest(&matte_dir().join("corridorkey_full_keys.json")).unwrap();
+    let layout = random_weights::layout_of(|w| {
+        CorridorKey::new(CorridorKeyConfig::base_plus(512), w).map(drop)
+    })
+    .unwrap();
     assert_eq!(layout.len(), 365);
-    let shapes = |m: &synth::Manifest| -> Vec<(String, Vec<i32>)> {
+    let shapes = |m: &random_weights::Manifest| -> Vec<(String, Vec<i32>)> {
         m.iter()
             .map(|(k, v)| (k.clone(), v.shape.clone()))
             .collect()
@@ -107,8 +109,10 @@ fn tiled_refiner_matches_the_whole_frame() {
     let mut cfg: CorridorKeyConfig =
         posed_models::model_files::read_json(&dir.join("corridorkey_config.json")).unwrap();
     cfg.img_size = 1024;
-    let w = posed_models::weights::Weights::from_file(dir.join("corridorkey_weights.safetensors"))
-        .unwrap();
+    let w = posed_models::checked_weights::Weights::from_file(
+        dir.join("corridorkey_weights.safetensors"),
+    )
+    .unwrap();
     let net = CorridorKey::new(cfg, &w).unwrap();
     w.finish().unwrap();
     let x = input(1024);
@@ -137,9 +141,10 @@ fn tiled_refiner_matches_the_whole_frame() {
 /// and run one forward at 512, in float32 and with bf16 heads.
 #[test]
 fn corridorkey_full_size_runs_at_512() {
-    let published = synth::read_manifest(&matte_dir().join("corridorkey_full_keys.json")).unwrap();
-    let tensors = synth::random_tensors(&published, 11).unwrap();
-    let w = posed_models::weights::Weights::from_tensors(
+    let published =
+        random_weights::read_manifest(&matte_dir().join("corridorkey_full_keys.json")).unwrap();
+    let tensors = random_weights::random_tensors(&published, 11).unwrap();
+    let w = posed_models::checked_weights::Weights::from_tensors(
         "corridorkey (random)",
         tensors,
         Default::default(),
@@ -168,8 +173,10 @@ fn fixture_net(img_size: i32) -> CorridorKey {
     let mut cfg: CorridorKeyConfig =
         posed_models::model_files::read_json(&dir.join("corridorkey_config.json")).unwrap();
     cfg.img_size = img_size;
-    let w = posed_models::weights::Weights::from_file(dir.join("corridorkey_weights.safetensors"))
-        .unwrap();
+    let w = posed_models::checked_weights::Weights::from_file(
+        dir.join("corridorkey_weights.safetensors"),
+    )
+    .unwrap();
     let net = CorridorKey::new(cfg, &w).unwrap();
     w.finish().unwrap();
     net

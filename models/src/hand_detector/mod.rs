@@ -11,8 +11,8 @@ mod yolo;
 use mlx_rs::{ops, Array};
 use serde::{Deserialize, Serialize};
 
+use crate::checked_weights::Weights;
 use crate::nn::{self, Conv2d, ConvBnSilu, Result};
-use crate::weights::Weights;
 use yolo::{C2f, Sppf};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

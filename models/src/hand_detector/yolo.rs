@@ -3,8 +3,8 @@
 use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{ops, Array};
 
+use crate::checked_weights::Weights;
 use crate::nn::{max_pool_same, ConvBnSilu, Result};
-use crate::weights::Weights;
 
 pub struct Bottleneck {
     cv1: ConvBnSilu,

@@ -3,7 +3,7 @@
 use mlx_rs::{fast, Array};
 
 use super::{gelu, select, LayerNorm, Linear, Result};
-use crate::weights::Weights;
+use crate::checked_weights::Weights;
 
 /// Multi-head self-attention with a fused qkv projection.
 pub struct Attention {

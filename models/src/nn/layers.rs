@@ -6,7 +6,7 @@ use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{fast, ops, Array, Dtype};
 
 use super::{scalar, Result};
-use crate::weights::Weights;
+use crate::checked_weights::Weights;
 
 /// `y = x Wᵀ + b`, or its 4-bit affine-quantized form when the layout carries
 /// `<prefix>.scales` (MLX's packing: 8 nibbles per u32, lowest first).

@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use mlx_rs::error::Exception;
 use mlx_rs::{Array, Dtype};
 
+use crate::checked_weights::{WeightError, Weights};
 use crate::mano::ManoError;
 use crate::model_files::JsonFileError;
-use crate::weights::{WeightError, Weights};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParityError {
