@@ -14,7 +14,7 @@ use mlx_rs::{ops, Array, Dtype};
 
 use crate::checked_weights::Weights;
 use crate::image::RgbImage;
-use crate::model_files::LoadError;
+use crate::model_files::{optional_config, required_file, LoadError, ModelFilesError};
 use crate::nn::Result;
 use crate::rtmdet::{self, Detection, Rtmdet, RtmdetConfig};
 use crate::sapiens2::{self, Sapiens2Config, Sapiens2Pose};
@@ -39,38 +39,13 @@ pub const POSE_CONFIG: &str = "sapiens2_pose_config.json";
 impl BodyModelFiles {
     /// A models folder: the two weight files, and optionally their configs
     /// (RTMDet-m and Sapiens2 0.4b otherwise).
-    pub fn from_dir(dir: &Path) -> std::result::Result<Self, String> {
-        let need = |name: &str| {
-            let p = dir.join(name);
-            if p.is_file() {
-                Ok(p)
-            } else {
-                Err(format!(
-                    "{} has no {name} (the body route needs {DETECTOR_WEIGHTS} and {POSE_WEIGHTS})",
-                    dir.display()
-                ))
-            }
-        };
-        let config = |name: &str| -> std::result::Result<Option<PathBuf>, String> {
-            let p = dir.join(name);
-            Ok(p.is_file().then_some(p))
-        };
-        let read = |p: &Path| -> std::result::Result<_, String> {
-            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            Ok(text)
-        };
-        let detector_config = match config(DETECTOR_CONFIG)? {
-            Some(p) => {
-                serde_json::from_str(&read(&p)?).map_err(|e| format!("{}: {e}", p.display()))?
-            }
-            None => RtmdetConfig::m(),
-        };
-        let pose_config = match config(POSE_CONFIG)? {
-            Some(p) => {
-                serde_json::from_str(&read(&p)?).map_err(|e| format!("{}: {e}", p.display()))?
-            }
-            None => Sapiens2Config::pose(sapiens2::Sapiens2Size::B0_4),
-        };
+    pub fn from_dir(dir: &Path) -> std::result::Result<Self, ModelFilesError> {
+        let note = format!("the body route needs {DETECTOR_WEIGHTS} and {POSE_WEIGHTS}");
+        let need = |name: &str| required_file(dir, name, &note);
+        let detector_config = optional_config(dir, DETECTOR_CONFIG, RtmdetConfig::m)?;
+        let pose_config = optional_config(dir, POSE_CONFIG, || {
+            Sapiens2Config::pose(sapiens2::Sapiens2Size::B0_4)
+        })?;
         Ok(BodyModelFiles {
             detector_config,
             detector_weights: need(DETECTOR_WEIGHTS)?,

@@ -10,7 +10,7 @@ use mlx_rs::Array;
 use crate::camera;
 use crate::hand_detector::{self, HandDetector};
 use crate::image::{self, HandCrop, RgbImage};
-use crate::model_files::LoadError;
+use crate::model_files::{optional_config, required_file, LoadError, ModelFilesError};
 use crate::nn::{host_f32, Result};
 use crate::rotation;
 use std::cell::RefCell;
@@ -368,32 +368,27 @@ impl HandModelFiles {
     /// The hand route's files in `dir` (`detector_weights.safetensors`,
     /// `wilor_weights.safetensors`, `mano.npz`); `detector_config.json` and
     /// `wilor_config.json` there override the published sizes.
-    pub fn from_dir(dir: &std::path::Path) -> std::result::Result<Self, String> {
+    pub fn from_dir(dir: &std::path::Path) -> std::result::Result<Self, ModelFilesError> {
         let need = |name: &str| {
-            let p = dir.join(name);
-            p.is_file()
-                .then_some(p.clone())
-                .ok_or_else(|| format!("{} is missing", p.display()))
+            required_file(
+                dir,
+                name,
+                "the hand route needs detector_weights.safetensors, \
+                 wilor_weights.safetensors and mano.npz",
+            )
         };
-        fn config<T: serde::de::DeserializeOwned>(
-            dir: &std::path::Path,
-            name: &str,
-            default: T,
-        ) -> std::result::Result<T, String> {
-            let p = dir.join(name);
-            if !p.is_file() {
-                return Ok(default);
-            }
-            crate::model_files::read_json(&p).map_err(|e| e.to_string())
-        }
         Ok(HandModelFiles {
-            detector_config: config(
+            detector_config: optional_config(
                 dir,
                 "detector_config.json",
-                crate::hand_detector::DetectorConfig::yolov8m(),
+                crate::hand_detector::DetectorConfig::yolov8m,
             )?,
             detector_weights: need("detector_weights.safetensors")?,
-            wilor_config: config(dir, "wilor_config.json", crate::wilor::WilorConfig::vit_h())?,
+            wilor_config: optional_config(
+                dir,
+                "wilor_config.json",
+                crate::wilor::WilorConfig::vit_h,
+            )?,
             wilor_weights: need("wilor_weights.safetensors")?,
             mano: need("mano.npz")?,
         })

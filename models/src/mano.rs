@@ -151,7 +151,7 @@ impl Mano {
             problems.push(format!("joint_map: joint {bad} out of range"));
         }
         let chain = KinematicChain::new(&parents).map_err(|e| {
-            problems.push(e);
+            problems.push(e.to_string());
             layout(problems.clone())
         })?;
         if !problems.is_empty() {
@@ -237,6 +237,15 @@ impl Mano {
     }
 }
 
+/// A `parents` table that is not a tree [`KinematicChain`] can walk.
+#[derive(Debug, thiserror::Error)]
+enum TreeError {
+    #[error("parents: root must be joint 0, got {0:?}")]
+    Root(Vec<i32>),
+    #[error("parents: joint {joint} has parent {parent}; parents must precede children")]
+    Order { joint: usize, parent: i32 },
+}
+
 /// MANO's tree walked level by level: every joint of a level is its parent's
 /// transform times its own local one, so the chain costs one batched matmul
 /// per tree level instead of one per joint.
@@ -251,18 +260,19 @@ struct KinematicChain {
 }
 
 impl KinematicChain {
-    fn new(parents: &[i32]) -> std::result::Result<Self, String> {
+    fn new(parents: &[i32]) -> std::result::Result<Self, TreeError> {
         let n = parents.len();
         if parents.first() != Some(&-1) && parents.first() != Some(&0) {
-            return Err(format!("parents: root must be joint 0, got {parents:?}"));
+            return Err(TreeError::Root(parents.to_vec()));
         }
         let mut depth = vec![0usize; n];
         for i in 1..n {
             let p = parents[i];
             if p < 0 || p as usize >= i {
-                return Err(format!(
-                    "parents: joint {i} has parent {p}; parents must precede children"
-                ));
+                return Err(TreeError::Order {
+                    joint: i,
+                    parent: p,
+                });
             }
             depth[i] = depth[p as usize] + 1;
         }

@@ -46,6 +46,34 @@ pub enum ConvertError {
     Npz { path: String, source: npz::NpzError },
     #[error("not a MANO model: {0}")]
     Layout(String),
+    #[error("not a MANO model: `{key}`: {source}")]
+    Field {
+        key: String,
+        #[source]
+        source: PickledArrayError,
+    },
+}
+
+/// Why a pickled value is not an array [`to_array`] can read.
+#[derive(Debug, thiserror::Error)]
+pub enum PickledArrayError {
+    /// The object is not shaped like the array type it claims to be.
+    #[error("{0}")]
+    Structure(String),
+    #[error(transparent)]
+    Npy(#[from] npz::NpyError),
+}
+
+impl From<&str> for PickledArrayError {
+    fn from(s: &str) -> Self {
+        PickledArrayError::Structure(s.into())
+    }
+}
+
+impl From<String> for PickledArrayError {
+    fn from(s: String) -> Self {
+        PickledArrayError::Structure(s)
+    }
 }
 
 pub type Arrays = Vec<(&'static str, Vec<usize>, NpyData)>;
@@ -95,7 +123,10 @@ pub fn convert(
         let v = model
             .get(key)
             .ok_or_else(|| ConvertError::Layout(format!("no `{key}`")))?;
-        let a = to_array(&v).map_err(|e| ConvertError::Layout(format!("`{key}`: {e}")))?;
+        let a = to_array(&v).map_err(|source| ConvertError::Field {
+            key: key.into(),
+            source,
+        })?;
         if a.shape != shape {
             return Err(ConvertError::Layout(format!(
                 "`{key}` has shape {:?}, expected {shape:?}",
@@ -119,7 +150,12 @@ pub fn convert(
     let faces = model
         .get("f")
         .ok_or_else(|| ConvertError::Layout("no `f`".into()))
-        .and_then(|v| to_array(&v).map_err(|e| ConvertError::Layout(format!("`f`: {e}"))))?;
+        .and_then(|v| {
+            to_array(&v).map_err(|source| ConvertError::Field {
+                key: "f".into(),
+                source,
+            })
+        })?;
     if faces.shape.len() != 2 || faces.shape[1] != 3 {
         return Err(ConvertError::Layout(format!(
             "`f` has shape {:?}, expected (faces, 3)",
@@ -185,10 +221,10 @@ pub fn convert(
 
 /// A NumPy array, a chumpy object wrapping one, or a SciPy sparse matrix
 /// (made dense), as numbers in C order.
-pub fn to_array(v: &Value) -> Result<NpyArray, String> {
+pub fn to_array(v: &Value) -> Result<NpyArray, PickledArrayError> {
     let (module, name) = v.class_name().ok_or("not an array")?;
     let Value::Object(obj) = v else {
-        return Err(format!("{module}.{name} is not an array"));
+        return Err(format!("{module}.{name} is not an array").into());
     };
     let obj = obj.borrow();
     let state = obj
@@ -205,20 +241,18 @@ pub fn to_array(v: &Value) -> Result<NpyArray, String> {
         {
             sparse_to_dense(&state, name.starts_with("csc"))
         }
-        _ => Err(format!(
-            "{module}.{name} is not an array type this reader knows"
-        )),
+        _ => Err(format!("{module}.{name} is not an array type this reader knows").into()),
     }
 }
 
 /// `ndarray.__setstate__((version, shape, dtype, is_fortran, raw))`.
-fn ndarray(state: &Value) -> Result<NpyArray, String> {
+fn ndarray(state: &Value) -> Result<NpyArray, PickledArrayError> {
     let mut items = state.items().ok_or("ndarray state is not a tuple")?;
     if items.len() == 5 {
         items.remove(0);
     }
-    let [shape, dtype, fortran, raw] = <[Value; 4]>::try_from(items)
-        .map_err(|_| "ndarray state does not have 4 or 5 items".to_owned())?;
+    let [shape, dtype, fortran, raw] =
+        <[Value; 4]>::try_from(items).map_err(|_| "ndarray state does not have 4 or 5 items")?;
     let shape: Vec<usize> = shape
         .items()
         .ok_or("ndarray shape is not a tuple")?
@@ -237,7 +271,7 @@ fn ndarray(state: &Value) -> Result<NpyArray, String> {
 }
 
 /// `numpy.dtype("f8", ...)` with state `(3, "<", ...)` → `"<f8"`.
-fn dtype_descr(dtype: &Value) -> Result<String, String> {
+fn dtype_descr(dtype: &Value) -> Result<String, PickledArrayError> {
     let Value::Object(o) = dtype else {
         return Err("ndarray dtype is not a numpy.dtype".into());
     };
@@ -259,7 +293,7 @@ fn dtype_descr(dtype: &Value) -> Result<String, String> {
     Ok(format!("{endian}{code}"))
 }
 
-fn sparse_to_dense(state: &Value, column_major: bool) -> Result<NpyArray, String> {
+fn sparse_to_dense(state: &Value, column_major: bool) -> Result<NpyArray, PickledArrayError> {
     let shape = state
         .get("_shape")
         .or_else(|| state.get("shape"))
@@ -270,7 +304,7 @@ fn sparse_to_dense(state: &Value, column_major: bool) -> Result<NpyArray, String
         return Err("sparse matrix shape is not 2-D".into());
     }
     let (rows, cols) = (rows as usize, cols as usize);
-    let part = |k: &str| -> Result<Vec<f64>, String> {
+    let part = |k: &str| -> Result<Vec<f64>, PickledArrayError> {
         to_array(&state.get(k).ok_or(format!("sparse matrix without `{k}`"))?).map(|a| a.values)
     };
     let (data, indices, indptr) = (part("data")?, part("indices")?, part("indptr")?);

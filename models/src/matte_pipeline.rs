@@ -21,7 +21,7 @@ use mlx_rs::{ops, Array, Dtype};
 use crate::checked_weights::Weights;
 use crate::corridorkey::{network_input, CorridorKey, CorridorKeyConfig};
 use crate::image::RgbImage;
-use crate::model_files::LoadError;
+use crate::model_files::{optional_config, required_file, LoadError, ModelFilesError};
 use crate::nn::Result;
 use crate::resample::resize_bilinear;
 
@@ -39,23 +39,10 @@ pub const MATTE_CONFIG: &str = "corridorkey_config.json";
 impl MatteModelFiles {
     /// A models folder: the weights, and optionally their config (the
     /// published hiera_base_plus model otherwise, run at `img_size`).
-    pub fn from_dir(dir: &Path, img_size: i32) -> std::result::Result<Self, String> {
-        let weights = dir.join(MATTE_WEIGHTS);
-        if !weights.is_file() {
-            return Err(format!(
-                "{} has no {MATTE_WEIGHTS} (the matte route's CorridorKey weights)",
-                dir.display()
-            ));
-        }
-        let config_path = dir.join(MATTE_CONFIG);
-        let mut config = if config_path.is_file() {
-            let text = std::fs::read_to_string(&config_path)
-                .map_err(|e| format!("{}: {e}", config_path.display()))?;
-            serde_json::from_str::<CorridorKeyConfig>(&text)
-                .map_err(|e| format!("{}: {e}", config_path.display()))?
-        } else {
-            CorridorKeyConfig::base_plus(img_size)
-        };
+    pub fn from_dir(dir: &Path, img_size: i32) -> std::result::Result<Self, ModelFilesError> {
+        let weights = required_file(dir, MATTE_WEIGHTS, "the matte route's CorridorKey weights")?;
+        let mut config =
+            optional_config(dir, MATTE_CONFIG, || CorridorKeyConfig::base_plus(img_size))?;
         config.img_size = img_size;
         Ok(MatteModelFiles { config, weights })
     }

@@ -12,8 +12,38 @@ pub enum NpzError {
     Io(#[from] std::io::Error),
     #[error("not a zip archive: {0}")]
     Zip(#[from] zip::result::ZipError),
-    #[error("{name}: {reason}")]
-    Npy { name: String, reason: String },
+    #[error("{name}: {source}")]
+    Npy {
+        name: String,
+        #[source]
+        source: NpyError,
+    },
+}
+
+/// Why bytes are not an `.npy` array this reader can decode.
+#[derive(Debug, thiserror::Error)]
+pub enum NpyError {
+    #[error("not an .npy array (bad magic)")]
+    BadMagic,
+    #[error("unsupported .npy version {0}")]
+    Version(u8),
+    #[error("truncated header")]
+    TruncatedHeader,
+    #[error("header is not text")]
+    HeaderNotText,
+    #[error("header has no {0}")]
+    MissingKey(&'static str),
+    #[error("bad shape {0}")]
+    Shape(String),
+    #[error("unsupported dtype {0}")]
+    Dtype(String),
+    #[error("data holds {got} bytes, shape {shape:?} of {descr} needs {needed}")]
+    ShortData {
+        got: usize,
+        shape: Vec<usize>,
+        descr: String,
+        needed: usize,
+    },
 }
 
 /// One array: its shape and its values widened to f64 (exact for every
@@ -46,9 +76,9 @@ pub fn read_npz(path: &Path) -> Result<HashMap<String, NpyArray>, NpzError> {
         };
         let mut bytes = Vec::with_capacity(member.size() as usize);
         member.read_to_end(&mut bytes)?;
-        let array = parse_npy(&bytes).map_err(|reason| NpzError::Npy {
+        let array = parse_npy(&bytes).map_err(|source| NpzError::Npy {
             name: name.clone(),
-            reason,
+            source,
         })?;
         out.insert(name, array);
     }
@@ -57,26 +87,27 @@ pub fn read_npz(path: &Path) -> Result<HashMap<String, NpyArray>, NpzError> {
 
 /// Parses NPY format versions 1–3 (little- or big-endian numbers, C or
 /// Fortran order; Fortran arrays are returned in C order).
-pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
+pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, NpyError> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err("not an .npy array (bad magic)".into());
+        return Err(NpyError::BadMagic);
     }
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
         2 | 3 => {
-            let b = bytes.get(8..12).ok_or("truncated header")?;
+            let b = bytes.get(8..12).ok_or(NpyError::TruncatedHeader)?;
             (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize, 12)
         }
-        v => return Err(format!("unsupported .npy version {v}")),
+        v => return Err(NpyError::Version(v)),
     };
     let header = bytes
         .get(start..start + header_len)
-        .ok_or("truncated header")?;
-    let header = std::str::from_utf8(header).map_err(|_| "header is not text")?;
-    let descr = dict_value(header, "descr").ok_or("header has no descr")?;
+        .ok_or(NpyError::TruncatedHeader)?;
+    let header = std::str::from_utf8(header).map_err(|_| NpyError::HeaderNotText)?;
+    let descr = dict_value(header, "descr").ok_or(NpyError::MissingKey("descr"))?;
     let descr = descr.trim_matches(|c| c == '\'' || c == '"');
-    let fortran = dict_value(header, "fortran_order").ok_or("header has no fortran_order")?;
-    let shape_text = dict_value(header, "shape").ok_or("header has no shape")?;
+    let fortran =
+        dict_value(header, "fortran_order").ok_or(NpyError::MissingKey("fortran_order"))?;
+    let shape_text = dict_value(header, "shape").ok_or(NpyError::MissingKey("shape"))?;
     let shape: Vec<usize> = shape_text
         .trim_matches(|c| c == '(' || c == ')')
         .split(',')
@@ -84,7 +115,7 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
         .filter(|s| !s.is_empty())
         .map(|s| {
             s.parse::<usize>()
-                .map_err(|_| format!("bad shape {shape_text}"))
+                .map_err(|_| NpyError::Shape(shape_text.into()))
         })
         .collect::<Result<_, _>>()?;
     let data = &bytes[start + header_len..];
@@ -99,24 +130,25 @@ pub fn decode_values(
     data: &[u8],
     shape: &[usize],
     fortran: bool,
-) -> Result<Vec<f64>, String> {
+) -> Result<Vec<f64>, NpyError> {
     let count: usize = shape.iter().product();
     let (endian, kind) = descr.split_at(1);
     let little = match endian {
         "<" | "|" | "=" => true,
         ">" => false,
-        _ => return Err(format!("unsupported dtype {descr}")),
+        _ => return Err(NpyError::Dtype(descr.into())),
     };
     let size: usize = kind
         .get(1..)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("unsupported dtype {descr}"))?;
+        .ok_or_else(|| NpyError::Dtype(descr.into()))?;
     if data.len() < count * size {
-        return Err(format!(
-            "data holds {} bytes, shape {shape:?} of {descr} needs {}",
-            data.len(),
-            count * size
-        ));
+        return Err(NpyError::ShortData {
+            got: data.len(),
+            shape: shape.to_vec(),
+            descr: descr.into(),
+            needed: count * size,
+        });
     }
     let word = |chunk: &[u8]| -> [u8; 8] {
         let mut w = [0u8; 8];
@@ -142,7 +174,7 @@ pub fn decode_values(
             })
             .collect(),
         ("u", 1 | 2 | 4 | 8) | ("b", 1) => chunks.map(|w| u64::from_le_bytes(w) as f64).collect(),
-        _ => return Err(format!("unsupported dtype {descr}")),
+        _ => return Err(NpyError::Dtype(descr.into())),
     };
     Ok(if fortran && shape.len() > 1 {
         fortran_to_c(&values, shape)
@@ -281,8 +313,8 @@ mod tests {
     #[test]
     fn rejects_short_data_and_unknown_dtypes() {
         let e = parse_npy(&npy("<f4", false, "(4,)", &[0u8; 8])).unwrap_err();
-        assert!(e.contains("needs 16"), "{e}");
+        assert!(e.to_string().contains("needs 16"), "{e}");
         let e = parse_npy(&npy("<c8", false, "(1,)", &[0u8; 8])).unwrap_err();
-        assert!(e.contains("unsupported dtype"), "{e}");
+        assert!(e.to_string().contains("unsupported dtype"), "{e}");
     }
 }

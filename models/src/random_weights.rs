@@ -9,6 +9,7 @@ use mlx_rs::{ops, Array, Dtype};
 use serde::Deserialize;
 
 use crate::checked_weights::{WeightError, Weights, SYNTHETIC_METADATA_KEY};
+use crate::model_files::{read_json, JsonFileError};
 use crate::nn::Result;
 
 /// One tensor of a manifest (`*_keys.json`: name → {shape, dtype}).
@@ -20,9 +21,8 @@ pub struct TensorSpec {
 
 pub type Manifest = BTreeMap<String, TensorSpec>;
 
-pub fn read_manifest(path: &Path) -> std::result::Result<Manifest, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+pub fn read_manifest(path: &Path) -> std::result::Result<Manifest, JsonFileError> {
+    read_json(path)
 }
 
 /// Seeded random tensors for every manifest entry. Values are chosen so a

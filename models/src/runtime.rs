@@ -138,26 +138,56 @@ fn device_info(device: mlx_sys::mlx_device) -> Vec<(String, String)> {
     out
 }
 
+/// What [`self_check`] found wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum SelfCheckError {
+    #[error("{op}: {source}")]
+    Mlx {
+        op: &'static str,
+        #[source]
+        source: mlx_rs::error::Exception,
+    },
+    #[error("{op} shape {got:?}, expected {want:?}")]
+    Shape {
+        op: &'static str,
+        got: Vec<i32>,
+        want: Vec<i32>,
+    },
+    /// `at`: the element's index, e.g. `1,0`.
+    #[error("{op}[{at}] = {got}, expected {want}")]
+    Value {
+        op: &'static str,
+        at: String,
+        got: f32,
+        want: f32,
+    },
+}
+
 /// A tiny matmul and NHWC convolution on the default device, compared with
 /// the same sums done in plain Rust. Proves that libmlx loaded, that its BLAS
 /// and convolution paths run, and that results come back through mlx-rs.
-pub fn self_check() -> Result<(), String> {
+pub fn self_check() -> Result<(), SelfCheckError> {
     use mlx_rs::{ops, Array};
 
-    let fail = |what: &str, e: mlx_rs::error::Exception| format!("{what}: {e}");
+    let fail = |op: &'static str| move |source| SelfCheckError::Mlx { op, source };
     // matmul: (3,4) x (4,2)
     let a: Vec<f32> = (0..12).map(|i| i as f32 * 0.5 - 2.0).collect();
     let b: Vec<f32> = (0..8).map(|i| 1.0 - i as f32 * 0.25).collect();
     let c = Array::from_slice(&a, &[3, 4])
         .matmul(Array::from_slice(&b, &[4, 2]))
-        .map_err(|e| fail("matmul", e))?;
-    c.eval().map_err(|e| fail("matmul", e))?;
+        .map_err(fail("matmul"))?;
+    c.eval().map_err(fail("matmul"))?;
     for i in 0..3 {
         for j in 0..2 {
             let want: f32 = (0..4).map(|k| a[i * 4 + k] * b[k * 2 + j]).sum();
             let got = c.as_slice::<f32>()[i * 2 + j];
             if (got - want).abs() > 1e-4 {
-                return Err(format!("matmul[{i},{j}] = {got}, expected {want}"));
+                return Err(SelfCheckError::Value {
+                    op: "matmul",
+                    at: format!("{i},{j}"),
+                    got,
+                    want,
+                });
             }
         }
     }
@@ -172,13 +202,14 @@ pub fn self_check() -> Result<(), String> {
         None,
         None,
     )
-    .map_err(|e| fail("conv2d", e))?;
-    y.eval().map_err(|e| fail("conv2d", e))?;
+    .map_err(fail("conv2d"))?;
+    y.eval().map_err(fail("conv2d"))?;
     if y.shape() != [1, 4, 4, 3] {
-        return Err(format!(
-            "conv2d shape {:?}, expected [1, 4, 4, 3]",
-            y.shape()
-        ));
+        return Err(SelfCheckError::Shape {
+            op: "conv2d",
+            got: y.shape().to_vec(),
+            want: vec![1, 4, 4, 3],
+        });
     }
     let ys = y.as_slice::<f32>();
     for oy in 0..4i32 {
@@ -199,7 +230,12 @@ pub fn self_check() -> Result<(), String> {
                 }
                 let got = ys[((oy * 4 + ox) * 3) as usize + o];
                 if (got - want).abs() > 1e-4 {
-                    return Err(format!("conv2d[{oy},{ox},{o}] = {got}, expected {want}"));
+                    return Err(SelfCheckError::Value {
+                        op: "conv2d",
+                        at: format!("{oy},{ox},{o}"),
+                        got,
+                        want,
+                    });
                 }
             }
         }

@@ -19,6 +19,17 @@ pub struct CheckpointError {
     pub reason: String,
 }
 
+/// Why a tensor cannot be rebuilt from its storage.
+#[derive(Debug, thiserror::Error)]
+enum TensorError {
+    #[error("the tensor reaches past its storage")]
+    PastStorage,
+    #[error("dtype {0:?} is not read")]
+    Dtype(Dtype),
+    #[error(transparent)]
+    Mlx(#[from] mlx_rs::error::Exception),
+}
+
 /// The element type of a storage class (`torch.FloatStorage`, ...).
 fn storage_dtype(class: &str) -> Option<(Dtype, usize)> {
     Some(match class {
@@ -128,7 +139,7 @@ impl TensorRef {
     }
 
     /// Gathers the elements in row-major order (any strides).
-    fn build(&self, storage: &[u8]) -> Result<Array, String> {
+    fn build(&self, storage: &[u8]) -> Result<Array, TensorError> {
         let n: usize = self.size.iter().product();
         let mut bytes = Vec::with_capacity(n * self.item);
         let mut index = vec![0usize; self.size.len()];
@@ -140,11 +151,7 @@ impl TensorRef {
                     .map(|(i, s)| i * s)
                     .sum::<usize>();
             let range = at * self.item..(at + 1) * self.item;
-            bytes.extend_from_slice(
-                storage
-                    .get(range)
-                    .ok_or("the tensor reaches past its storage")?,
-            );
+            bytes.extend_from_slice(storage.get(range).ok_or(TensorError::PastStorage)?);
             for d in (0..index.len()).rev() {
                 index[d] += 1;
                 if index[d] < self.size[d] {
@@ -186,9 +193,7 @@ impl TensorRef {
                     .chunks_exact(2)
                     .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                     .collect();
-                Array::from_slice(&v, &shape)
-                    .as_dtype(Dtype::Bfloat16)
-                    .map_err(|e| e.to_string())?
+                Array::from_slice(&v, &shape).as_dtype(Dtype::Bfloat16)?
             }
             Dtype::Int64 => {
                 let v: Vec<i64> = bytes
@@ -209,7 +214,7 @@ impl TensorRef {
                 let v: Vec<bool> = bytes.iter().map(|&b| b != 0).collect();
                 Array::from_slice(&v, &shape)
             }
-            other => return Err(format!("dtype {other:?} is not read")),
+            other => return Err(TensorError::Dtype(other)),
         })
     }
 }
