@@ -15,7 +15,7 @@ use posed_models::hand_detector::{select_detections, DetectorConfig};
 use posed_models::hand_pipeline::HandEstimate;
 use posed_models::image::{crop_hand, letterbox, HandCrop, RgbImage};
 use posed_models::mano::Mano;
-use posed_models::synth;
+use posed_models::random_weights;
 use prost::Message;
 
 fn decode_and_warps(c: &mut Criterion) {
@@ -83,7 +83,11 @@ fn nms(c: &mut Criterion) {
 }
 
 fn mano(c: &mut Criterion) {
-    let mano = Mano::from_arrays("synthetic", &synth::npy_map(synth::synthetic_mano(1))).unwrap();
+    let mano = Mano::from_arrays(
+        "synthetic",
+        &random_weights::npy_map(random_weights::synthetic_mano(1)),
+    )
+    .unwrap();
     let eye: Vec<f32> = (0..2 * 16)
         .flat_map(|_| [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])
         .collect();

@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mlx_rs::Array;
+use posed_models::checked_weights::Weights;
 use posed_models::hand_detector::{DetectorConfig, HandDetector};
 use posed_models::mano::Mano;
-use posed_models::synth;
-use posed_models::weights::Weights;
+use posed_models::random_weights;
 use posed_models::wilor::{Wilor, WilorConfig};
 
 fn main() {
@@ -37,10 +37,11 @@ fn main() {
         device.name().unwrap_or("")
     );
 
-    let manifest = synth::read_manifest(&fixtures.join("wilor_full_keys.json")).unwrap();
-    let mut tensors = synth::random_tensors(&manifest, 7).unwrap();
+    let manifest = random_weights::read_manifest(&fixtures.join("wilor_full_keys.json")).unwrap();
+    let mut tensors = random_weights::random_tensors(&manifest, 7).unwrap();
     if int4 {
-        synth::quantize_linears(&mut tensors, 32, |p| p.starts_with("backbone.blocks.")).unwrap();
+        random_weights::quantize_linears(&mut tensors, 32, |p| p.starts_with("backbone.blocks."))
+            .unwrap();
     }
     let w = Weights::from_tensors("synthetic", tensors, Default::default());
     let mano = Mano::from_npz(&fixtures.join("mano.npz")).unwrap();
@@ -61,10 +62,10 @@ fn main() {
         &times,
     );
 
-    let manifest = synth::read_manifest(&fixtures.join("detector_m_keys.json")).unwrap();
+    let manifest = random_weights::read_manifest(&fixtures.join("detector_m_keys.json")).unwrap();
     let w = Weights::from_tensors(
         "synthetic",
-        synth::random_tensors(&manifest, 3).unwrap(),
+        random_weights::random_tensors(&manifest, 3).unwrap(),
         Default::default(),
     );
     let det = HandDetector::new(DetectorConfig::yolov8m(), &w).unwrap();

@@ -4,7 +4,7 @@ use posed_models::runtime;
 
 /// The facts `posed doctor` prints, gathered without side effects beyond a
 /// tiny MLX computation.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Report {
     pub posed_version: &'static str,
     pub rustc_version: &'static str,
@@ -12,7 +12,7 @@ pub struct Report {
     pub device: runtime::DeviceReport,
     pub backends: runtime::Backends,
     pub blas: Option<String>,
-    pub self_check: Result<(), String>,
+    pub self_check: Result<(), runtime::SelfCheckError>,
 }
 
 pub fn report() -> Report {

@@ -596,11 +596,13 @@ async fn weights_fetch_converts_the_person_detector_checkpoint() {
     use posed_models::rtmdet::{Rtmdet, RtmdetConfig};
     let dir = tempfile::tempdir().unwrap();
     let layout =
-        posed_models::synth::layout_of(|w| Rtmdet::new(RtmdetConfig::m(), w).map(drop)).unwrap();
-    let mut tensors: Vec<(String, mlx_rs::Array)> = posed_models::synth::random_tensors(&layout, 3)
-        .unwrap()
-        .into_iter()
-        .collect();
+        posed_models::random_weights::layout_of(|w| Rtmdet::new(RtmdetConfig::m(), w).map(drop))
+            .unwrap();
+    let mut tensors: Vec<(String, mlx_rs::Array)> =
+        posed_models::random_weights::random_tensors(&layout, 3)
+            .unwrap()
+            .into_iter()
+            .collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let pth = dir.path().join("rtmdet_m.pth");
     posed_models::torch_checkpoint::write_state_dict(&pth, &tensors).unwrap();
@@ -648,7 +650,7 @@ async fn weights_fetch_converts_the_person_detector_checkpoint() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(converted.len(), 1);
-    let w = posed_models::weights::Weights::from_file(&converted[0]).unwrap();
+    let w = posed_models::checked_weights::Weights::from_file(&converted[0]).unwrap();
     Rtmdet::new(RtmdetConfig::m(), &w).unwrap();
     w.finish()
         .expect("the converted checkpoint is exactly RTMDet-m");

@@ -52,7 +52,8 @@ pub enum RouteError {
     BadFrame { width: usize, height: usize },
     #[error("MLX: {0}")]
     Mlx(#[from] mlx_rs::error::Exception),
-    #[error("loading the models: {0:#}")]
+    /// Its models failed to load (the message says which file, why).
+    #[error("{0:#}")]
     Load(anyhow::Error),
 }
 

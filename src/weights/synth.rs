@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use mlx_rs::Array;
 use posed_models::hand_detector::DetectorConfig;
-use posed_models::synth;
+use posed_models::random_weights;
 use posed_models::wilor::WilorConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -53,7 +53,7 @@ pub fn synth_hands(
         Size::Tiny => (DetectorConfig::yolov8n(), WilorConfig::tiny()),
     };
     let (detector_layout, wilor_layout) =
-        synth::hand_layouts(&detector, &wilor).context("deriving the layouts")?;
+        random_weights::hand_layouts(&detector, &wilor).context("deriving the layouts")?;
     for (layout, file, what, int4) in [
         (
             &detector_layout,
@@ -68,14 +68,16 @@ pub fn synth_hands(
             variant == Variant::Int4,
         ),
     ] {
-        let mut tensors = synth::random_tensors(layout, seed).context("generating weights")?;
+        let mut tensors =
+            random_weights::random_tensors(layout, seed).context("generating weights")?;
         if int4 {
-            let n = synth::quantize_linears(&mut tensors, 32, synth::is_int4_layer)?;
+            let n =
+                random_weights::quantize_linears(&mut tensors, 32, random_weights::is_int4_layer)?;
             if n == 0 {
                 bail!("no Linear of this size can be quantized at group size 32");
             }
         }
-        let mut metadata = synth::synthetic_metadata(what, seed);
+        let mut metadata = random_weights::synthetic_metadata(what, seed);
         metadata.insert("posed.variant".into(), variant.name().into());
         let target = out.join(file);
         Array::save_safetensors(
@@ -112,7 +114,7 @@ pub fn synth_hands(
             println!("converted {} to {}", src.display(), mano_out.display());
         }
         None => {
-            posed_models::npz::write_npz(&mano_out, &synth::synthetic_mano(seed))?;
+            posed_models::npz::write_npz(&mano_out, &random_weights::synthetic_mano(seed))?;
             println!("wrote {} (synthetic MANO)", mano_out.display());
         }
     }
@@ -128,8 +130,8 @@ pub fn synth_body(out: &Path, seed: u64) -> Result<()> {
     use posed_models::sapiens2::{Sapiens2Config, Sapiens2Pose, Sapiens2Size};
 
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let detector = synth::layout_of(|w| Rtmdet::new(RtmdetConfig::m(), w).map(drop))?;
-    let pose = synth::layout_of(|w| {
+    let detector = random_weights::layout_of(|w| Rtmdet::new(RtmdetConfig::m(), w).map(drop))?;
+    let pose = random_weights::layout_of(|w| {
         Sapiens2Pose::new(Sapiens2Config::pose(Sapiens2Size::B0_4), w).map(drop)
     })?;
     write_random(&detector, &out.join(DETECTOR_WEIGHTS), "rtmdet-m", seed)?;
@@ -137,11 +139,16 @@ pub fn synth_body(out: &Path, seed: u64) -> Result<()> {
 }
 
 /// Random tensors in `layout`, marked synthetic, saved as `target`.
-fn write_random(layout: &synth::Manifest, target: &Path, what: &str, seed: u64) -> Result<()> {
-    let tensors = synth::random_tensors(layout, seed).context("generating weights")?;
+fn write_random(
+    layout: &random_weights::Manifest,
+    target: &Path,
+    what: &str,
+    seed: u64,
+) -> Result<()> {
+    let tensors = random_weights::random_tensors(layout, seed).context("generating weights")?;
     Array::save_safetensors(
         tensors.iter().map(|(k, v)| (k.as_str(), v)),
-        &synth::synthetic_metadata(what, seed),
+        &random_weights::synthetic_metadata(what, seed),
         target,
     )
     .with_context(|| format!("writing {}", target.display()))?;
@@ -161,8 +168,9 @@ pub fn synth_matte(out: &Path, seed: u64) -> Result<()> {
 
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     // The layout does not depend on the run size; a small one builds fast.
-    let layout =
-        synth::layout_of(|w| CorridorKey::new(CorridorKeyConfig::base_plus(64), w).map(drop))?;
+    let layout = random_weights::layout_of(|w| {
+        CorridorKey::new(CorridorKeyConfig::base_plus(64), w).map(drop)
+    })?;
     write_random(&layout, &out.join(MATTE_WEIGHTS), "corridorkey", seed)
 }
 
