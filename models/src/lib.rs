@@ -1,26 +1,41 @@
 //! posed-models: every network of posed in pure mlx-rs. Arrays in, arrays out;
 //! no threads, no I/O beyond reading weight files.
 //!
+//! Networks:
 //! - [`hand_detector`]: YOLOv8-pose hand detector (left/right, 21 keypoints)
 //! - [`wilor`]: WiLoR 3-D hand pose (ViT backbone + RefineNet)
 //! - [`mano`]: the MANO hand model WiLoR drives
-//! - [`rtmdet`]: RTMDet person detector (the body route's first stage)
-//! - [`sapiens2`]: Sapiens2 whole-body pose (308 keypoints), [`topdown`]: its
-//!   crops and heatmap decode
-//! - [`sapiens_demo`]: the Sapiens demo's person filter and top-down settings,
-//!   shared by RTMDet and Sapiens2
-//! - [`body_pipeline`]: person detector → crops → Sapiens2 → keypoints
+//! - [`rtmdet`]: RTMDet person detector with mmdet's letterbox and post-processing
+//! - [`sapiens2`]: Sapiens2 whole-body pose (308 keypoints)
 //! - [`corridorkey`]: CorridorKey green-screen matting (Hiera + heads + refiner)
-//! - [`hand_pipeline`]: detector → crops → WiLoR → image space, stage by stage
-//! - [`image`], [`camera`]: CPU crops, letterbox and camera conversion
-//! - [`nn`], [`rotation`]: blocks shared by the networks
-//! - [`checked_weights`], [`npz`], [`torch_checkpoint`]: loading with key and
-//!   shape validation; NumPy archives and PyTorch `.pth` files read without
-//!   Python
+//!
+//! Routes, stage by stage, and their glue:
+//! - [`hand_pipeline`]: detector → crops → WiLoR → image space
+//! - [`body_pipeline`]: person detector → crops → Sapiens2 → keypoints
+//! - [`matte_pipeline`]: frame and hint → CorridorKey → alpha and foreground
+//! - [`topdown`]: the body route's person crops and heatmap decode
+//! - [`sapiens_demo`]: the Sapiens demo's person filter and top-down settings
+//!
+//! Shared building blocks:
+//! - [`nn`]: layers, ops, transformer blocks and host read-back
+//! - [`rotation`]: 6-D → rotation matrix → axis-angle
+//! - [`camera`]: the crop's weak-perspective camera → the full image's camera
+//! - [`image`]: CPU letterbox and hand crops
+//! - [`resample`]: antialiased bilinear resize of MLX arrays
+//! - [`runtime`]: the loaded MLX: version, devices, memory, a self-check
+//!
+//! Files:
+//! - [`checked_weights`]: weights resolved by name, every key, shape and dtype checked
 //! - [`random_weights`]: random weights in a published layout, marked synthetic
-//! - [`model_files`]: JSON configs and the errors of loading a route's networks
-//! - [`parity`]: parity runs against the PyTorch reference outputs (the
-//!   networks never import it)
+//! - [`model_files`]: a route's models folder and JSON configs; loading errors
+//! - [`npz`]: NumPy `.npy` and `.npz` read and written without Python
+//! - [`pickle`]: a pickle reader that runs no pickled code
+//! - [`torch_checkpoint`]: PyTorch `.pth` checkpoints read and written
+//! - [`mano_convert`]: the official MANO pickle → `mano.npz`
+//!
+//! Checks:
+//! - [`parity`]: runs against the PyTorch reference outputs (the networks never
+//!   import it)
 
 pub mod body_pipeline;
 pub mod camera;

@@ -100,7 +100,10 @@ mod tests {
     fn missing_files_and_bad_configs_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let e = required_file(dir.path(), "w.safetensors", "the weights").unwrap_err();
-        let want = format!("{} has no w.safetensors (the weights)", dir.path().display());
+        let want = format!(
+            "{} has no w.safetensors (the weights)",
+            dir.path().display()
+        );
         assert_eq!(e.to_string(), want);
 
         assert_eq!(optional_config(dir.path(), "c.json", || 7).unwrap(), 7);
@@ -108,6 +111,9 @@ mod tests {
         let e = optional_config::<i32>(dir.path(), "c.json", || 7).unwrap_err();
         let path = dir.path().join("c.json").display().to_string();
         assert!(e.to_string().starts_with(&format!("{path}: ")), "{e}");
-        assert!(std::error::Error::source(&e).is_some(), "the parse error is kept");
+        assert!(
+            std::error::Error::source(&e).is_some(),
+            "the parse error is kept"
+        );
     }
 }

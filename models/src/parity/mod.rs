@@ -1,7 +1,8 @@
 //! Parity runs: a model on a fixture folder's inputs, its outputs compared
 //! with what the upstream PyTorch implementation produced. The runners live
-//! here, one file per route ([`hands`], [`body`], [`matte`]); the networks
-//! know nothing of them.
+//! here, one file per route (`hands.rs`, [`body`], `matte.rs`; `body` is
+//! public for its fixture's Sapiens2 network); the networks know nothing of
+//! them.
 //!
 //! A fixture folder holds `<model>_weights.safetensors`, `<model>_config.json`
 //! and `<model>_io.safetensors` whose tensors are named `input.*`, `output.*`
