@@ -1,0 +1,2 @@
+//! Conversion and MJPEG decode timings. (Being written: see the capture issue.)
+fn main() {}

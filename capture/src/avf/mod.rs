@@ -1,0 +1,1 @@
+//! macOS capture through AVFoundation. (Being written: see the capture issue.)

@@ -1,0 +1,1 @@
+//! MJPEG frames to RGB. (Being written: see the capture issue.)
