@@ -11,6 +11,7 @@
 //! - [`session`]: the capture loop's state machine (permission, open,
 //!   stream, stall, reconnect with backoff, stop).
 
+pub mod apple;
 pub mod clock;
 pub mod convert;
 pub mod fake;

@@ -1,0 +1,1 @@
+//! Platform-neutral pieces of the AVFoundation backend. (Being written: see the capture issue.)
