@@ -52,7 +52,10 @@ mod tests {
     use super::*;
 
     fn clocks() -> (Instant, SystemTime) {
-        (Instant::now(), SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
+        (
+            Instant::now(),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+        )
     }
 
     #[test]
@@ -66,7 +69,10 @@ mod tests {
         );
         assert_eq!(c.queue, Duration::from_millis(33));
         assert_eq!(now - c.instant, Duration::from_millis(33));
-        assert_eq!(sys.duration_since(c.system).unwrap(), Duration::from_millis(33));
+        assert_eq!(
+            sys.duration_since(c.system).unwrap(),
+            Duration::from_millis(33)
+        );
     }
 
     #[test]
@@ -90,12 +96,7 @@ mod tests {
     #[test]
     fn an_age_of_exactly_the_limit_is_believed() {
         let (now, sys) = clocks();
-        let c = captured_at(
-            Some(Duration::ZERO),
-            MAX_BELIEVED_AGE,
-            now,
-            sys,
-        );
+        let c = captured_at(Some(Duration::ZERO), MAX_BELIEVED_AGE, now, sys);
         assert_eq!(c.queue, MAX_BELIEVED_AGE);
     }
 }

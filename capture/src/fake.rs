@@ -41,6 +41,7 @@ struct Shared {
     calls: Vec<Call>,
 }
 
+#[derive(Debug, Clone)]
 pub struct FakeBackend {
     /// Answers to `permission()`; the last repeats.
     pub permissions: VecDeque<Permission>,
@@ -55,7 +56,7 @@ pub struct FakeBackend {
 }
 
 /// A handle on the calls a [`FakeBackend`] received.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Calls(Arc<Mutex<Shared>>);
 
 impl Calls {
@@ -78,12 +79,16 @@ impl FakeBackend {
     }
 
     fn log(&self, call: Call) {
-        self.shared.lock().expect("fake calls lock").calls.push(call);
+        self.shared
+            .lock()
+            .expect("fake calls lock")
+            .calls
+            .push(call);
     }
 }
 
-/// A 4x2 BGRA camera at 30 fps (tiny frames, real conversion).
-pub fn bgra_camera(name: &str) -> Device {
+/// A BGRA camera of one size at 30 fps.
+pub fn bgra_camera(name: &str, size: Size) -> Device {
     Device {
         id: format!("fake:{name}"),
         name: name.to_owned(),
@@ -92,13 +97,11 @@ pub fn bgra_camera(name: &str) -> Device {
             fourcc: "BGRA".to_owned(),
             format: Some(PixelFormat::Bgra),
             range: None,
-            sizes: Sizes::One(FAKE_SIZE),
+            sizes: Sizes::One(size),
             rates: vec![Rates::exactly(Interval::new(1, 30))],
         }],
     }
 }
-
-pub const FAKE_SIZE: Size = Size::new(4, 2);
 
 impl Backend for FakeBackend {
     type Grabber = FakeGrabber;
@@ -128,6 +131,7 @@ impl Backend for FakeBackend {
     ) -> Result<FakeGrabber, CaptureError> {
         self.log(Call::Open(device.name.clone()));
         Ok(FakeGrabber {
+            device: device.name.clone(),
             script: self.scripts.pop_front().unwrap_or_default().into(),
             size: choice.size,
             buffer: Vec::new(),
@@ -140,6 +144,7 @@ impl Backend for FakeBackend {
 }
 
 pub struct FakeGrabber {
+    device: String,
     script: VecDeque<Step>,
     size: Size,
     buffer: Vec<u8>,
@@ -156,14 +161,15 @@ impl Grabber for FakeGrabber {
         use_frame: &mut dyn FnMut(&RawFrame<'_>),
     ) -> Result<bool, CaptureError> {
         let (width, height) = (self.size.width, self.size.height);
-        let bytes = usize::try_from(width * height * 4).expect("fake frames are tiny");
+        let stride = usize::try_from(width).expect("u32 fits usize") * 4;
+        let bytes = stride * usize::try_from(height).expect("u32 fits usize");
         match self.script.pop_front().unwrap_or(Step::Silence) {
             Step::Silence => {
                 std::thread::sleep(timeout);
                 Ok(false)
             }
             Step::Unplug => Err(CaptureError::Disconnected {
-                device: "fake".to_owned(),
+                device: self.device.clone(),
             }),
             Step::Panic => panic!("fake driver bug"),
             step @ (Step::Frames(_) | Step::Truncated) => {
@@ -188,7 +194,7 @@ impl Grabber for FakeGrabber {
                     height,
                     pixels: Pixels::Bgra(Plane {
                         data: &self.buffer,
-                        stride: usize::try_from(width * 4).expect("tiny"),
+                        stride,
                     }),
                     driver_time: driver_now.checked_sub(self.age),
                     driver_now,

@@ -34,7 +34,11 @@ impl fmt::Display for Size {
 pub enum Sizes {
     One(Size),
     /// V4L2 `STEPWISE`/`CONTINUOUS`: every min + k·step up to max.
-    Stepwise { min: Size, max: Size, step: Size },
+    Stepwise {
+        min: Size,
+        max: Size,
+        step: Size,
+    },
 }
 
 impl Sizes {
@@ -58,7 +62,7 @@ impl Sizes {
             Sizes::Stepwise { min, max, step } => {
                 let snap = |v: u32, lo: u32, hi: u32, step: u32| {
                     let step = step.max(1);
-                    let k = (v.clamp(lo, hi) - lo + step / 2) / step;
+                    let k = (v.clamp(lo, hi) - lo + (step - 1) / 2) / step;
                     (lo + k * step).min(hi)
                 };
                 Size::new(
@@ -206,7 +210,13 @@ pub struct Mode {
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rates: Vec<String> = self.rates.iter().map(Rates::to_string).collect();
-        write!(f, "{} {} @ {} fps", self.sizes, self.fourcc, rates.join(", "))
+        write!(
+            f,
+            "{} {} @ {} fps",
+            self.sizes,
+            self.fourcc,
+            rates.join(", ")
+        )
     }
 }
 
@@ -270,7 +280,9 @@ fn accepted_formats(formats: &[PixelFormat]) -> String {
 /// full range (no values lost to the video-range clamp).
 pub fn negotiate(device: &str, modes: &[Mode], want: &Want) -> Result<Choice, NoMatch> {
     let preference = |m: &Mode| {
-        let format = m.format.and_then(|f| want.formats.iter().position(|&w| w == f));
+        let format = m
+            .format
+            .and_then(|f| want.formats.iter().position(|&w| w == f));
         format.map(|rank| (rank, m.range != Some(YuvRange::Full)))
     };
     let best = modes
@@ -302,21 +314,26 @@ pub fn negotiate(device: &str, modes: &[Mode], want: &Want) -> Result<Choice, No
     })
 }
 
-/// The three offered modes nearest to what was asked, by size, then rate.
+/// The three offered modes nearest to what was asked, by size, then rate;
+/// each mode at its rate nearest the one asked for.
 fn closest(modes: &[Mode], want: &Want) -> Vec<String> {
+    let fps = f64::from(want.fps);
     let mut offers: Vec<(f64, String)> = Vec::new();
     for m in modes.iter().filter(|m| m.format.is_some()) {
         let size = m.sizes.nearest(want.size);
         let size_miss = f64::from(size.width.abs_diff(want.size.width))
             + f64::from(size.height.abs_diff(want.size.height));
-        let fps = f64::from(want.fps);
-        for r in &m.rates {
-            let fps_miss = r.distance(fps);
-            // A pixel of size off weighs about as much as 0.1 fps off.
-            let score = size_miss + fps_miss * 10.0;
-            let text = format!("{size}@{} {}", Fps(r.nearest(fps)), m.fourcc);
-            offers.push((score, text));
-        }
+        let Some(rates) = m
+            .rates
+            .iter()
+            .min_by(|a, b| a.distance(fps).total_cmp(&b.distance(fps)))
+        else {
+            continue;
+        };
+        // A pixel of size off weighs about as much as 0.1 fps off.
+        let score = size_miss + rates.distance(fps) * 10.0;
+        let text = format!("{size}@{} {}", Fps(rates.nearest(fps)), m.fourcc);
+        offers.push((score, text));
     }
     offers.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
     let mut out: Vec<String> = Vec::new();

@@ -183,7 +183,12 @@ impl<B: Backend> Session<B> {
     }
 
     /// Open the configured camera and deliver frames until something ends it.
-    fn stream(&mut self, stop: &AtomicBool, observer: &mut dyn Observer, delivered: &mut bool) -> End {
+    fn stream(
+        &mut self,
+        stop: &AtomicBool,
+        observer: &mut dyn Observer,
+        delivered: &mut bool,
+    ) -> End {
         let config = &self.config;
         observer.state(CameraState::Opening, &config.device);
         let devices = match self.backend.devices() {
