@@ -42,10 +42,15 @@ test: setup
 	$(CARGO) test --workspace --no-fail-fast
 	$(CARGO) test --features cpu-profile --test cpu_profile
 
+# On Linux, lint also type-checks the AVFoundation backend for Apple Silicon
+# (--lib only: a dev-dependency's C code needs the macOS SDK).
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --workspace --all-targets --features cpu-profile -- -D warnings
+ifeq ($(shell uname -s),Linux)
+	CC_aarch64_apple_darwin=clang AR_aarch64_apple_darwin=llvm-ar $(CARGO) clippy -p posed-capture --lib --target aarch64-apple-darwin -- -D warnings
+endif
 
 fmt:
 	$(CARGO) fmt --all

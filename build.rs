@@ -7,6 +7,25 @@ fn main() {
     link_mlx::link_mlx_runtime();
     record_rustc_version();
     compile_protos();
+    embed_info_plist();
+}
+
+/// macOS grants cameras to a binary by its Info.plist; a bare executable
+/// carries it in a `__TEXT,__info_plist` section (see deploy/launchd/).
+fn embed_info_plist() {
+    let template = "deploy/launchd/Info.plist";
+    println!("cargo:rerun-if-changed={template}");
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("macos") {
+        return;
+    }
+    let text = std::fs::read_to_string(template).expect("reading deploy/launchd/Info.plist");
+    let version = std::env::var("CARGO_PKG_VERSION").expect("CARGO_PKG_VERSION");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("Info.plist");
+    std::fs::write(&out, text.replace("@POSED_VERSION@", &version)).expect("writing Info.plist");
+    println!(
+        "cargo:rustc-link-arg-bin=posed=-Wl,-sectcreate,__TEXT,__info_plist,{}",
+        out.display()
+    );
 }
 
 /// `posed doctor` reports the compiler that built it.

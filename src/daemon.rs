@@ -259,25 +259,27 @@ fn source_specs(config: &Config) -> Vec<server::SourceSpec> {
             },
         });
     }
-    #[cfg(feature = "camera")]
     if config.camera.enabled {
         specs.push(server::SourceSpec::Camera {
             id: "camera".into(),
-            config: crate::sources::camera::CameraConfig {
-                device: config.camera.device.clone(),
-                width: config.camera.width,
-                height: config.camera.height,
-                fps: config.camera.fps,
-            },
+            config: camera_config(config),
+            backend: crate::sources::camera::CameraBackend::Platform,
         });
     }
-    #[cfg(not(feature = "camera"))]
-    if config.camera.enabled {
-        tracing::error!(
-            "camera.enabled is set but this build has no camera support (cargo feature `camera`)"
-        );
-    }
     specs
+}
+
+/// The camera source's settings from `[camera]`.
+pub fn camera_config(config: &Config) -> crate::sources::camera::CameraConfig {
+    let c = &config.camera;
+    crate::sources::camera::CameraConfig {
+        device: c.device.clone(),
+        width: c.width,
+        height: c.height,
+        fps: c.fps,
+        formats: c.formats.clone(),
+        pin_frame_rate: c.pin_frame_rate,
+    }
 }
 
 /// SIGTERM (launchd, systemd) or SIGINT (a terminal).

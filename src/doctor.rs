@@ -45,12 +45,39 @@ pub fn run() -> anyhow::Result<()> {
         yes_no(r.backends.cuda)
     );
     println!("blas         {}", r.blas.as_deref().unwrap_or("-"));
+    print_camera();
     match &r.self_check {
         Ok(()) => {
             println!("self-check   ok (matmul 3x4x2, conv2d 4x4 NHWC/OHWI)");
             Ok(())
         }
         Err(e) => anyhow::bail!("doctor: MLX self-check failed: {e}"),
+    }
+}
+
+/// Camera access as the daemon would find it, without asking the user.
+fn print_camera() {
+    use posed_capture::Backend;
+    let mut backend = crate::sources::camera::platform_backend();
+    let permission = crate::cameras::permission_line(&backend.permission(false));
+    println!("camera       {permission}");
+    #[cfg(target_os = "macos")]
+    {
+        // What macOS reads from the binary's embedded Info.plist.
+        let id = posed_capture::avf::bundle_identity();
+        println!(
+            "  bundle     {} (usage description {})",
+            id.identifier.as_deref().unwrap_or("none embedded"),
+            if id.camera_usage.is_some() {
+                "embedded"
+            } else {
+                "missing"
+            }
+        );
+    }
+    match backend.devices() {
+        Ok(d) => println!("  cameras    {} (`posed cameras` lists them)", d.len()),
+        Err(e) => println!("  cameras    cannot list: {e}"),
     }
 }
 

@@ -12,7 +12,8 @@
 //! - [`events`]: what every route's event shares; [`tracking`]: track ids
 //! - [`fanout`]: one producer, many subscribers, drop-oldest per subscriber
 //! - [`telemetry`]: per-stage HDR histograms and their exports
-//! - [`sources`]: replay and camera; [`decode`]: pushed images;
+//! - [`sources`]: replay and camera (capture itself is the `posed-capture`
+//!   crate); [`cameras`]: `posed cameras`; [`decode`]: pushed images;
 //!   [`recording`]: frames to disk in the replay layout
 //! - [`smoothing`]: One Euro filters for subscribers
 //! - [`weights`]: finding, fetching, converting and synthesising model files
@@ -24,6 +25,7 @@
 
 pub mod bench;
 pub mod bench_grpc;
+pub mod cameras;
 pub mod client;
 pub mod config;
 pub mod cpu_profile;

@@ -68,8 +68,16 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Report the MLX runtime (version, device, BLAS) and check a few real ops.
+    /// Report the MLX runtime (version, device, BLAS) and check a few real
+    /// ops; report camera access.
     Doctor,
+    /// List the cameras, every mode each offers, and the one the config's
+    /// [camera] section opens (exit 1 when it cannot be opened as asked).
+    Cameras {
+        /// TOML config (defaults, then this file, then POSED_* variables).
+        #[arg(long, env = "POSED_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Weight files.
     #[command(subcommand)]
     Weights(WeightsCommand),
@@ -274,6 +282,11 @@ enum FixtureCommand {
     },
 }
 
+fn cameras(file: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(file.as_deref(), |k| std::env::var(k).ok(), &[])?;
+    posed::cameras::run(&posed::daemon::camera_config(&config))
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut overrides: Vec<(&str, String)> = Vec::new();
     let flags = [
@@ -436,7 +449,10 @@ fn main() -> ExitCode {
     // The commands that run MLX (the clients do not touch it).
     let uses_mlx = !matches!(
         cli.command,
-        Command::Subscribe { .. } | Command::Push { .. } | Command::BenchGrpc(_)
+        Command::Subscribe { .. }
+            | Command::Push { .. }
+            | Command::BenchGrpc(_)
+            | Command::Cameras { .. }
     );
     if !uses_mlx {
         // The clients print to stdout: piped into `head`, they should end
@@ -446,6 +462,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Doctor => posed::doctor::run(),
+        Command::Cameras { config } => cameras(config),
         Command::Serve(args) => serve(args),
         Command::Subscribe {
             target,

@@ -1,6 +1,6 @@
 //! Frame sources besides pushed images: replay of a folder of images (or of
-//! a recording) and, with the `camera` feature, a live camera. Each feeds the
-//! MLX thread exactly as pushes do and reports its state for `GetStatus`.
+//! a recording) and a live camera. Each feeds the MLX thread exactly as
+//! pushes do and reports its state for `GetStatus`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +20,9 @@ pub struct SourceState {
     pub kind: &'static str,
     status: Mutex<(&'static str, String)>,
     pub frames: AtomicU64,
+    /// Frames the source lost before the engine saw them (a camera's
+    /// driver and mailbox drops, unreadable frames).
+    pub dropped: AtomicU64,
 }
 
 impl SourceState {
@@ -29,6 +32,7 @@ impl SourceState {
             kind,
             status: Mutex::new(("starting", String::new())),
             frames: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         })
     }
 
@@ -47,7 +51,7 @@ impl SourceState {
             kind: self.kind.into(),
             state: state.into(),
             frames: self.frames.load(Ordering::Relaxed),
-            dropped: 0,
+            dropped: self.dropped.load(Ordering::Relaxed),
             detail,
         }
     }
@@ -60,6 +64,8 @@ pub struct FrameSubmitter {
     pub(crate) next_id: Arc<AtomicU64>,
     /// Live frames (camera) are recorded when recording is on.
     pub(crate) recorder: Option<crate::recording::Recorder>,
+    /// Sources record their own stages (the camera's queue and convert).
+    pub(crate) telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 impl FrameSubmitter {
@@ -215,114 +221,145 @@ pub async fn run_replay(
     }
 }
 
-#[cfg(feature = "camera")]
 pub mod camera {
-    //! Live capture through nokhwa (AVFoundation on macOS, V4L2 on Linux) on
-    //! a thread of its own, reconnecting with backoff when the device goes.
+    //! The live camera source: `posed-capture`'s capture loop on a thread of
+    //! its own, feeding converted frames to the MLX thread latest-wins.
 
+    use std::ops::ControlFlow;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    use std::time::{Duration, Instant, SystemTime};
 
-    use nokhwa::pixel_format::RgbFormat;
-    use nokhwa::utils::{
-        ApiBackend, CameraFormat, CameraIndex, FrameFormat, RequestedFormat, RequestedFormatType,
-        Resolution,
+    use posed_capture::fake::FakeBackend;
+    use posed_capture::{
+        Backend, CameraState, CapturedFrame, Observer, OpenOptions, PixelFormat, Session,
+        SessionConfig, Size, Want,
     };
 
     use super::{FrameSubmitter, SourceState};
     use crate::decode::Rgb8;
+    use crate::engine::EngineError;
+
+    /// Telemetry stages of the camera: driver timestamp to dequeue, and
+    /// driver layout to RGB.
+    pub const QUEUE_STAGE: &str = "camera.queue";
+    pub const CONVERT_STAGE: &str = "camera.convert";
 
     #[derive(Debug, Clone)]
     pub struct CameraConfig {
-        /// An index ("0") or part of the device's name.
+        /// A unique id, a position in `posed cameras`' list ("0") or part of
+        /// the name; empty = the first camera.
         pub device: String,
         pub width: u32,
         pub height: u32,
         pub fps: u32,
+        /// In order of preference; empty = the platform's
+        /// [`posed_capture::DEFAULT_FORMATS`].
+        pub formats: Vec<PixelFormat>,
+        pub pin_frame_rate: bool,
     }
 
-    fn resolve(device: &str) -> Result<CameraIndex, String> {
-        if let Ok(i) = device.parse::<u32>() {
-            return Ok(CameraIndex::Index(i));
+    impl CameraConfig {
+        pub fn session(&self) -> SessionConfig {
+            let formats = if self.formats.is_empty() {
+                posed_capture::DEFAULT_FORMATS.to_vec()
+            } else {
+                self.formats.clone()
+            };
+            let want = Want {
+                size: Size::new(self.width, self.height),
+                fps: self.fps,
+                formats,
+            };
+            let mut session = SessionConfig::new(self.device.clone(), want);
+            session.options = OpenOptions {
+                pin_frame_rate: self.pin_frame_rate,
+                ..OpenOptions::default()
+            };
+            session
         }
-        let cameras = nokhwa::query(ApiBackend::Auto).map_err(|e| e.to_string())?;
-        let wanted = device.to_lowercase();
-        cameras
-            .iter()
-            .find(|c| c.human_name().to_lowercase().contains(&wanted))
-            .map(|c| c.index().clone())
-            .ok_or_else(|| {
-                let names: Vec<String> = cameras.iter().map(|c| c.human_name()).collect();
-                format!("no camera named like {device:?} (found: {names:?})")
-            })
     }
 
-    /// Runs until `stop` is set; never gives up on a missing device.
+    /// Which cameras a camera source can reach.
+    #[derive(Debug, Clone)]
+    pub enum CameraBackend {
+        /// AVFoundation on macOS, V4L2 on Linux.
+        Platform,
+        /// A scripted camera (tests, demos without a camera).
+        Scripted(FakeBackend),
+    }
+
+    /// Runs until `stop` is set or the engine stops; never gives up on a
+    /// missing device.
     pub fn run(
+        backend: CameraBackend,
         cfg: CameraConfig,
         state: Arc<SourceState>,
         submit: FrameSubmitter,
         stop: Arc<AtomicBool>,
     ) {
-        let mut backoff = Duration::from_millis(500);
-        while !stop.load(Ordering::Relaxed) {
-            match capture(&cfg, &state, &submit, &stop) {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!("camera {}: {e}; retrying in {backoff:?}", cfg.device);
-                    state.set("reconnecting", e);
-                }
-            }
-            let until = Instant::now() + backoff;
-            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
+        let mut feed = Feed { state, submit };
+        match backend {
+            CameraBackend::Platform => capture(platform_backend(), &cfg, &stop, &mut feed),
+            CameraBackend::Scripted(fake) => capture(fake, &cfg, &stop, &mut feed),
         }
-        state.set("stopped", "daemon shutting down");
     }
 
-    fn capture(
-        cfg: &CameraConfig,
-        state: &SourceState,
-        submit: &FrameSubmitter,
-        stop: &AtomicBool,
-    ) -> Result<(), String> {
-        let index = resolve(&cfg.device)?;
-        let format =
-            RequestedFormat::new::<RgbFormat>(RequestedFormatType::Closest(CameraFormat::new(
-                Resolution::new(cfg.width, cfg.height),
-                FrameFormat::MJPEG,
-                cfg.fps,
-            )));
-        let mut camera = nokhwa::Camera::new(index, format).map_err(|e| e.to_string())?;
-        camera.open_stream().map_err(|e| e.to_string())?;
-        let info = camera.info().human_name();
-        state.set("running", info);
-        while !stop.load(Ordering::Relaxed) {
-            let buffer = camera.frame().map_err(|e| e.to_string())?;
-            let received = Instant::now();
-            let rgb = buffer
-                .decode_image::<RgbFormat>()
-                .map_err(|e| e.to_string())?;
-            let (width, height) = (rgb.width() as usize, rgb.height() as usize);
-            let image = Rgb8 {
-                width,
-                height,
-                data: rgb.into_raw(),
-            };
-            let frame = submit.frame(&state.id, image, SystemTime::now(), received);
-            submit.record(&frame);
-            if submit.offer(frame).is_err() {
-                break;
-            }
-            state
-                .frames
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// AVFoundation on macOS, V4L2 on Linux.
+    pub fn platform_backend() -> posed_capture::PlatformBackend {
+        posed_capture::PlatformBackend::new()
+    }
+
+    fn capture(backend: impl Backend, cfg: &CameraConfig, stop: &AtomicBool, feed: &mut Feed) {
+        Session::new(backend, cfg.session()).run(stop, feed);
+    }
+
+    /// The capture loop's reports, turned into the source's status,
+    /// telemetry and frames for the engine.
+    struct Feed {
+        state: Arc<SourceState>,
+        submit: FrameSubmitter,
+    }
+
+    impl Observer for Feed {
+        fn state(&mut self, state: CameraState, detail: &str) {
+            self.state.set(state.name(), detail);
         }
-        let _ = camera.stop_stream();
-        Ok(())
+
+        fn frame(&mut self, captured: CapturedFrame) -> ControlFlow<()> {
+            let telemetry = &self.submit.telemetry;
+            telemetry.record(QUEUE_STAGE, captured.captured.queue);
+            telemetry.record(CONVERT_STAGE, captured.convert);
+            let image = Rgb8 {
+                width: captured.image.width,
+                height: captured.image.height,
+                data: captured.image.data,
+            };
+            // The frame's clock starts at capture, so `end_to_end` counts
+            // the driver's queue and the conversion too.
+            let frame = self.submit.frame(
+                &self.state.id,
+                image,
+                captured.captured.system,
+                captured.captured.instant,
+            );
+            self.submit.record(&frame);
+            match self.submit.offer(frame) {
+                Ok(()) => {
+                    self.state.frames.fetch_add(1, Ordering::Relaxed);
+                    ControlFlow::Continue(())
+                }
+                Err(EngineError::Stopped) => ControlFlow::Break(()),
+                Err(e) => {
+                    tracing::warn!("camera: frame refused: {e}");
+                    ControlFlow::Continue(())
+                }
+            }
+        }
+
+        fn dropped(&mut self, frames: u64) {
+            self.state.dropped.fetch_add(frames, Ordering::Relaxed);
+            self.submit.telemetry.record_dropped(QUEUE_STAGE, frames);
+        }
     }
 }
 

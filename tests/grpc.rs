@@ -656,7 +656,6 @@ async fn replay_feeds_subscribers_and_a_missing_camera_is_retried() {
         let img = image::RgbImage::from_fn(80, 60, |x, y| image::Rgb([(x + i) as u8, y as u8, 50]));
         img.save(dir.path().join(format!("frame{i}.png"))).unwrap();
     }
-    #[cfg_attr(not(feature = "camera"), allow(unused_mut))]
     let mut sources = vec![server::SourceSpec::Replay {
         id: "replay".into(),
         config: posed::sources::ReplayConfig {
@@ -665,15 +664,10 @@ async fn replay_feeds_subscribers_and_a_missing_camera_is_retried() {
             repeat: true,
         },
     }];
-    #[cfg(feature = "camera")]
     sources.push(server::SourceSpec::Camera {
         id: "camera".into(),
-        config: posed::sources::camera::CameraConfig {
-            device: "97".into(),
-            width: 640,
-            height: 480,
-            fps: 30,
-        },
+        config: camera_config("97"),
+        backend: posed::sources::camera::CameraBackend::Platform,
     });
     let d = Daemon::start_with(ServeOptions::default(), None, sources).await;
     d.wait_serving().await;
@@ -702,13 +696,8 @@ async fn replay_feeds_subscribers_and_a_missing_camera_is_retried() {
         let replay = status.sources.iter().find(|s| s.id == "replay").unwrap();
         assert_eq!(replay.state, "running");
         assert!(replay.frames >= 3);
-        let camera_ok = if cfg!(feature = "camera") {
-            let cam = status.sources.iter().find(|s| s.id == "camera").unwrap();
-            cam.state == "reconnecting" && !cam.detail.is_empty()
-        } else {
-            true
-        };
-        if camera_ok {
+        let cam = status.sources.iter().find(|s| s.id == "camera").unwrap();
+        if cam.state == "reconnecting" && !cam.detail.is_empty() {
             break;
         }
         assert!(
@@ -718,6 +707,101 @@ async fn replay_feeds_subscribers_and_a_missing_camera_is_retried() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(d.stop().await < Duration::from_secs(2));
+}
+
+fn camera_config(device: &str) -> posed::sources::camera::CameraConfig {
+    posed::sources::camera::CameraConfig {
+        device: device.into(),
+        width: 64,
+        height: 48,
+        fps: 30,
+        formats: Vec::new(),
+        pin_frame_rate: true,
+    }
+}
+
+/// The camera source end to end, with a scripted camera in place of the
+/// platform's: it waits for permission, delivers only the newest of each
+/// burst, counts the rest as dropped, reconnects after an unplug, and
+/// records its queue and conversion stages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_feeds_routes_with_its_newest_frames_and_reports_drops_and_stages() {
+    use posed_capture::fake::{bgra_camera, Call, FakeBackend, Step};
+    use posed_capture::{Permission, PixelFormat, Size};
+
+    let (mut fake, calls) = FakeBackend::new(vec![bgra_camera("Desk Cam", Size::new(64, 48))]);
+    fake.permissions = [Permission::Pending, Permission::Granted].into();
+    fake.frame_age = Duration::from_millis(20);
+    fake.scripts = [
+        vec![
+            Step::Frames(vec![10, 20, 30]),
+            Step::Frames(vec![40]),
+            Step::Unplug,
+        ],
+        vec![Step::Frames(vec![50, 60])],
+    ]
+    .into();
+    let mut config = camera_config("desk");
+    config.formats = vec![PixelFormat::Bgra];
+    let source = server::SourceSpec::Camera {
+        id: "camera".into(),
+        config,
+        backend: posed::sources::camera::CameraBackend::Scripted(fake),
+    };
+    let d = Daemon::start_with(ServeOptions::default(), None, vec![source]).await;
+    d.wait_serving().await;
+    let mut c = d.client().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let camera = loop {
+        let status = c
+            .get_status(proto::GetStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let cam = status
+            .sources
+            .into_iter()
+            .find(|s| s.id == "camera")
+            .unwrap();
+        // 3 bursts delivered after the reconnect; 1 + 1 frames superseded.
+        if cam.frames == 3 && cam.dropped == 3 {
+            break cam;
+        }
+        assert!(Instant::now() < deadline, "camera never delivered: {cam:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(camera.kind, "camera");
+    assert_eq!(
+        calls
+            .take()
+            .into_iter()
+            .filter(|c| matches!(c, Call::Open(_)))
+            .count(),
+        2,
+        "one open, one reopen after the unplug"
+    );
+    let stages = c
+        .get_telemetry(proto::GetTelemetryRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .stages;
+    let stage = |name: &str| stages.iter().find(|s| s.name == name).cloned();
+    let queue = stage("camera.queue").expect("camera.queue recorded");
+    assert_eq!(queue.count, 3);
+    assert_eq!(queue.dropped, 3);
+    // The driver said each frame was 20 ms old when it was dequeued.
+    assert!(
+        queue.p50_ns >= 19_000_000 && queue.p50_ns <= 21_000_000,
+        "{queue:?}"
+    );
+    assert_eq!(
+        stage("camera.convert")
+            .expect("camera.convert recorded")
+            .count,
+        3
+    );
     assert!(d.stop().await < Duration::from_secs(2));
 }
 

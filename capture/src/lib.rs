@@ -3,7 +3,8 @@
 //! to RGB and dated at capture.
 //!
 //! - [`grabber`]: the [`Backend`]/[`Grabber`] seam, devices, errors;
-//!   platforms: `avf` (macOS AVFoundation), `v4l` (Linux V4L2), [`fake`].
+//!   platforms: `avf` (macOS AVFoundation, its OS-free parts in [`apple`]),
+//!   `v4l` (Linux V4L2), [`fake`] (scripted, for tests).
 //! - [`mode`]: what a camera offers and [`negotiate`]-ing one exact mode.
 //! - [`frame`] and [`format`]: driver frames as borrowed strided planes;
 //!   [`convert`] (and [`mjpeg`]) turn them into RGB.
@@ -27,8 +28,14 @@ pub mod avf;
 #[cfg(target_os = "linux")]
 pub mod v4l;
 
+#[cfg(target_os = "linux")]
+pub use v4l::{V4lBackend as PlatformBackend, DEFAULT_FORMATS};
+/// The platform's cameras, and the formats tried when the config names none.
+#[cfg(target_os = "macos")]
+pub use {apple::DEFAULT_FORMATS, avf::AvfBackend as PlatformBackend};
+
 pub use clock::Captured;
-pub use convert::{to_rgb, ConvertError};
+pub use convert::{to_rgb, ConvertError, Reason};
 pub use format::{Colour, PixelFormat, YuvMatrix, YuvRange};
 pub use frame::{Pixels, Plane, RawFrame, RgbImage};
 pub use grabber::{select, Backend, CaptureError, Device, Grabber, OpenOptions, Permission};

@@ -49,11 +49,17 @@ pub struct ReplayConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct CameraConfig {
     pub enabled: bool,
-    /// Index ("0") or part of the device name.
+    /// A unique id, a position in `posed cameras`' list ("0"), or part of
+    /// the name; empty = the first camera.
     pub device: String,
     pub width: u32,
     pub height: u32,
     pub fps: u32,
+    /// Pixel formats to accept, best first; empty = the platform's order.
+    pub formats: Vec<posed_capture::PixelFormat>,
+    /// Hold the frame rate in the dark instead of letting auto-exposure
+    /// lengthen frames.
+    pub pin_frame_rate: bool,
 }
 
 impl Default for ReplayConfig {
@@ -67,14 +73,21 @@ impl Default for ReplayConfig {
     }
 }
 
+/// Limits of `[camera]`: larger than any camera offers, small enough that a
+/// typo cannot ask the converters for gigabytes.
+const MAX_CAMERA_SIDE: u32 = 16384;
+const MAX_CAMERA_FPS: u32 = 1000;
+
 impl Default for CameraConfig {
     fn default() -> Self {
         CameraConfig {
             enabled: false,
-            device: "0".into(),
+            device: String::new(),
             width: 640,
             height: 480,
             fps: 30,
+            formats: Vec::new(),
+            pin_frame_rate: true,
         }
     }
 }
@@ -358,6 +371,12 @@ const KEYS: &[(&str, Setter)] = &[
     ("camera.width", |c, v| set_num(&mut c.camera.width, v)),
     ("camera.height", |c, v| set_num(&mut c.camera.height, v)),
     ("camera.fps", |c, v| set_num(&mut c.camera.fps, v)),
+    ("camera.formats", |c, v| {
+        set_formats(&mut c.camera.formats, v)
+    }),
+    ("camera.pin_frame_rate", |c, v| {
+        set_bool(&mut c.camera.pin_frame_rate, v)
+    }),
     ("recording.dir", |c, v| set_string(&mut c.recording.dir, v)),
     ("log.format", |c, v| set_choice(&mut c.log.format, v)),
     ("log.telemetry_interval_s", |c, v| {
@@ -395,6 +414,25 @@ fn set_num<T: std::str::FromStr>(slot: &mut T, v: &str) -> Result<(), String> {
     *slot = v
         .parse()
         .map_err(|_| format!("{v:?} is not a non-negative integer"))?;
+    Ok(())
+}
+
+/// A comma-separated list of pixel formats ("nv12,mjpeg"); "" = none.
+fn set_formats(slot: &mut Vec<posed_capture::PixelFormat>, v: &str) -> Result<(), String> {
+    *slot = v
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            posed_capture::PixelFormat::from_name(name).ok_or_else(|| {
+                let known: Vec<&str> = posed_capture::PixelFormat::ALL
+                    .iter()
+                    .map(|f| f.name())
+                    .collect();
+                format!("{name:?} is not a pixel format ({})", known.join(", "))
+            })
+        })
+        .collect::<Result<_, _>>()?;
     Ok(())
 }
 
@@ -551,6 +589,29 @@ impl Config {
         }
         if !(self.replay.fps > 0.0 && self.replay.fps.is_finite()) {
             return Err(bad("replay.fps", "must be a positive number".into()));
+        }
+        let cam = &self.camera;
+        for (key, v) in [("camera.width", cam.width), ("camera.height", cam.height)] {
+            if !(1..=MAX_CAMERA_SIDE).contains(&v) {
+                return Err(bad(
+                    key,
+                    format!("{v} is not a size from 1 to {MAX_CAMERA_SIDE}"),
+                ));
+            }
+        }
+        if !(1..=MAX_CAMERA_FPS).contains(&cam.fps) {
+            return Err(bad(
+                "camera.fps",
+                format!("{} is not a rate from 1 to {MAX_CAMERA_FPS}", cam.fps),
+            ));
+        }
+        if let Some(f) = cam
+            .formats
+            .iter()
+            .enumerate()
+            .find_map(|(i, f)| cam.formats[..i].contains(f).then_some(f))
+        {
+            return Err(bad("camera.formats", format!("{f} is listed twice")));
         }
         Ok(())
     }

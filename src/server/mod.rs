@@ -145,10 +145,10 @@ pub enum SourceSpec {
         id: String,
         config: ReplayConfig,
     },
-    #[cfg(feature = "camera")]
     Camera {
         id: String,
         config: crate::sources::camera::CameraConfig,
+        backend: crate::sources::camera::CameraBackend,
     },
 }
 
@@ -199,6 +199,7 @@ pub async fn run(
         engine: engine.clone(),
         next_id: next_frame_id.clone(),
         recorder: recorder.clone(),
+        telemetry: telemetry.clone(),
     };
     let source_states = start_sources(sources, &submitter, &shutdown, &tasks, options.max_pixels);
     let matte_image_subscribers = Arc::new(AtomicUsize::new(0));
@@ -319,8 +320,11 @@ fn start_sources(
                 ));
                 state
             }
-            #[cfg(feature = "camera")]
-            SourceSpec::Camera { id, config } => {
+            SourceSpec::Camera {
+                id,
+                config,
+                backend,
+            } => {
                 let state = SourceState::new(id, "camera");
                 let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let signal = shutdown.clone();
@@ -329,11 +333,10 @@ fn start_sources(
                     signal.wait().await;
                     flag.store(true, Ordering::Relaxed);
                 });
+                // A tracked blocking task, not a detached thread: shutdown
+                // waits for the camera to be released (within ~200 ms).
                 let (s, sub) = (state.clone(), submitter.clone());
-                std::thread::Builder::new()
-                    .name("posed-camera".into())
-                    .spawn(move || sources::camera::run(config, s, sub, stop))
-                    .expect("spawning the camera thread");
+                tasks.spawn_blocking(move || sources::camera::run(backend, config, s, sub, stop));
                 state
             }
         })
