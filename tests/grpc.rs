@@ -732,7 +732,8 @@ async fn a_camera_feeds_routes_with_its_newest_frames_and_reports_drops_and_stag
 
     let (mut fake, calls) = FakeBackend::new(vec![bgra_camera("Desk Cam", Size::new(64, 48))]);
     fake.permissions = [Permission::Pending, Permission::Granted].into();
-    fake.frame_age = Duration::from_millis(20);
+    // Old enough that no route could account for it.
+    fake.frame_age = Duration::from_secs(2);
     fake.scripts = [
         vec![
             Step::Frames(vec![10, 20, 30]),
@@ -781,19 +782,37 @@ async fn a_camera_feeds_routes_with_its_newest_frames_and_reports_drops_and_stag
         2,
         "one open, one reopen after the unplug"
     );
-    let stages = c
-        .get_telemetry(proto::GetTelemetryRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .stages;
+    // Wait for the hand route to publish at least one camera frame.
+    let stages = loop {
+        let stages = c
+            .get_telemetry(proto::GetTelemetryRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .stages;
+        if stages
+            .iter()
+            .any(|s| s.name == "hands.end_to_end" && s.count > 0)
+        {
+            break stages;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no camera frame reached an event: {stages:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let stage = |name: &str| stages.iter().find(|s| s.name == name).cloned();
+    // An event's clock starts at capture: the 2 s the frame spent in the
+    // driver are part of its end-to-end latency.
+    let end_to_end = stage("hands.end_to_end").unwrap();
+    assert!(end_to_end.p50_ns >= 2_000_000_000, "{end_to_end:?}");
     let queue = stage("camera.queue").expect("camera.queue recorded");
     assert_eq!(queue.count, 3);
     assert_eq!(queue.dropped, 3);
-    // The driver said each frame was 20 ms old when it was dequeued.
+    // The driver said each frame was 2 s old when it was dequeued.
     assert!(
-        queue.p50_ns >= 19_000_000 && queue.p50_ns <= 21_000_000,
+        queue.p50_ns.abs_diff(2_000_000_000) < 10_000_000,
         "{queue:?}"
     );
     assert_eq!(
