@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# Prepares MLX for a Linux build, idempotently; offline once it has run.
+# Prepares MLX for the build, idempotently; offline once it has run.
 #
-#   .mlx/wheel/        the mlx-cpu wheel, unpacked (libmlx.so, headers, cmake config)
-#   .mlx/mlx-sys/      mlx-sys from crates.io with patches/mlx-sys-*-linux.patch applied
-#   .cargo/config.toml [patch.crates-io] to that crate, MLX_DIR and POSED_MLX_LIB_DIR
+#   .mlx/wheel/        MLX prebuilt from its Python wheel: `mlx-cpu` on x86_64
+#                      Linux (libmlx.so), `mlx-metal` on Apple Silicon macOS
+#                      (libmlx.dylib and mlx.metallib); headers, cmake config
+#   .mlx/mlx-sys/      mlx-sys from crates.io with our patch applied (it links
+#                      the wheel's libmlx and builds only mlx-c)
+#   .cargo/config.toml [patch.crates-io] to that crate, MLX_DIR and
+#                      POSED_MLX_LIB_DIR (and CMAKE when it came from PyPI)
 #
-# macOS needs none of this: the upstream mlx-sys builds MLX with Metal there.
+# On macOS, POSED_MLX_FROM_SOURCE=1 keeps the upstream mlx-sys instead, which
+# builds MLX from source with Metal (needs Xcode and its Metal toolchain).
+#
+# POSED_SETUP_PLATFORM="Darwin arm64" makes this script act as on that
+# platform (the Linux test of the macOS branch uses it).
 set -euo pipefail
 
 MLX_VERSION=0.32.2
 MLX_CPU_WHEEL_SHA256=fc5d31b90fc4f457b2f9614ed45651a567d22a6a11a03d114a90a4e10bdd8878
+MLX_METAL_WHEEL_SHA256=3825fff379dbc107dd3413e564a06caeaa24819910ec49c0439e454c06a1b9b8
 MLX_SYS_VERSION=0.7.0
 MLX_SYS_CRATE_SHA256=da965f83ce211b80f9b681d9bbd6fa625fe6bb2e659ba7bc55dd95eea8d3b028
 
@@ -17,36 +26,64 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 say() { printf 'setup-mlx: %s\n' "$*"; }
 
-if [ "$(uname -s)" != Linux ]; then
-  say "not Linux: nothing to do (the upstream mlx-sys builds MLX on macOS)"
-  exit 0
-fi
-[ "$(uname -m)" = x86_64 ] || { say "only x86_64 Linux is supported (the mlx-cpu wheel is x86_64)"; exit 1; }
+# sha256sum on Linux, shasum on macOS.
+sha256() {
+  if command -v sha256sum >/dev/null 2>&1; then sha256sum "$1"; else shasum -a 256 "$1"; fi | cut -d' ' -f1
+}
+verify() { # FILE SHA256
+  local got
+  got=$(sha256 "$1")
+  [ "$got" = "$2" ] || { say "$(basename "$1"): sha256 $got, expected $2"; exit 1; }
+}
+
+read -r os arch <<<"${POSED_SETUP_PLATFORM:-$(uname -s) $(uname -m)}"
+case "$os/$arch" in
+  Linux/x86_64)
+    wheel=mlx-cpu wheel_sha=$MLX_CPU_WHEEL_SHA256 pip_platform=manylinux_2_35_x86_64
+    libmlx=libmlx.so ;;
+  Darwin/arm64)
+    if [ "${POSED_MLX_FROM_SOURCE:-0}" = 1 ]; then
+      rm -f .cargo/config.toml
+      say "POSED_MLX_FROM_SOURCE=1: the upstream mlx-sys builds MLX from source (needs Xcode and its Metal toolchain)"
+      exit 0
+    fi
+    wheel=mlx-metal wheel_sha=$MLX_METAL_WHEEL_SHA256 pip_platform=macosx_14_0_arm64
+    libmlx=libmlx.dylib ;;
+  *)
+    say "no prebuilt MLX for $os $arch: posed builds on x86_64 Linux and Apple Silicon macOS"
+    exit 1 ;;
+esac
 
 python=${PYTHON:-python3}
 mkdir -p .mlx
 
 # 1. The wheel: MLX itself, prebuilt.
 wheel_dir=.mlx/wheel
-if [ ! -f "$wheel_dir/.complete-$MLX_VERSION" ]; then
+if [ ! -f "$wheel_dir/.complete-$wheel-$MLX_VERSION" ]; then
   dl=$(mktemp -d)
   trap 'rm -rf "$dl"' EXIT
-  say "downloading mlx-cpu==$MLX_VERSION"
+  say "downloading $wheel==$MLX_VERSION"
   "$python" -m pip download --quiet --no-deps --only-binary=:all: \
-    --platform manylinux_2_35_x86_64 --python-version 3.11 \
-    -d "$dl" "mlx-cpu==$MLX_VERSION"
-  whl=$(ls "$dl"/mlx_cpu-*.whl)
-  echo "$MLX_CPU_WHEEL_SHA256  $whl" | sha256sum --check --quiet
+    --platform "$pip_platform" --python-version 3.11 \
+    -d "$dl" "$wheel==$MLX_VERSION"
+  whl=$(ls "$dl"/"${wheel//-/_}"-*.whl)
+  verify "$whl" "$wheel_sha"
   rm -rf "$wheel_dir"
   mkdir -p "$wheel_dir"
   "$python" -m zipfile -e "$whl" "$wheel_dir"
-  touch "$wheel_dir/.complete-$MLX_VERSION"
+  touch "$wheel_dir/.complete-$wheel-$MLX_VERSION"
 fi
+# What the build links and what MLX loads at run time.
+needed=(mlx/include/mlx/mlx.h "mlx/lib/$libmlx" mlx/share/cmake/MLX/MLXConfig.cmake)
+[ "$os" = Darwin ] && needed+=(mlx/lib/mlx.metallib)
+for f in "${needed[@]}"; do
+  [ -f "$wheel_dir/$f" ] || { say "the $wheel wheel has no $f"; exit 1; }
+done
 
-# 2. mlx-sys from the registry, patched for Linux.
+# 2. mlx-sys from the registry, patched to link the wheel.
 crate_dir=.mlx/mlx-sys
-patch_file=patches/mlx-sys-$MLX_SYS_VERSION-linux.patch
-stamp="$crate_dir/.patched-$(sha256sum "$patch_file" | cut -c1-16)"
+patch_file=patches/mlx-sys-$MLX_SYS_VERSION-prebuilt-mlx.patch
+stamp="$crate_dir/.patched-$(sha256 "$patch_file" | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   fetch=.mlx/fetch
   mkdir -p "$fetch/src"
@@ -65,7 +102,7 @@ TOML
   cargo fetch --quiet --manifest-path "$fetch/Cargo.toml"
   cargo_home=${CARGO_HOME:-$HOME/.cargo}
   crate=$(ls "$cargo_home"/registry/cache/*/mlx-sys-$MLX_SYS_VERSION.crate | head -n 1)
-  echo "$MLX_SYS_CRATE_SHA256  $crate" | sha256sum --check --quiet
+  verify "$crate" "$MLX_SYS_CRATE_SHA256"
   rm -rf "$crate_dir" .mlx/unpack
   mkdir -p .mlx/unpack
   tar -xzf "$crate" -C .mlx/unpack
@@ -75,7 +112,20 @@ TOML
   touch "$stamp"
 fi
 
-# 3. Point cargo at both. Generated, git-ignored, Linux only.
+# 3. cmake for mlx-c: the system's, else the PyPI package in a venv of our
+#    own (macOS without Homebrew; no sudo).
+cmake_line=
+if ! command -v cmake >/dev/null 2>&1; then
+  tools=.mlx/tools
+  if [ ! -x "$tools/bin/cmake" ]; then
+    say "no cmake on PATH: installing the cmake package from PyPI into $tools"
+    "$python" -m venv "$tools"
+    "$tools/bin/python" -m pip install --quiet cmake
+  fi
+  cmake_line="CMAKE = \"$root/$tools/bin/cmake\""
+fi
+
+# 4. Point cargo at all of it. Generated, git-ignored.
 mkdir -p .cargo
 cat > .cargo/config.toml <<TOML
 # Generated by scripts/setup-mlx.sh; do not edit (re-run the script instead).
@@ -85,5 +135,6 @@ mlx-sys = { path = "$root/$crate_dir" }
 [env]
 MLX_DIR = "$root/$wheel_dir/mlx/share/cmake/MLX"
 POSED_MLX_LIB_DIR = "$root/$wheel_dir/mlx/lib"
+$cmake_line
 TOML
-say "ready: MLX $MLX_VERSION (CPU wheel), mlx-sys $MLX_SYS_VERSION patched"
+say "ready: MLX $MLX_VERSION ($wheel wheel), mlx-sys $MLX_SYS_VERSION patched"

@@ -45,7 +45,20 @@ pub fn run() -> anyhow::Result<()> {
         yes_no(r.backends.cuda)
     );
     println!("blas         {}", r.blas.as_deref().unwrap_or("-"));
+    #[cfg(target_os = "macos")]
+    let metallib = {
+        let found = metallib_beside(loaded_libmlx().as_deref());
+        match &found {
+            Ok(line) => println!("metallib     {line}"),
+            Err(why) => println!("metallib     MISSING: {why}"),
+        }
+        found
+    };
     print_camera();
+    #[cfg(target_os = "macos")]
+    if let Err(why) = metallib {
+        anyhow::bail!("doctor: {why}");
+    }
     match &r.self_check {
         Ok(()) => {
             println!("self-check   ok (matmul 3x4x2, conv2d 4x4 NHWC/OHWI)");
@@ -78,6 +91,50 @@ fn print_camera() {
     match backend.devices() {
         Ok(d) => println!("  cameras    {} (`posed cameras` lists them)", d.len()),
         Err(e) => println!("  cameras    cannot list: {e}"),
+    }
+}
+
+/// Where this process loaded `libmlx.dylib` from, if it did (MLX built
+/// from source is linked in statically).
+#[cfg(target_os = "macos")]
+fn loaded_libmlx() -> Option<std::path::PathBuf> {
+    // libSystem's dyld image list (libc marks its bindings deprecated).
+    extern "C" {
+        fn _dyld_image_count() -> u32;
+        fn _dyld_get_image_name(image_index: u32) -> *const std::ffi::c_char;
+    }
+    // SAFETY: dyld's image list; each name is a NUL-terminated path owned
+    // by dyld, copied out at once. An index past a concurrent unload gives
+    // null, which is skipped.
+    unsafe {
+        (0.._dyld_image_count()).find_map(|i| {
+            let name = _dyld_get_image_name(i);
+            if name.is_null() {
+                return None;
+            }
+            let path = std::ffi::CStr::from_ptr(name).to_string_lossy();
+            path.ends_with("/libmlx.dylib")
+                .then(|| std::path::PathBuf::from(path.as_ref()))
+        })
+    }
+}
+
+/// MLX's Metal kernels ship as `mlx.metallib`, which MLX looks for beside
+/// `libmlx.dylib`: the line to print, or what is wrong and how to fix it.
+pub fn metallib_beside(libmlx: Option<&std::path::Path>) -> Result<String, String> {
+    let Some(lib) = libmlx else {
+        return Ok("MLX is linked in (built from source); its build placed the metallib".into());
+    };
+    let metallib = lib.with_file_name("mlx.metallib");
+    if metallib.is_file() {
+        Ok(format!("{} (beside {})", metallib.display(), lib.display()))
+    } else {
+        Err(format!(
+            "no mlx.metallib beside {}: Metal kernels cannot load; re-run `make setup` \
+             (it unpacks the mlx-metal wheel), or reinstall the agent with \
+             deploy/launchd/install.sh, which copies both",
+            lib.display()
+        ))
     }
 }
 
@@ -120,4 +177,26 @@ pub fn bound_blas() -> Option<String> {
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
 pub fn bound_blas() -> Option<String> {
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metallib_beside;
+
+    #[test]
+    fn the_metallib_must_sit_beside_libmlx() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("libmlx.dylib");
+        std::fs::write(&lib, "").unwrap();
+        let err = metallib_beside(Some(&lib)).unwrap_err();
+        assert!(
+            err.starts_with(&format!("no mlx.metallib beside {}", lib.display())),
+            "{err}"
+        );
+        assert!(err.contains("make setup"));
+        std::fs::write(dir.path().join("mlx.metallib"), "").unwrap();
+        let ok = metallib_beside(Some(&lib)).unwrap();
+        assert!(ok.starts_with(&dir.path().join("mlx.metallib").display().to_string()));
+        assert!(metallib_beside(None).is_ok());
+    }
 }

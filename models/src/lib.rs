@@ -62,3 +62,9 @@ pub mod sapiens_demo;
 pub mod topdown;
 pub mod torch_checkpoint;
 pub mod wilor;
+
+// The build scripts' link arguments, compiled here only for their tests.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../link_mlx.rs"]
+mod link_mlx;
