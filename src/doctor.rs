@@ -87,6 +87,9 @@ fn print_camera() {
                 "missing"
             }
         );
+        // TCC asks about the responsible process: from a terminal that is
+        // the terminal app, under launchd posed itself.
+        println!("  note       run from a terminal, the camera grant in effect is the terminal's; the agent has its own");
     }
     match backend.devices() {
         Ok(d) => println!("  cameras    {} (`posed cameras` lists them)", d.len()),

@@ -320,6 +320,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // main ends the process without waiting for that thread; dropping
         // the runtime here would wait for nothing useful.
         std::mem::forget(runtime);
+    } else {
+        // The server already waited its shutdown deadline for every task;
+        // a camera stuck in its driver (a wedged USB device) must not hold
+        // the exit, as dropping the runtime would.
+        runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     }
     result
 }

@@ -60,10 +60,14 @@ impl Sizes {
         match *self {
             Sizes::One(s) => s,
             Sizes::Stepwise { min, max, step } => {
-                let snap = |v: u32, lo: u32, hi: u32, step: u32| {
-                    let step = step.max(1);
-                    let k = (v.clamp(lo, hi) - lo + (step - 1) / 2) / step;
-                    (lo + k * step).min(hi)
+                // In u64 and with the bounds put in order: a driver's list
+                // is not trusted to be sane.
+                let snap = |v: u32, a: u32, b: u32, step: u32| {
+                    let (lo, hi) = (u64::from(a.min(b)), u64::from(a.max(b)));
+                    let step = u64::from(step.max(1));
+                    let k = (u64::from(v).clamp(lo, hi) - lo + (step - 1) / 2) / step;
+                    let snapped = (lo + k * step).min(hi);
+                    u32::try_from(snapped).unwrap_or(u32::MAX)
                 };
                 Size::new(
                     snap(size.width, min.width, max.width, step.width),
@@ -134,27 +138,35 @@ impl Rates {
         }
     }
 
-    /// The interval to ask for to get `fps`: 1/fps when the range holds it,
-    /// else the end of the range within [`FPS_TOLERANCE`] of it (a camera
+    /// The range's ends in frames per second, lowest first (whatever order
+    /// the driver listed them in).
+    fn bounds(&self) -> (f64, f64) {
+        let (a, b) = (self.slowest.fps(), self.fastest.fps());
+        (a.min(b), a.max(b))
+    }
+
+    /// The interval to ask for to get `fps`, and how far its rate is from
+    /// `fps`: 1/fps when the range holds it (or the range's end that is
+    /// exactly it), else the end within [`FPS_TOLERANCE`] of it (a camera
     /// listing 29.97 serves a config of 30 at 29.97).
-    fn interval_for(&self, fps: u32) -> Option<Interval> {
-        let (lo, hi) = (self.slowest.fps(), self.fastest.fps());
+    fn interval_for(&self, fps: u32) -> Option<(Interval, f64)> {
+        let (lo, hi) = self.bounds();
         let wanted = f64::from(fps);
-        let near = |rate: f64| (rate - wanted).abs() <= wanted * FPS_TOLERANCE;
-        if near(hi) {
-            Some(self.fastest)
-        } else if near(lo) {
-            Some(self.slowest)
-        } else if lo <= wanted && wanted <= hi {
-            Some(Interval::new(1, fps))
-        } else {
-            None
+        let ends = [self.fastest, self.slowest];
+        let miss = |i: &Interval| (i.fps() - wanted).abs();
+        if lo <= wanted && wanted <= hi {
+            let end = ends.into_iter().find(|i| miss(i) < 1e-9);
+            return Some((end.unwrap_or(Interval::new(1, fps)), 0.0));
         }
+        ends.into_iter()
+            .filter(|i| miss(i) <= wanted * FPS_TOLERANCE)
+            .min_by(|a, b| miss(a).total_cmp(&miss(b)))
+            .map(|i| (i, miss(&i)))
     }
 
     /// How far `fps` lies outside the range (0 inside).
     fn distance(&self, fps: f64) -> f64 {
-        let (lo, hi) = (self.slowest.fps(), self.fastest.fps());
+        let (lo, hi) = self.bounds();
         if fps < lo {
             lo - fps
         } else if fps > hi {
@@ -166,7 +178,8 @@ impl Rates {
 
     /// The rate nearest to `fps` within the range.
     fn nearest(&self, fps: f64) -> f64 {
-        fps.clamp(self.slowest.fps(), self.fastest.fps())
+        let (lo, hi) = self.bounds();
+        fps.clamp(lo, hi)
     }
 }
 
@@ -291,7 +304,13 @@ pub fn negotiate(device: &str, modes: &[Mode], want: &Want) -> Result<Choice, No
         .filter(|(_, m)| m.sizes.contains(want.size))
         .filter_map(|(i, m)| {
             let rank = preference(m)?;
-            let interval = m.rates.iter().find_map(|r| r.interval_for(want.fps))?;
+            // The listed rate nearest the one asked for: an exact 30 beats
+            // a 29.97 listed before it.
+            let (interval, _) = m
+                .rates
+                .iter()
+                .filter_map(|r| r.interval_for(want.fps))
+                .min_by(|a, b| a.1.total_cmp(&b.1))?;
             Some((rank, i, interval))
         })
         .min_by_key(|(rank, i, _)| (*rank, *i));

@@ -78,6 +78,9 @@ pub struct SessionConfig {
     pub poll: Duration,
     /// A stall is no frame for max(this, five frame periods).
     pub stall_floor: Duration,
+    /// The wait for the first frame after opening, which can take seconds
+    /// (a Continuity Camera waking, a UVC camera settling its exposure).
+    pub first_frame: Duration,
     /// The first pause before reopening; it doubles up to `backoff_max` and
     /// starts over after a session that delivered frames.
     pub backoff_min: Duration,
@@ -94,6 +97,7 @@ impl SessionConfig {
             options: OpenOptions::default(),
             poll: Duration::from_millis(100),
             stall_floor: Duration::from_secs(1),
+            first_frame: Duration::from_secs(5),
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(10),
             permission_recheck: Duration::from_secs(5),
@@ -261,7 +265,12 @@ impl<B: Backend> Session<B> {
                 None => {}
             }
             let silent = last_frame.elapsed();
-            if silent >= stall_after {
+            let limit = if *delivered {
+                stall_after
+            } else {
+                stall_after.max(config.first_frame)
+            };
+            if silent >= limit {
                 return End::Stalled(format!(
                     "no frame for {} from {:?}",
                     Secs(silent),

@@ -274,3 +274,54 @@ fn formats_we_cannot_read_are_never_chosen_nor_offered() {
         "\"Studio Display\" offers no 1280x720 at 30 fps; closest: none"
     );
 }
+
+#[test]
+fn an_exact_rate_wins_over_a_near_one_listed_before_it() {
+    let modes = vec![mode(
+        "YUYV",
+        640,
+        480,
+        vec![Rates::exactly(Interval::new(1001, 30000)), fixed(30)],
+    )];
+    let choice = negotiate("cam", &modes, &want(640, 480, 30, &LINUX_ORDER)).unwrap();
+    assert_eq!(choice.interval, Interval::new(1, 30));
+    // Inside a range, the rate asked for, even with an end within 1 %.
+    let modes = vec![mode("420v", 640, 480, vec![fps_range(1, 30)])];
+    let choice = negotiate("cam", &modes, &want(640, 480, 30, &MAC_ORDER)).unwrap();
+    assert_eq!(choice.interval, Interval::new(1, 30));
+}
+
+/// Drivers can list nonsense; negotiation must still answer, never panic.
+#[test]
+fn inverted_ranges_and_huge_steps_from_a_driver_are_survived() {
+    let modes = vec![
+        Mode {
+            fourcc: "YUYV".into(),
+            format: Some(PixelFormat::Yuyv),
+            range: None,
+            sizes: Sizes::Stepwise {
+                min: Size::new(4000, 3000),
+                max: Size::new(16, 16),
+                step: Size::new(u32::MAX, u32::MAX),
+            },
+            rates: vec![Rates {
+                fastest: Interval::new(1, 5),
+                slowest: Interval::new(1, 60),
+            }],
+        },
+        mode("MJPG", 640, 480, vec![Rates::exactly(Interval::new(0, 0))]),
+    ];
+    let err = negotiate("odd", &modes, &want(1280, 720, 30, &LINUX_ORDER)).unwrap_err();
+    assert_eq!(err.closest.len(), 2, "{err}");
+    // The inverted rate range still holds 30.
+    let modes = vec![mode(
+        "YUYV",
+        640,
+        480,
+        vec![Rates {
+            fastest: Interval::new(1, 5),
+            slowest: Interval::new(1, 60),
+        }],
+    )];
+    assert!(negotiate("odd", &modes, &want(640, 480, 30, &LINUX_ORDER)).is_ok());
+}

@@ -86,6 +86,7 @@ fn config() -> SessionConfig {
     let mut c = SessionConfig::new("desk", want);
     c.poll = Duration::from_millis(20);
     c.stall_floor = Duration::from_millis(200);
+    c.first_frame = Duration::from_millis(200);
     c.backoff_min = Duration::from_millis(10);
     c.backoff_max = Duration::from_millis(40);
     c.permission_recheck = Duration::from_millis(20);
@@ -240,6 +241,28 @@ fn a_stalled_camera_is_reopened() {
         "{stalled:?}"
     );
     assert_eq!(opens(&calls), 2);
+}
+
+#[test]
+fn a_slow_first_frame_is_waited_for_and_later_silence_is_a_stall() {
+    let (mut fake, calls) = camera();
+    let mut script = vec![Step::Silence; 15]; // 15 polls of 20 ms
+    script.push(Step::Frames(vec![9]));
+    fake.scripts = [script].into();
+    let mut c = config();
+    c.first_frame = Duration::from_millis(600);
+    let log = run(fake, c, |l| l.count(CameraState::Stalled) == 1);
+    assert_eq!(
+        log.frames.len(),
+        1,
+        "the first frame came after 300 ms: {log:?}"
+    );
+    assert_eq!(log.frames[0].0, 9);
+    assert_eq!(
+        opens(&calls),
+        1,
+        "no reopen while waiting for the first frame"
+    );
 }
 
 #[test]

@@ -333,8 +333,10 @@ fn start_sources(
                     signal.wait().await;
                     flag.store(true, Ordering::Relaxed);
                 });
-                // A tracked blocking task, not a detached thread: shutdown
-                // waits for the camera to be released (within ~200 ms).
+                // A tracked blocking task: shutdown waits (up to its
+                // deadline) for the camera to be released, which the
+                // capture loop does within 200 ms unless a driver call
+                // itself hangs.
                 let (s, sub) = (state.clone(), submitter.clone());
                 tasks.spawn_blocking(move || sources::camera::run(backend, config, s, sub, stop));
                 state

@@ -201,8 +201,12 @@ fn set_frame_duration(
         set_max()?;
     }
     set_min()?;
+    // Pinning is a nicety (a steady rate in the dark), not a reason to
+    // refuse the camera: as on V4L2, a refusal is logged and capture runs.
     if pin && !stretch {
-        set_max()?;
+        if let Err(e) = set_max() {
+            tracing::warn!("camera: the frame rate is not pinned: {e}");
+        }
     }
     Ok(())
 }

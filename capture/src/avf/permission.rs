@@ -22,10 +22,17 @@ use super::{catching, video};
 /// per identity anyway, and asking again while it is up is pointless.
 static ASKED: AtomicBool = AtomicBool::new(false);
 
+/// Why the one request failed, if it threw: reported instead of asking
+/// again every poll.
+static REQUEST_FAILED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 pub(super) fn permission(request: bool) -> Permission {
     let identity = bundle_identity();
     if identity.camera_usage.is_none() {
         return apple::permission(false, Authorization::NotDetermined, false);
+    }
+    if let Some(why) = REQUEST_FAILED.get() {
+        return Permission::Misconfigured(format!("macOS refused to ask for the camera: {why}"));
     }
     let status = authorization();
     let asking = status == Authorization::NotDetermined && request && ask();
@@ -75,7 +82,7 @@ fn ask() -> bool {
     });
     if let Err(e) = sent {
         tracing::warn!("camera: {e}");
-        ASKED.store(false, Ordering::Relaxed);
+        let _ = REQUEST_FAILED.set(e.to_string());
         return false;
     }
     true

@@ -10,7 +10,7 @@ use ::v4l::v4l_sys::{
 
 use super::stream::Stream;
 use super::sys::{Filled, Readiness};
-use crate::format::{Colour, PixelFormat};
+use crate::format::{Colour, PixelFormat, YuvMatrix, YuvRange};
 use crate::frame::{Pixels, Plane, RawFrame};
 use crate::grabber::{CaptureError, Grabber};
 
@@ -22,6 +22,7 @@ pub(super) struct Layout {
     pub height: u32,
     /// Bytes from one row to the next (`bytesperline`).
     pub stride: usize,
+    pub colour: Colour,
 }
 
 impl Layout {
@@ -42,6 +43,7 @@ impl Layout {
             width,
             height,
             stride: reported.max(packed),
+            colour: Colour::UVC,
         }
     }
 
@@ -52,7 +54,7 @@ impl Layout {
             data,
             stride: self.stride,
         };
-        let colour = Colour::UVC;
+        let colour = self.colour;
         match self.format {
             PixelFormat::Yuyv => Pixels::Yuyv {
                 plane: plane(data),
@@ -76,6 +78,36 @@ impl Layout {
             PixelFormat::Mjpeg => Pixels::Mjpeg(data),
         }
     }
+}
+
+/// How to read the YUV values of a format the driver set, from its
+/// `colorspace`, `ycbcr_enc` and `quantization` (0 = the colorspace's
+/// default, as the V4L2 spec defines it: BT.709 for Rec. 709 and DCI-P3,
+/// BT.601 otherwise; full range for JPEG, limited otherwise). Encodings
+/// beyond 601 and 709 (BT.2020, SMPTE 240M) are read as BT.709, the
+/// nearest we convert.
+pub(super) fn driver_colour(colorspace: u32, ycbcr_enc: u32, quantization: u32) -> Colour {
+    const REC709: u32 = 3;
+    const JPEG: u32 = 7;
+    const DCI_P3: u32 = 12;
+    const ENC_601: u32 = 1;
+    const ENC_XV601: u32 = 3;
+    const ENC_XV709: u32 = 4;
+    const ENC_SYCC: u32 = 5;
+    const FULL_RANGE: u32 = 1;
+    const LIM_RANGE: u32 = 2;
+    let matrix = match ycbcr_enc {
+        0 if matches!(colorspace, REC709 | DCI_P3) => YuvMatrix::Bt709,
+        0 | ENC_601 | ENC_XV601 | ENC_SYCC => YuvMatrix::Bt601,
+        _ => YuvMatrix::Bt709,
+    };
+    let range = match quantization {
+        FULL_RANGE => YuvRange::Full,
+        LIM_RANGE => YuvRange::Limited,
+        _ if colorspace == JPEG && !matches!(ycbcr_enc, ENC_XV601 | ENC_XV709) => YuvRange::Full,
+        _ => YuvRange::Limited,
+    };
+    Colour { range, matrix }
 }
 
 /// A V4L2 camera, streaming. Dropping it stops the camera and releases it.
@@ -246,6 +278,47 @@ fn monotonic_now() -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_driver_says_how_to_read_its_yuv() {
+        let c = |cs, enc, q| driver_colour(cs, enc, q);
+        // Defaults: UVC webcams (SMPTE 170M or sRGB) are limited 601.
+        assert_eq!(c(0, 0, 0), Colour::UVC);
+        assert_eq!(c(1, 0, 0), Colour::UVC);
+        assert_eq!(c(8, 0, 0), Colour::UVC);
+        // Rec. 709 defaults to its matrix; JPEG to full range.
+        assert_eq!(
+            c(3, 0, 0),
+            Colour {
+                range: YuvRange::Limited,
+                matrix: YuvMatrix::Bt709
+            }
+        );
+        assert_eq!(
+            c(7, 0, 0),
+            Colour {
+                range: YuvRange::Full,
+                matrix: YuvMatrix::Bt601
+            }
+        );
+        // Explicit fields win over the colorspace's defaults.
+        assert_eq!(
+            c(7, 2, 2),
+            Colour {
+                range: YuvRange::Limited,
+                matrix: YuvMatrix::Bt709
+            }
+        );
+        assert_eq!(
+            c(1, 1, 1),
+            Colour {
+                range: YuvRange::Full,
+                matrix: YuvMatrix::Bt601
+            }
+        );
+        // xvYCC is limited range even in the JPEG colorspace.
+        assert_eq!(c(7, 3, 0).range, YuvRange::Limited);
+    }
 
     #[test]
     fn yuyv_rows_use_the_drivers_stride_and_bytesused() {

@@ -22,7 +22,7 @@ pub use grab::V4lGrabber;
 
 use crate::format::PixelFormat;
 use crate::grabber::{Backend, CaptureError, Device, OpenOptions, Permission};
-use crate::mode::{Choice, Interval, Mode};
+use crate::mode::{Choice, Interval, Mode, FPS_TOLERANCE};
 use grab::Layout;
 use modes::{FormatList, SizeList};
 use stream::Stream;
@@ -113,7 +113,7 @@ impl Backend for V4lBackend {
             });
         }
         let layout = set_format(&node, &name, choice)?;
-        set_interval(&node, &name, choice.interval);
+        set_interval(&node, &name, choice.interval)?;
         if options.pin_frame_rate {
             pin_frame_rate(&node, &name);
         }
@@ -257,20 +257,39 @@ fn set_format(node: &Node, name: &str, choice: &Choice) -> Result<Layout, Captur
 }
 
 fn layout(format: PixelFormat, got: &PixFormat) -> Layout {
-    Layout::new(format, got.size.width, got.size.height, got.bytes_per_line)
+    Layout {
+        colour: got.colour,
+        ..Layout::new(format, got.size.width, got.size.height, got.bytes_per_line)
+    }
 }
 
-/// `VIDIOC_S_PARM`. A driver that changes the rate or cannot set one still
-/// streams, so this only logs.
-fn set_interval(node: &Node, name: &str, wanted: Interval) {
+/// `VIDIOC_S_PARM`. A driver that cannot set a rate at all still streams
+/// (logged); one that sets another rate than asked, more than 1 % off (a
+/// stepwise size whose rates were listed at its smallest size), is an
+/// error that names what it runs at.
+fn set_interval(node: &Node, name: &str, wanted: Interval) -> Result<(), CaptureError> {
     match node.set_interval(wanted) {
-        Ok(got) if same_rate(got, wanted) => {}
-        Ok(got) => tracing::info!(
-            "v4l2: {name:?} runs at {:.2} fps, not the {:.2} asked",
-            got.fps(),
-            wanted.fps()
-        ),
-        Err(e) => tracing::warn!("v4l2: {name:?}: VIDIOC_S_PARM failed, rate left as is: {e}"),
+        Ok(got) if same_rate(got, wanted) => Ok(()),
+        Ok(got) if (got.fps() - wanted.fps()).abs() <= wanted.fps() * FPS_TOLERANCE => {
+            tracing::info!(
+                "v4l2: {name:?} runs at {:.2} fps for the {:.2} asked",
+                got.fps(),
+                wanted.fps()
+            );
+            Ok(())
+        }
+        Ok(got) => Err(CaptureError::Platform {
+            call: "VIDIOC_S_PARM",
+            reason: format!(
+                "{name:?} runs this mode at {:.2} fps, not the {:.2} asked",
+                got.fps(),
+                wanted.fps()
+            ),
+        }),
+        Err(e) => {
+            tracing::warn!("v4l2: {name:?}: VIDIOC_S_PARM failed, rate left as is: {e}");
+            Ok(())
+        }
     }
 }
 
@@ -385,6 +404,7 @@ mod tests {
             fourcc: *b"YUYV",
             size: Size::new(640, 480),
             bytes_per_line: 0,
+            colour: crate::format::Colour::UVC,
         };
         assert_eq!(layout(PixelFormat::Yuyv, &got).stride, 1280);
     }

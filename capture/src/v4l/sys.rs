@@ -29,6 +29,7 @@ use ::v4l::v4l_sys::{
 };
 
 use super::modes::{FrameIntervals, FrameSizes};
+use crate::format::Colour;
 use crate::mode::{Interval, Size};
 
 const CAPTURE: u32 = v4l2_buf_type_V4L2_BUF_TYPE_VIDEO_CAPTURE;
@@ -113,6 +114,8 @@ pub(super) struct PixFormat {
     pub fourcc: [u8; 4],
     pub size: Size,
     pub bytes_per_line: u32,
+    /// How the driver says its YUV values read.
+    pub colour: Colour,
 }
 
 /// A buffer's place in the device's memory.
@@ -270,10 +273,14 @@ impl Node {
         self.ioctl(S_FMT, &mut f)?;
         // SAFETY: as above.
         let pix = unsafe { f.fmt.pix };
+        // SAFETY: `ycbcr_enc` is the member for YUV formats; both members
+        // are plain integers.
+        let ycbcr_enc = unsafe { pix.__bindgen_anon_1.ycbcr_enc };
         Ok(PixFormat {
             fourcc: pix.pixelformat.to_le_bytes(),
             size: Size::new(pix.width, pix.height),
             bytes_per_line: pix.bytesperline,
+            colour: super::grab::driver_colour(pix.colorspace, ycbcr_enc, pix.quantization),
         })
     }
 
