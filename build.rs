@@ -45,6 +45,9 @@ fn record_rustc_version() {
 /// reflection serves. protoc comes from the protoc-bin-vendored crate unless
 /// PROTOC names another, so no system package is needed.
 fn compile_protos() {
+    // Once a build script names what it depends on, cargo reruns it for
+    // those alone: the proto folder must be named too.
+    println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-env-changed=PROTOC");
     let protoc = match std::env::var_os("PROTOC") {
         Some(p) => PathBuf::from(p),

@@ -130,13 +130,21 @@ fn serialization(c: &mut Criterion) {
         height: 480,
         rgb: Vec::new(),
     };
-    let hands = [hand(true), hand(false)];
+    let track = |id, is_right| posed::tracking::hands::TrackedHand {
+        id,
+        is_right,
+        handedness: 0.9,
+    };
+    let output = posed::routes::hands::HandsOutput {
+        hands: vec![hand(true), hand(false)],
+        tracks: vec![track(1, true), track(2, false)],
+        ended: Vec::new(),
+    };
     c.bench_function("event of 2 hands with vertices, encoded", |b| {
         b.iter(|| {
             posed::routes::hands::hands_event(
                 black_box(&frame),
-                &hands,
-                &[1, 2],
+                &output,
                 false,
                 &[],
                 0,

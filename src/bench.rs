@@ -214,7 +214,7 @@ pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
             if compiled {
                 pipeline.compile().context("compiling the hand route")?;
             }
-            let mut route = HandsRoute::new(pipeline, 4);
+            let mut route = HandsRoute::new(pipeline, 4, Default::default());
             let label = if compiled {
                 format!("{name}+compile")
             } else {

@@ -25,7 +25,13 @@ fn hand_engine(
 ) -> TestEngine {
     TestEngine::start(
         vec![RouteId::Hands],
-        move || Ok(RouteSet::default().with(HandsRoute::new(HandPipeline::load(&files)?.0, 4))),
+        move || {
+            Ok(RouteSet::default().with(HandsRoute::new(
+                HandPipeline::load(&files)?.0,
+                4,
+                Default::default(),
+            )))
+        },
         tx,
         4,
     )
@@ -216,7 +222,11 @@ async fn the_body_route_runs_beside_the_hand_route() {
         vec![RouteId::Hands, RouteId::Body],
         move || {
             Ok(RouteSet::default()
-                .with(HandsRoute::new(HandPipeline::load(&hand_files)?.0, 4))
+                .with(HandsRoute::new(
+                    HandPipeline::load(&hand_files)?.0,
+                    4,
+                    Default::default(),
+                ))
                 .with(BodyRoute::new(BodyPipeline::load(&body_files, None)?.0)))
         },
         tx,

@@ -102,8 +102,11 @@ impl Daemon {
                 if let Some(r) = release {
                     let _ = r.recv();
                 }
-                let mut set =
-                    RouteSet::default().with(HandsRoute::new(HandPipeline::load(&files)?.0, 4));
+                let mut set = RouteSet::default().with(HandsRoute::new(
+                    HandPipeline::load(&files)?.0,
+                    4,
+                    Default::default(),
+                ));
                 if body {
                     let dir = posed_models::parity::fixtures_dir().join("body");
                     let files = BodyModelFiles::from_dir(&dir).map_err(anyhow::Error::msg)?;
@@ -273,6 +276,12 @@ async fn health_turns_serving_after_warm_up_and_pushes_return_real_hands() {
     }
     assert_eq!(hands[0].side, proto::HandSide::Right as i32);
     assert_eq!(hands[1].side, proto::HandSide::Left as i32);
+    // Sides the client states are certain, and nothing ended yet.
+    assert!(hands.iter().all(|h| h.handedness_score == 1.0));
+    let Some(proto::event::Payload::Hands(payload)) = &event.payload else {
+        panic!("not a hands event")
+    };
+    assert!(payload.ended_track_ids.is_empty());
     let stages: Vec<_> = event.timings.iter().map(|t| t.stage.as_str()).collect();
     assert_eq!(stages, ["crop", "pose", "mano", "post"]);
 

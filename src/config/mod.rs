@@ -132,6 +132,11 @@ pub struct HandsConfig {
     pub mirror: bool,
     /// At most this many detected hands per frame, strongest first.
     pub max_hands: usize,
+    /// Frames a hand track survives without a detection before it ends.
+    pub max_coast_frames: u32,
+    /// A source that sends no frame for this long ends its hand tracks (a
+    /// hand that comes back gets a new id).
+    pub track_timeout_ms: u64,
     /// One Euro smoothing for subscribers that do not say (they can).
     pub smoothing: bool,
     pub smoothing_min_cutoff: f64,
@@ -150,6 +155,8 @@ impl Default for HandsConfig {
             compile: Compile::Auto,
             mirror: false,
             max_hands: 4,
+            max_coast_frames: 3,
+            track_timeout_ms: 2000,
             smoothing: false,
             smoothing_min_cutoff: p.min_cutoff,
             smoothing_beta: p.beta,
@@ -318,6 +325,12 @@ const KEYS: &[(&str, Setter)] = &[
     ("hands.compile", |c, v| set_choice(&mut c.hands.compile, v)),
     ("hands.mirror", |c, v| set_bool(&mut c.hands.mirror, v)),
     ("hands.max_hands", |c, v| set_num(&mut c.hands.max_hands, v)),
+    ("hands.max_coast_frames", |c, v| {
+        set_num(&mut c.hands.max_coast_frames, v)
+    }),
+    ("hands.track_timeout_ms", |c, v| {
+        set_num(&mut c.hands.track_timeout_ms, v)
+    }),
     ("hands.smoothing", |c, v| {
         set_bool(&mut c.hands.smoothing, v)
     }),
@@ -537,6 +550,18 @@ impl Config {
         }
         if self.hands.max_hands == 0 {
             return Err(bad("hands.max_hands", "must be at least 1".into()));
+        }
+        if self.hands.max_coast_frames > 300 {
+            return Err(bad(
+                "hands.max_coast_frames",
+                format!("{} is more than 300 frames", self.hands.max_coast_frames),
+            ));
+        }
+        if !(1..=600_000).contains(&self.hands.track_timeout_ms) {
+            return Err(bad(
+                "hands.track_timeout_ms",
+                format!("{} is not from 1 to 600000 ms", self.hands.track_timeout_ms),
+            ));
         }
         if !self.hands.enabled && !self.body.enabled && !self.matte.enabled {
             return Err(bad(

@@ -1,6 +1,8 @@
 //! The hand route: letterbox → hand detector (YOLOv8-pose, left/right) →
 //! NMS → one crop per hand (left hands mirrored) → WiLoR on the batch →
-//! MANO → full-image coordinates; then track ids and the `Hands` event.
+//! MANO → full-image coordinates. Between detection and crop, the stream's
+//! tracks give each hand its id and its voted side (see
+//! [`crate::tracking::hands`]); the post stage builds the `Hands` event.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +21,7 @@ use crate::config::Config;
 use crate::engine::Frame;
 use crate::events::{checked_box, route_event};
 use crate::proto;
-use crate::tracking::HandTracker;
+use crate::tracking::hands::{Sighting, StreamTracks, TrackSettings, TrackedHand};
 use crate::weights::hub::Hub;
 
 /// The hand route's stages, in order.
@@ -38,13 +40,17 @@ pub struct HandsRoute {
     pipeline: HandPipeline,
     /// At most this many detected hands per frame, strongest first.
     max_hands: usize,
+    /// Every stream's hand tracks: they decide a hand's side before its
+    /// crop is mirrored, so geometry and side always agree.
+    tracks: StreamTracks,
 }
 
 impl HandsRoute {
-    pub fn new(pipeline: HandPipeline, max_hands: usize) -> Self {
+    pub fn new(pipeline: HandPipeline, max_hands: usize, tracking: TrackSettings) -> Self {
         HandsRoute {
             pipeline,
             max_hands,
+            tracks: StreamTracks::new(tracking),
         }
     }
 
@@ -63,6 +69,10 @@ pub type Letterbox = Timed<DetectorInput>;
 #[derive(Debug)]
 pub struct HandsOutput {
     pub hands: Vec<HandEstimate>,
+    /// Each hand's track (its id, voted side), in the same order.
+    pub tracks: Vec<TrackedHand>,
+    /// Tracks of the frame's source that ended with this frame.
+    pub ended: Vec<u32>,
 }
 
 /// Where the warm-up puts its hands on its blank frame.
@@ -113,6 +123,8 @@ impl Route for HandsRoute {
             };
             self.run(&frame, &request, None, &mut clock)?;
         }
+        // The warm-up's hands are nobody's: ids start at 1 for real ones.
+        self.tracks = StreamTracks::new(self.tracks.settings);
         Ok(())
     }
 
@@ -138,17 +150,40 @@ impl Route for HandsRoute {
                 Ok(hands)
             },
         )?;
-        let hands = request.boxes.as_deref().unwrap_or(&detected);
-        let crops = p.prepare_crops(img, hands);
+        let found = request.boxes.as_deref().unwrap_or(&detected);
+        let sightings: Vec<Sighting> = found
+            .iter()
+            .map(|h| match request.boxes {
+                Some(_) => Sighting::stated(h.bbox, h.is_right),
+                None => Sighting::detected(h.bbox, h.is_right, h.score),
+            })
+            .collect();
+        let update = self
+            .tracks
+            .update(&frame.source_id, &sightings, frame.received);
+        // The track's side, not this frame's class, decides the mirroring.
+        let hands: Vec<HandBox> = found
+            .iter()
+            .zip(&update.hands)
+            .map(|(h, t)| HandBox {
+                is_right: t.is_right,
+                ..h.clone()
+            })
+            .collect();
+        let crops = p.prepare_crops(img, &hands);
         clock.mark(stage::CROP);
         let regressed = p.regress(&crops)?;
         clock.mark(stage::POSE);
         let hands = match regressed {
-            Some(r) => p.mesh(&r, &crops, hands, frame.width, frame.height)?,
+            Some(r) => p.mesh(&r, &crops, &hands, frame.width, frame.height)?,
             None => Vec::new(),
         };
         clock.mark(stage::MANO);
-        Ok(HandsOutput { hands })
+        Ok(HandsOutput {
+            hands,
+            tracks: update.hands,
+            ended: update.ended,
+        })
     }
 }
 
@@ -201,7 +236,15 @@ impl RouteKind for Hands {
         if config.hands.compile.enabled(on_gpu) {
             pipeline.compile().context("compiling the hand route")?;
         }
-        Ok((HandsRoute::new(pipeline, config.hands.max_hands), synthetic))
+        let tracking = TrackSettings {
+            max_coast_frames: config.hands.max_coast_frames,
+            stale_after: std::time::Duration::from_millis(config.hands.track_timeout_ms),
+            ..TrackSettings::default()
+        };
+        Ok((
+            HandsRoute::new(pipeline, config.hands.max_hands, tracking),
+            synthetic,
+        ))
     }
 
     fn request(
@@ -223,7 +266,6 @@ impl RouteKind for Hands {
 
     fn post(&self, options: &PostOptions) -> HandsPost {
         HandsPost {
-            tracker: HandTracker::default(),
             mirror: options.mirror,
         }
     }
@@ -258,9 +300,8 @@ fn hand_boxes(
         .collect()
 }
 
-/// Track ids per source, and the user's sides for a mirrored camera.
+/// The user's sides for a mirrored camera.
 pub struct HandsPost {
-    tracker: HandTracker,
     mirror: bool,
 }
 
@@ -271,12 +312,10 @@ impl RoutePost<HandsRoute> for HandsPost {
         result: &RouteResult<HandsRoute>,
         started: Instant,
     ) -> PostWork {
-        let hands = &result.output.hands;
-        let ids = self.tracker.assign(&frame.source_id, hands);
+        let output = &result.output;
         PostWork::Done(Box::new(hands_event(
             frame,
-            hands,
-            &ids,
+            output,
             self.mirror,
             result.timings,
             result.dropped,
@@ -288,19 +327,22 @@ impl RoutePost<HandsRoute> for HandsPost {
 /// The event for one frame's hands.
 pub fn hands_event(
     frame: &Frame,
-    hands: &[HandEstimate],
-    track_ids: &[u32],
+    output: &HandsOutput,
     mirror: bool,
     timings: &[(&'static str, Duration)],
     dropped: u64,
     post_time: Duration,
 ) -> proto::Event {
-    let hands = hands
+    let hands = output
+        .hands
         .iter()
-        .zip(track_ids)
-        .map(|(h, &id)| hand_pose(h, id, mirror))
+        .zip(&output.tracks)
+        .map(|(h, t)| hand_pose(h, t, mirror))
         .collect();
-    let payload = proto::event::Payload::Hands(proto::Hands { hands });
+    let payload = proto::event::Payload::Hands(proto::Hands {
+        hands,
+        ended_track_ids: output.ended.clone(),
+    });
     proto::Event {
         mirrored: mirror,
         ..route_event(
@@ -314,13 +356,14 @@ pub fn hands_event(
     }
 }
 
-fn hand_pose(h: &HandEstimate, track_id: u32, mirror: bool) -> proto::HandPose {
+fn hand_pose(h: &HandEstimate, track: &TrackedHand, mirror: bool) -> proto::HandPose {
     // With `mirror`, the camera shows the user mirrored: the hand the
     // detector calls right is the user's left.
     let right = h.hand.is_right != mirror;
     let [x1, y1, x2, y2] = h.hand.bbox;
     proto::HandPose {
-        track_id,
+        track_id: track.id,
+        handedness_score: track.handedness,
         side: if right {
             proto::HandSide::Right
         } else {
@@ -346,18 +389,51 @@ fn hand_pose(h: &HandEstimate, track_id: u32, mirror: bool) -> proto::HandPose {
 
 #[cfg(test)]
 mod tests {
+    use posed_models::hand_pipeline::HandBox;
+
     use super::*;
     use crate::events::without_heavy_fields;
-    use crate::tracking::tests::est;
+
+    fn est(bbox: [f32; 4], is_right: bool) -> HandEstimate {
+        HandEstimate {
+            hand: HandBox {
+                bbox,
+                is_right,
+                score: 0.9,
+                keypoints_2d: vec![],
+            },
+            keypoints_3d: vec![],
+            vertices: vec![[1.0, 2.0, 3.0]],
+            cam_t: [0.0, 0.0, 1.0],
+            keypoints_2d_projected: vec![],
+            global_orient: [0.0; 3],
+            hand_pose: vec![],
+            betas: vec![],
+            crop_cam: [1.0, 0.0, 0.0],
+            focal_length: 1000.0,
+        }
+    }
+
+    const TRACK: TrackedHand = TrackedHand {
+        id: 7,
+        is_right: true,
+        handedness: 0.8,
+    };
 
     #[test]
     fn mirror_swaps_sides_and_vertices_are_opt_in() {
         let h = est([0., 0., 10., 10.], true);
-        assert_eq!(hand_pose(&h, 1, false).side, proto::HandSide::Right as i32);
-        assert_eq!(hand_pose(&h, 1, true).side, proto::HandSide::Left as i32);
+        let pose = hand_pose(&h, &TRACK, false);
+        assert_eq!(pose.side, proto::HandSide::Right as i32);
+        assert_eq!((pose.track_id, pose.handedness_score), (7, 0.8));
+        assert_eq!(
+            hand_pose(&h, &TRACK, true).side,
+            proto::HandSide::Left as i32
+        );
         let e = proto::Event {
             payload: Some(proto::event::Payload::Hands(proto::Hands {
-                hands: vec![hand_pose(&h, 1, false)],
+                hands: vec![hand_pose(&h, &TRACK, false)],
+                ended_track_ids: vec![],
             })),
             ..Default::default()
         };

@@ -1,9 +1,12 @@
-//! Stable track ids across frames of a source.
+//! Stable track ids across frames of a source: [`hands`] for the hand
+//! route (motion, coasting, a side vote, ended tracks), [`BoxTracker`] for
+//! people.
 
 use std::collections::HashMap;
 
 use posed_models::hand_detector::iou;
-use posed_models::hand_pipeline::HandEstimate;
+
+pub mod hands;
 
 /// Boxes must overlap at least this much to continue a track.
 const TRACK_IOU: f32 = 0.3;
@@ -60,70 +63,27 @@ impl BoxTracker {
     }
 }
 
-/// Hand tracks: boxes of the same side.
-#[derive(Default)]
-pub struct HandTracker(BoxTracker);
-
-impl HandTracker {
-    pub fn assign(&mut self, source: &str, hands: &[HandEstimate]) -> Vec<u32> {
-        let boxes: Vec<([f32; 4], bool)> = hands
-            .iter()
-            .map(|h| (h.hand.bbox, h.hand.is_right))
-            .collect();
-        self.0.assign(source, &boxes)
-    }
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
-    use posed_models::hand_pipeline::HandBox;
-
+mod tests {
     use super::*;
 
-    pub(crate) fn est(bbox: [f32; 4], is_right: bool) -> HandEstimate {
-        HandEstimate {
-            hand: HandBox {
-                bbox,
-                is_right,
-                score: 0.9,
-                keypoints_2d: vec![],
-            },
-            keypoints_3d: vec![],
-            vertices: vec![[1.0, 2.0, 3.0]],
-            cam_t: [0.0, 0.0, 1.0],
-            keypoints_2d_projected: vec![],
-            global_orient: [0.0; 3],
-            hand_pose: vec![],
-            betas: vec![],
-            crop_cam: [1.0, 0.0, 0.0],
-            focal_length: 1000.0,
-        }
-    }
-
     #[test]
-    fn tracks_follow_overlapping_boxes_of_the_same_side() {
-        let mut t = HandTracker::default();
+    fn tracks_follow_overlapping_boxes_of_the_same_class() {
+        let mut t = BoxTracker::default();
         let a = t.assign(
             "cam",
-            &[
-                est([0., 0., 10., 10.], true),
-                est([50., 0., 60., 10.], false),
-            ],
+            &[([0., 0., 10., 10.], true), ([50., 0., 60., 10.], false)],
         );
         assert_eq!(a, [1, 2]);
         // Moved a little, order swapped: ids follow the boxes.
         let b = t.assign(
             "cam",
-            &[
-                est([51., 1., 61., 11.], false),
-                est([1., 1., 11., 11.], true),
-            ],
+            &[([51., 1., 61., 11.], false), ([1., 1., 11., 11.], true)],
         );
         assert_eq!(b, [2, 1]);
-        // Same place but the other side: a new hand.
-        let c = t.assign("cam", &[est([1., 1., 11., 11.], false)]);
-        assert_eq!(c, [3]);
+        // Same place but the other class: a new track.
+        assert_eq!(t.assign("cam", &[([1., 1., 11., 11.], false)]), [3]);
         // Another source has its own tracks.
-        assert_eq!(t.assign("push", &[est([1., 1., 11., 11.], false)]), [4]);
+        assert_eq!(t.assign("push", &[([1., 1., 11., 11.], false)]), [4]);
     }
 }
