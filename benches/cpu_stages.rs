@@ -117,7 +117,7 @@ fn serialization(c: &mut Criterion) {
         hand_pose: vec![[0.1, 0.2, 0.3]; 15],
         betas: vec![0.1; 10],
         crop_cam: [1.0, 0.0, 0.0],
-        focal_length: 1000.0,
+        camera: posed_models::camera::Intrinsics::pseudo(5000.0, 256.0, 640.0, 480.0),
     };
     let frame = Frame {
         id: 1,
@@ -129,6 +129,7 @@ fn serialization(c: &mut Criterion) {
         width: 640,
         height: 480,
         rgb: Vec::new(),
+        intrinsics: None,
     };
     let track = |id, is_right| posed::tracking::hands::TrackedHand {
         id,
@@ -139,6 +140,8 @@ fn serialization(c: &mut Criterion) {
         hands: vec![hand(true), hand(false)],
         tracks: vec![track(1, true), track(2, false)],
         ended: Vec::new(),
+        camera: posed_models::camera::Intrinsics::pseudo(5000.0, 256.0, 640.0, 480.0),
+        camera_given: false,
     };
     c.bench_function("event of 2 hands with vertices, encoded", |b| {
         b.iter(|| {

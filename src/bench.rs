@@ -553,6 +553,7 @@ fn decoded_frame<R: Route>(
         width: rgb.width,
         height: rgb.height,
         rgb: rgb.data,
+        intrinsics: None,
     });
     Ok((frame, request))
 }

@@ -112,6 +112,7 @@ mod tests {
             fps: 30,
             formats: vec![PixelFormat::Bgra],
             pin_frame_rate: true,
+            intrinsics: None,
         }
     }
 

@@ -279,6 +279,8 @@ pub fn camera_config(config: &Config) -> crate::sources::camera::CameraConfig {
         fps: c.fps,
         formats: c.formats.clone(),
         pin_frame_rate: c.pin_frame_rate,
+        // Checked when the config was loaded.
+        intrinsics: c.intrinsics().unwrap_or(None),
     }
 }
 

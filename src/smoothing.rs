@@ -132,7 +132,7 @@ mod tests {
                     keypoints_2d: vec![x, 0.0],
                     ..Default::default()
                 }],
-                ended_track_ids: vec![],
+                ..Default::default()
             })),
             ..Default::default()
         }

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::oneshot;
 
+use posed_models::camera::Intrinsics;
+
 use crate::decode::Rgb8;
 use crate::engine::{EngineError, Frame, FrameJob};
 use crate::proto;
@@ -75,6 +77,7 @@ impl FrameSubmitter {
         image: Rgb8,
         captured: SystemTime,
         received: Instant,
+        intrinsics: Option<Intrinsics>,
     ) -> Arc<Frame> {
         Arc::new(Frame {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -86,6 +89,7 @@ impl FrameSubmitter {
             width: image.width,
             height: image.height,
             rgb: image.data,
+            intrinsics,
         })
     }
 
@@ -202,7 +206,7 @@ pub async fn run_replay(
                     continue;
                 }
             };
-            let frame = submit.frame(&state.id, image, SystemTime::now(), received);
+            let frame = submit.frame(&state.id, image, SystemTime::now(), received, None);
             let sent = match cfg.pace {
                 Pace::Fast => submit.run(frame).await,
                 Pace::Original { .. } => submit.offer(frame),
@@ -256,6 +260,8 @@ pub mod camera {
         /// [`posed_capture::DEFAULT_FORMATS`].
         pub formats: Vec<PixelFormat>,
         pub pin_frame_rate: bool,
+        /// The camera's calibration at this size, for metric 3-D hands.
+        pub intrinsics: Option<posed_models::camera::Intrinsics>,
     }
 
     impl CameraConfig {
@@ -297,7 +303,11 @@ pub mod camera {
         submit: FrameSubmitter,
         stop: Arc<AtomicBool>,
     ) {
-        let mut feed = Feed { state, submit };
+        let mut feed = Feed {
+            state,
+            submit,
+            intrinsics: cfg.intrinsics,
+        };
         match backend {
             CameraBackend::Platform => capture(platform_backend(), &cfg, &stop, &mut feed),
             CameraBackend::Scripted(fake) => capture(fake, &cfg, &stop, &mut feed),
@@ -318,6 +328,7 @@ pub mod camera {
     struct Feed {
         state: Arc<SourceState>,
         submit: FrameSubmitter,
+        intrinsics: Option<posed_models::camera::Intrinsics>,
     }
 
     impl Observer for Feed {
@@ -341,6 +352,7 @@ pub mod camera {
                 image,
                 captured.captured.system,
                 captured.captured.instant,
+                self.intrinsics,
             );
             self.submit.record(&frame);
             match self.submit.offer(frame) {

@@ -61,6 +61,7 @@ fn frame(id: u64, width: usize, height: usize) -> Arc<Frame> {
         rgb: (0..width * height * 3)
             .map(|i| (i * 31 % 251) as u8)
             .collect(),
+        intrinsics: None,
     })
 }
 

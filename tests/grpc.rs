@@ -450,6 +450,66 @@ async fn bad_input_gets_a_status_and_the_daemon_keeps_serving() {
             },
             expect(Code::InvalidArgument, "no image"),
         ),
+        (
+            proto::PushImageRequest {
+                intrinsics: Some(proto::CameraIntrinsics {
+                    fx: 0.,
+                    fy: 600.,
+                    cx: 32.,
+                    cy: 32.,
+                }),
+                ..push(jpeg(64, 64), vec![], true)
+            },
+            expect(Code::InvalidArgument, "positive focal lengths"),
+        ),
+        (
+            proto::PushImageRequest {
+                intrinsics: Some(proto::CameraIntrinsics {
+                    fx: 600.,
+                    fy: -1.,
+                    cx: 32.,
+                    cy: 32.,
+                }),
+                ..push(jpeg(64, 64), vec![], true)
+            },
+            expect(Code::InvalidArgument, "positive focal lengths"),
+        ),
+        (
+            proto::PushImageRequest {
+                intrinsics: Some(proto::CameraIntrinsics {
+                    fx: f32::NAN,
+                    fy: 600.,
+                    cx: 32.,
+                    cy: 32.,
+                }),
+                ..push(jpeg(64, 64), vec![], true)
+            },
+            expect(Code::InvalidArgument, "not finite"),
+        ),
+        (
+            proto::PushImageRequest {
+                intrinsics: Some(proto::CameraIntrinsics {
+                    fx: 600.,
+                    fy: 600.,
+                    cx: f32::INFINITY,
+                    cy: 32.,
+                }),
+                ..push(jpeg(64, 64), vec![], true)
+            },
+            expect(Code::InvalidArgument, "not finite"),
+        ),
+        (
+            proto::PushImageRequest {
+                intrinsics: Some(proto::CameraIntrinsics {
+                    fx: 600.,
+                    fy: 600.,
+                    cx: 32.,
+                    cy: 65.,
+                }),
+                ..push(jpeg(64, 64), vec![], true)
+            },
+            expect(Code::InvalidArgument, "outside the 64x64 image"),
+        ),
     ];
     for (req, (code, needle)) in cases {
         let s = c.push_image(req).await.unwrap_err();
@@ -719,6 +779,62 @@ async fn replay_feeds_subscribers_and_a_missing_camera_is_retried() {
     assert!(d.stop().await < Duration::from_secs(2));
 }
 
+/// The same hands with the camera's intrinsics: depth scales with the
+/// focal length (metric), the hand stays on its box, and the event says
+/// which camera was used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_with_camera_intrinsics_get_metric_hands() {
+    let d = Daemon::start(ServeOptions::default(), None).await;
+    d.wait_serving().await;
+    let mut c = d.client().await;
+    let boxes = || vec![hand_box(60., 50., 130., 140., true)];
+    let hands_and_camera = |r: proto::PushImageReply| {
+        let Some(proto::event::Payload::Hands(h)) = r.events[0].payload.clone() else {
+            panic!("not a hands event")
+        };
+        h
+    };
+    let pseudo = hands_and_camera(
+        c.push_image(push(jpeg(320, 240), boxes(), true))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert!(!pseudo.camera_given);
+    let k = pseudo.camera.unwrap();
+    // WiLoR's 5000 px at 256 px, scaled to the longer side; centred.
+    assert_eq!((k.fx, k.fy, k.cx, k.cy), (6250.0, 6250.0, 160.0, 120.0));
+    assert_eq!(pseudo.hands[0].focal_length_px, 6250.0);
+
+    let req = proto::PushImageRequest {
+        intrinsics: Some(proto::CameraIntrinsics {
+            fx: 250.0,
+            fy: 250.0,
+            cx: 160.0,
+            cy: 120.0,
+        }),
+        ..push(jpeg(320, 240), boxes(), true)
+    };
+    let metric = hands_and_camera(c.push_image(req).await.unwrap().into_inner());
+    assert!(metric.camera_given);
+    assert_eq!(metric.hands[0].focal_length_px, 250.0);
+    let (p, m) = (&pseudo.hands[0], &metric.hands[0]);
+    let ratio = m.camera_translation[2] / p.camera_translation[2];
+    assert!((ratio - 250.0 / 6250.0).abs() < 1e-4, "depth ratio {ratio}");
+    // The hand's origin projects to the same pixel with either camera (the
+    // joints around it differ by perspective: the real camera is closer).
+    let origin = |t: &[f32], f: f32| [f * t[0] / t[2] + 160.0, f * t[1] / t[2] + 120.0];
+    let (a, b) = (
+        origin(&p.camera_translation, 6250.0),
+        origin(&m.camera_translation, 250.0),
+    );
+    assert!(
+        (a[0] - b[0]).abs() < 0.05 && (a[1] - b[1]).abs() < 0.05,
+        "{a:?} vs {b:?}"
+    );
+    d.stop().await;
+}
+
 fn camera_config(device: &str) -> posed::sources::camera::CameraConfig {
     posed::sources::camera::CameraConfig {
         device: device.into(),
@@ -727,6 +843,7 @@ fn camera_config(device: &str) -> posed::sources::camera::CameraConfig {
         fps: 30,
         formats: Vec::new(),
         pin_frame_rate: true,
+        intrinsics: None,
     }
 }
 

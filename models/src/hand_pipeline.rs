@@ -56,7 +56,9 @@ pub struct HandEstimate {
     /// The crop's weak-perspective camera [s, tx, ty] (un-mirrored).
     pub crop_cam: [f32; 3],
     /// Focal length (pixels) of the full-image camera `cam_t` assumes.
-    pub focal_length: f32,
+    /// The full image's camera the translation and projection used: the
+    /// caller's, or WiLoR's pseudo camera ([`camera::Intrinsics::pseudo`]).
+    pub camera: camera::Intrinsics,
 }
 
 pub struct HandPipeline {
@@ -194,6 +196,17 @@ impl HandPipeline {
     }
 
     /// CPU: one crop per hand, left hands mirrored.
+    /// WiLoR's stand-in camera for an image of `width × height`.
+    pub fn pseudo_camera(&self, width: usize, height: usize) -> camera::Intrinsics {
+        let cfg = self.wilor.config();
+        camera::Intrinsics::pseudo(
+            cfg.focal_length,
+            cfg.image_size as f32,
+            width as f32,
+            height as f32,
+        )
+    }
+
     pub fn prepare_crops(&self, img: RgbImage, hands: &[HandBox]) -> CropBatch {
         let size = self.wilor.config().image_size as usize;
         let crops: Vec<HandCrop> = hands
@@ -221,7 +234,7 @@ impl HandPipeline {
         height: usize,
     ) -> Result<Vec<HandEstimate>> {
         match self.regress(batch)? {
-            Some(r) => self.mesh(&r, batch, hands, width, height),
+            Some(r) => self.mesh(&r, batch, hands, &self.pseudo_camera(width, height)),
             None => Ok(Vec::new()),
         }
     }
@@ -289,14 +302,13 @@ impl HandPipeline {
     }
 
     /// CPU: the model's outputs back on the host, each hand un-mirrored and
-    /// placed in the full image of `width × height`.
+    /// placed in the full image seen by camera `k`.
     pub fn mesh(
         &self,
         r: &PoseParams,
         batch: &CropBatch,
         hands: &[HandBox],
-        width: usize,
-        height: usize,
+        k: &camera::Intrinsics,
     ) -> Result<Vec<HandEstimate>> {
         let n = batch.crops.len();
         let kp = host_f32(&r.keypoints_3d)?;
@@ -308,9 +320,6 @@ impl HandPipeline {
         let global = host_f32(&global)?;
         let pose = host_f32(&pose)?;
 
-        let cfg = self.wilor.config();
-        let (w, h) = (width as f32, height as f32);
-        let focal = camera::full_image_focal(cfg.focal_length, cfg.image_size as f32, w, h);
         let nv = self.wilor.mano().num_vertices as usize;
         let mut estimates = Vec::with_capacity(n);
         for (i, (crop, hand)) in batch.crops.iter().zip(hands).enumerate() {
@@ -329,10 +338,10 @@ impl HandPipeline {
                 .collect();
             let c = &cams[i * 3..i * 3 + 3];
             let crop_cam = [c[0], sign * c[1], c[2]];
-            let cam_t = camera::cam_crop_to_full(crop_cam, crop.centre, crop.side, w, h, focal);
+            let cam_t = camera::cam_crop_to_full(crop_cam, crop.centre, crop.side, k);
             let keypoints_2d_projected = keypoints_3d
                 .iter()
-                .map(|&p| camera::project(p, cam_t, focal, w, h))
+                .map(|&p| camera::project(p, cam_t, k))
                 .collect();
             estimates.push(HandEstimate {
                 hand: hand.clone(),
@@ -347,7 +356,7 @@ impl HandPipeline {
                     .collect(),
                 betas: betas[i * NUM_BETAS as usize..(i + 1) * NUM_BETAS as usize].to_vec(),
                 crop_cam,
-                focal_length: focal,
+                camera: *k,
             });
         }
         Ok(estimates)

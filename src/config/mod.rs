@@ -60,6 +60,24 @@ pub struct CameraConfig {
     /// Hold the frame rate in the dark instead of letting auto-exposure
     /// lengthen frames.
     pub pin_frame_rate: bool,
+    /// The camera's calibration at width × height, in pixels, for metric
+    /// 3-D hands; all 0 = unknown (WiLoR's pseudo camera).
+    pub fx: f32,
+    pub fy: f32,
+    pub cx: f32,
+    pub cy: f32,
+}
+
+impl CameraConfig {
+    /// The configured intrinsics; `None` when all four are 0.
+    pub fn intrinsics(&self) -> Result<Option<posed_models::camera::Intrinsics>, String> {
+        if [self.fx, self.fy, self.cx, self.cy] == [0.0; 4] {
+            return Ok(None);
+        }
+        let (w, h) = (self.width as usize, self.height as usize);
+        posed_models::camera::Intrinsics::checked(self.fx, self.fy, self.cx, self.cy, w, h)
+            .map(Some)
+    }
 }
 
 impl Default for ReplayConfig {
@@ -88,6 +106,10 @@ impl Default for CameraConfig {
             fps: 30,
             formats: Vec::new(),
             pin_frame_rate: true,
+            fx: 0.0,
+            fy: 0.0,
+            cx: 0.0,
+            cy: 0.0,
         }
     }
 }
@@ -390,6 +412,10 @@ const KEYS: &[(&str, Setter)] = &[
     ("camera.pin_frame_rate", |c, v| {
         set_bool(&mut c.camera.pin_frame_rate, v)
     }),
+    ("camera.fx", |c, v| set_float(&mut c.camera.fx, v)),
+    ("camera.fy", |c, v| set_float(&mut c.camera.fy, v)),
+    ("camera.cx", |c, v| set_float(&mut c.camera.cx, v)),
+    ("camera.cy", |c, v| set_float(&mut c.camera.cy, v)),
     ("recording.dir", |c, v| set_string(&mut c.recording.dir, v)),
     ("log.format", |c, v| set_choice(&mut c.log.format, v)),
     ("log.telemetry_interval_s", |c, v| {
@@ -418,7 +444,7 @@ fn set_bool(slot: &mut bool, v: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn set_float(slot: &mut f64, v: &str) -> Result<(), String> {
+fn set_float<T: std::str::FromStr>(slot: &mut T, v: &str) -> Result<(), String> {
     *slot = v.parse().map_err(|_| format!("{v:?} is not a number"))?;
     Ok(())
 }
@@ -638,6 +664,8 @@ impl Config {
         {
             return Err(bad("camera.formats", format!("{f} is listed twice")));
         }
+        cam.intrinsics()
+            .map_err(|why| bad("camera.fx", format!("camera.fx/fy/cx/cy {why}")))?;
         Ok(())
     }
 
@@ -760,6 +788,44 @@ mod tests {
 
         let e = Config::load(None, no_env, &[("log.format", "xml".into())]).unwrap_err();
         assert_eq!(e.key, "log.format");
+    }
+
+    #[test]
+    fn camera_settings_are_checked_at_load() {
+        let load = |pairs: &[(&str, &str)]| {
+            let owned: Vec<(&str, String)> =
+                pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+            Config::load(None, no_env, &owned)
+        };
+        let c = load(&[]).unwrap();
+        assert_eq!(c.camera.intrinsics(), Ok(None));
+        let c = load(&[
+            ("camera.fx", "600"),
+            ("camera.fy", "600"),
+            ("camera.cx", "320"),
+            ("camera.cy", "240"),
+        ])
+        .unwrap();
+        assert_eq!(c.camera.intrinsics().unwrap().unwrap().fx, 600.0);
+        for (key, value, says) in [
+            ("camera.fx", "-1", "positive focal lengths"),
+            ("camera.cx", "NaN", "not finite"),
+            ("camera.cy", "9000", "outside the 640x480 image"),
+            ("camera.fps", "0", "not a rate from 1 to 1000"),
+            ("camera.width", "100000", "not a size from 1 to 16384"),
+            (
+                "camera.formats",
+                "nv12,jpeg",
+                "\"jpeg\" is not a pixel format",
+            ),
+            ("camera.formats", "nv12,nv12", "nv12 is listed twice"),
+            ("hands.track_timeout_ms", "0", "not from 1 to 600000 ms"),
+        ] {
+            let mut pairs = vec![("camera.fx", "600"), ("camera.fy", "600")];
+            pairs.push((key, value));
+            let e = load(&pairs).unwrap_err().to_string();
+            assert!(e.contains(says), "{key}={value}: {e}");
+        }
     }
 
     /// A closed set is parsed once, by serde, wherever its value comes

@@ -38,6 +38,8 @@ pub struct Frame {
     pub height: usize,
     /// width × height × 3 bytes.
     pub rgb: Vec<u8>,
+    /// The camera that took it, when its source or client knows it.
+    pub intrinsics: Option<posed_models::camera::Intrinsics>,
 }
 
 /// What a caller that waits for a frame's answer hands in with it. The
@@ -508,6 +510,7 @@ mod tests {
                 width: 1,
                 height: 1,
                 rgb: vec![0; 3],
+                intrinsics: None,
             }),
             reply,
         )

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use posed_models::camera::Intrinsics;
 use posed_models::hand_pipeline::{
     DetectorInput, HandBox, HandEstimate, HandModelFiles, HandPipeline,
 };
@@ -73,6 +74,10 @@ pub struct HandsOutput {
     pub tracks: Vec<TrackedHand>,
     /// Tracks of the frame's source that ended with this frame.
     pub ended: Vec<u32>,
+    /// The camera the hands were placed with, and whether it is the
+    /// frame's own (else WiLoR's pseudo camera).
+    pub camera: Intrinsics,
+    pub camera_given: bool,
 }
 
 /// Where the warm-up puts its hands on its blank frame.
@@ -171,11 +176,14 @@ impl Route for HandsRoute {
             })
             .collect();
         let crops = p.prepare_crops(img, &hands);
+        let camera = frame
+            .intrinsics
+            .unwrap_or_else(|| p.pseudo_camera(frame.width, frame.height));
         clock.mark(stage::CROP);
         let regressed = p.regress(&crops)?;
         clock.mark(stage::POSE);
         let hands = match regressed {
-            Some(r) => p.mesh(&r, &crops, &hands, frame.width, frame.height)?,
+            Some(r) => p.mesh(&r, &crops, &hands, &camera)?,
             None => Vec::new(),
         };
         clock.mark(stage::MANO);
@@ -183,6 +191,8 @@ impl Route for HandsRoute {
             hands,
             tracks: update.hands,
             ended: update.ended,
+            camera,
+            camera_given: frame.intrinsics.is_some(),
         })
     }
 }
@@ -339,9 +349,17 @@ pub fn hands_event(
         .zip(&output.tracks)
         .map(|(h, t)| hand_pose(h, t, mirror))
         .collect();
+    let k = &output.camera;
     let payload = proto::event::Payload::Hands(proto::Hands {
         hands,
         ended_track_ids: output.ended.clone(),
+        camera: Some(proto::CameraIntrinsics {
+            fx: k.fx,
+            fy: k.fy,
+            cx: k.cx,
+            cy: k.cy,
+        }),
+        camera_given: output.camera_given,
     });
     proto::Event {
         mirrored: mirror,
@@ -374,7 +392,7 @@ fn hand_pose(h: &HandEstimate, track: &TrackedHand, mirror: bool) -> proto::Hand
         keypoints_2d: h.keypoints_2d_projected.iter().flatten().copied().collect(),
         keypoints_3d: h.keypoints_3d.iter().flatten().copied().collect(),
         camera_translation: h.cam_t.to_vec(),
-        focal_length_px: h.focal_length,
+        focal_length_px: h.camera.fx,
         vertices: h.vertices.iter().flatten().copied().collect(),
         mano_pose: h
             .global_orient
@@ -410,7 +428,7 @@ mod tests {
             hand_pose: vec![],
             betas: vec![],
             crop_cam: [1.0, 0.0, 0.0],
-            focal_length: 1000.0,
+            camera: Intrinsics::pseudo(5000.0, 256.0, 640.0, 480.0),
         }
     }
 
@@ -433,7 +451,7 @@ mod tests {
         let e = proto::Event {
             payload: Some(proto::event::Payload::Hands(proto::Hands {
                 hands: vec![hand_pose(&h, &TRACK, false)],
-                ended_track_ids: vec![],
+                ..Default::default()
             })),
             ..Default::default()
         };

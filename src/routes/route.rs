@@ -185,6 +185,7 @@ pub fn blank_frame(width: usize, height: usize) -> Frame {
         width,
         height,
         rgb: vec![128; width * height * 3],
+        intrinsics: None,
     }
 }
 

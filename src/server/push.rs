@@ -168,6 +168,12 @@ async fn frame_job(
     .await
     .map_err(|e| Status::internal(format!("decoder failed: {e}")))??;
     shared.telemetry.record("push.decode", received.elapsed());
+    let intrinsics = req
+        .intrinsics
+        .as_ref()
+        .map(|k| crate::events::checked_intrinsics("intrinsics", k, rgb.width, rgb.height))
+        .transpose()
+        .map_err(Status::invalid_argument)?;
     let id = shared.next_frame_id.fetch_add(1, Ordering::Relaxed);
     let captured = match u64::try_from(req.capture_unix_ns) {
         Ok(ns) if ns > 0 => SystemTime::UNIX_EPOCH + Duration::from_nanos(ns),
@@ -188,6 +194,7 @@ async fn frame_job(
         width: rgb.width,
         height: rgb.height,
         rgb: rgb.data,
+        intrinsics,
     });
     if let Some(r) = &shared.recorder {
         r.record(&frame);
