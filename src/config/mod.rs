@@ -154,6 +154,10 @@ pub struct HandsConfig {
     pub mirror: bool,
     /// At most this many detected hands per frame, strongest first.
     pub max_hands: usize,
+    /// The hand detector's minimum class score (0..1) and the IoU above
+    /// which its NMS drops the weaker of two boxes.
+    pub conf_threshold: f32,
+    pub iou_threshold: f32,
     /// Frames a hand track survives without a detection before it ends.
     pub max_coast_frames: u32,
     /// A source that sends no frame for this long ends its hand tracks (a
@@ -177,6 +181,8 @@ impl Default for HandsConfig {
             compile: Compile::Auto,
             mirror: false,
             max_hands: 4,
+            conf_threshold: 0.3,
+            iou_threshold: 0.5,
             max_coast_frames: 3,
             track_timeout_ms: 2000,
             smoothing: false,
@@ -347,6 +353,12 @@ const KEYS: &[(&str, Setter)] = &[
     ("hands.compile", |c, v| set_choice(&mut c.hands.compile, v)),
     ("hands.mirror", |c, v| set_bool(&mut c.hands.mirror, v)),
     ("hands.max_hands", |c, v| set_num(&mut c.hands.max_hands, v)),
+    ("hands.conf_threshold", |c, v| {
+        set_float(&mut c.hands.conf_threshold, v)
+    }),
+    ("hands.iou_threshold", |c, v| {
+        set_float(&mut c.hands.iou_threshold, v)
+    }),
     ("hands.max_coast_frames", |c, v| {
         set_num(&mut c.hands.max_coast_frames, v)
     }),
@@ -576,6 +588,14 @@ impl Config {
         }
         if self.hands.max_hands == 0 {
             return Err(bad("hands.max_hands", "must be at least 1".into()));
+        }
+        for (key, v) in [
+            ("hands.conf_threshold", self.hands.conf_threshold),
+            ("hands.iou_threshold", self.hands.iou_threshold),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(bad(key, format!("{v} is not in [0, 1]")));
+            }
         }
         if self.hands.max_coast_frames > 300 {
             return Err(bad(
@@ -820,6 +840,8 @@ mod tests {
             ),
             ("camera.formats", "nv12,nv12", "nv12 is listed twice"),
             ("hands.track_timeout_ms", "0", "not from 1 to 600000 ms"),
+            ("hands.conf_threshold", "1.5", "not in [0, 1]"),
+            ("hands.iou_threshold", "NaN", "not in [0, 1]"),
         ] {
             let mut pairs = vec![("camera.fx", "600"), ("camera.fy", "600")];
             pairs.push((key, value));

@@ -234,7 +234,9 @@ impl RouteKind for Hands {
         crate::weights::resolve::hand_files(&config.hands, hub).await
     }
 
-    fn load(files: HandModelFiles, config: &Config) -> anyhow::Result<(HandsRoute, bool)> {
+    fn load(mut files: HandModelFiles, config: &Config) -> anyhow::Result<(HandsRoute, bool)> {
+        files.detector_config.conf_threshold = config.hands.conf_threshold;
+        files.detector_config.iou_threshold = config.hands.iou_threshold;
         tracing::info!(
             detector = %files.detector_weights.display(),
             wilor = %files.wilor_weights.display(),
