@@ -373,7 +373,11 @@ async fn bad_input_gets_a_status_and_the_daemon_keeps_serving() {
     let expect = |code: Code, needle: &'static str| (code, needle);
     let mut truncated = jpeg(320, 240);
     truncated.truncate(400);
-    let cases: Vec<(proto::PushImageRequest, (Code, &str))> = vec![
+    let with_camera = |fx, fy, cx, cy| proto::PushImageRequest {
+        intrinsics: Some(proto::CameraIntrinsics { fx, fy, cx, cy }),
+        ..push(jpeg(64, 64), vec![], true)
+    };
+    let mut cases: Vec<(proto::PushImageRequest, (Code, &str))> = vec![
         (
             push(truncated, vec![], true),
             expect(Code::InvalidArgument, "cannot decode Jpeg"),
@@ -450,67 +454,16 @@ async fn bad_input_gets_a_status_and_the_daemon_keeps_serving() {
             },
             expect(Code::InvalidArgument, "no image"),
         ),
-        (
-            proto::PushImageRequest {
-                intrinsics: Some(proto::CameraIntrinsics {
-                    fx: 0.,
-                    fy: 600.,
-                    cx: 32.,
-                    cy: 32.,
-                }),
-                ..push(jpeg(64, 64), vec![], true)
-            },
-            expect(Code::InvalidArgument, "positive focal lengths"),
-        ),
-        (
-            proto::PushImageRequest {
-                intrinsics: Some(proto::CameraIntrinsics {
-                    fx: 600.,
-                    fy: -1.,
-                    cx: 32.,
-                    cy: 32.,
-                }),
-                ..push(jpeg(64, 64), vec![], true)
-            },
-            expect(Code::InvalidArgument, "positive focal lengths"),
-        ),
-        (
-            proto::PushImageRequest {
-                intrinsics: Some(proto::CameraIntrinsics {
-                    fx: f32::NAN,
-                    fy: 600.,
-                    cx: 32.,
-                    cy: 32.,
-                }),
-                ..push(jpeg(64, 64), vec![], true)
-            },
-            expect(Code::InvalidArgument, "not finite"),
-        ),
-        (
-            proto::PushImageRequest {
-                intrinsics: Some(proto::CameraIntrinsics {
-                    fx: 600.,
-                    fy: 600.,
-                    cx: f32::INFINITY,
-                    cy: 32.,
-                }),
-                ..push(jpeg(64, 64), vec![], true)
-            },
-            expect(Code::InvalidArgument, "not finite"),
-        ),
-        (
-            proto::PushImageRequest {
-                intrinsics: Some(proto::CameraIntrinsics {
-                    fx: 600.,
-                    fy: 600.,
-                    cx: 32.,
-                    cy: 65.,
-                }),
-                ..push(jpeg(64, 64), vec![], true)
-            },
-            expect(Code::InvalidArgument, "outside the 64x64 image"),
-        ),
     ];
+    for (req, needle) in [
+        (with_camera(0., 600., 32., 32.), "positive focal lengths"),
+        (with_camera(600., -1., 32., 32.), "positive focal lengths"),
+        (with_camera(f32::NAN, 600., 32., 32.), "not finite"),
+        (with_camera(600., 600., f32::INFINITY, 32.), "not finite"),
+        (with_camera(600., 600., 32., 65.), "outside the 64x64 image"),
+    ] {
+        cases.push((req, expect(Code::InvalidArgument, needle)));
+    }
     for (req, (code, needle)) in cases {
         let s = c.push_image(req).await.unwrap_err();
         assert_eq!(s.code(), code, "{}", s.message());
