@@ -4,6 +4,19 @@
 
 use std::env;
 
+/// A Linux build without the wheel's lib folder (build scripts have no
+/// thiserror, hence the hand-written impls).
+#[derive(Debug, PartialEq)]
+pub struct NoMlxLibDir;
+
+impl std::fmt::Display for NoMlxLibDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("POSED_MLX_LIB_DIR is not set: run `make setup` (scripts/setup-mlx.sh) first")
+    }
+}
+
+impl std::error::Error for NoMlxLibDir {}
+
 /// Points the binary at the MLX wheel's libmlx (see [`link_args`]).
 pub fn link_mlx_runtime() {
     println!("cargo:rerun-if-env-changed=POSED_MLX_LIB_DIR");
@@ -16,7 +29,7 @@ pub fn link_mlx_runtime() {
                 println!("cargo:rustc-link-arg={arg}");
             }
         }
-        Err(why) => panic!("{why}"),
+        Err(NoMlxLibDir) => panic!("{NoMlxLibDir}"),
     }
 }
 
@@ -36,11 +49,9 @@ pub fn link_args(
     target_os: &str,
     lib_dir: Option<&str>,
     openblas: bool,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, NoMlxLibDir> {
     match (target_os, lib_dir) {
-        ("linux", None) => Err(
-            "POSED_MLX_LIB_DIR is not set: run `make setup` (scripts/setup-mlx.sh) first".into(),
-        ),
+        ("linux", None) => Err(NoMlxLibDir),
         ("linux", Some(dir)) => {
             let mut args = vec![format!("-Wl,-rpath,{dir}")];
             if openblas {
@@ -95,6 +106,7 @@ mod tests {
         );
         assert!(link_args("linux", None, true)
             .unwrap_err()
+            .to_string()
             .contains("make setup"));
     }
 }

@@ -1,7 +1,7 @@
 //! `posed cameras`: the cameras this machine offers, every mode each one
 //! lists, and the one the config's `[camera]` section would open.
 
-use posed_capture::{negotiate, select, Backend, Device, Permission};
+use posed_capture::{negotiate, select, Backend, CaptureError, Device, Permission};
 
 use crate::sources::camera::CameraConfig;
 
@@ -9,7 +9,7 @@ use crate::sources::camera::CameraConfig;
 pub struct Listing {
     pub text: String,
     /// The config's pick ("Desk Cam 1280x720@30 420f"), or why none.
-    pub pick: Result<String, String>,
+    pub pick: Result<String, CaptureError>,
 }
 
 pub fn list(backend: &mut impl Backend, config: &CameraConfig) -> Listing {
@@ -19,12 +19,7 @@ pub fn list(backend: &mut impl Backend, config: &CameraConfig) -> Listing {
     );
     let devices = match backend.devices() {
         Ok(d) => d,
-        Err(e) => {
-            return Listing {
-                text,
-                pick: Err(format!("cannot list cameras: {e}")),
-            }
-        }
+        Err(e) => return Listing { text, pick: Err(e) },
     };
     if devices.is_empty() {
         text.push_str("no cameras\n");
@@ -33,13 +28,10 @@ pub fn list(backend: &mut impl Backend, config: &CameraConfig) -> Listing {
         describe(&mut text, i, d);
     }
     let session = config.session();
-    let pick = select(&devices, &session.device)
-        .map_err(|e| e.to_string())
-        .and_then(|d| {
-            negotiate(&d.name, &d.modes, &session.want)
-                .map(|choice| format!("{} {choice}", d.name))
-                .map_err(|e| e.to_string())
-        });
+    let pick = select(&devices, &session.device).and_then(|d| {
+        let choice = negotiate(&d.name, &d.modes, &session.want)?;
+        Ok(format!("{} {choice}", d.name))
+    });
     Listing { text, pick }
 }
 
@@ -140,12 +132,12 @@ mod tests {
         let (mut fake, _) = FakeBackend::new(vec![bgra_camera("Desk Cam", Size::new(64, 48))]);
         let l = list(&mut fake, &config("", 640));
         assert_eq!(
-            l.pick.unwrap_err(),
+            l.pick.unwrap_err().to_string(),
             "\"Desk Cam\" offers no 640x48 at 30 fps in bgra; closest: 64x48@30 BGRA"
         );
         let l = list(&mut fake, &config("Logi", 64));
         assert_eq!(
-            l.pick.unwrap_err(),
+            l.pick.unwrap_err().to_string(),
             "no camera named like \"Logi\" (found: Desk Cam)"
         );
     }

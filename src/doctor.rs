@@ -124,7 +124,7 @@ fn loaded_libmlx() -> Option<std::path::PathBuf> {
 
 /// MLX's Metal kernels ship as `mlx.metallib`, which MLX looks for beside
 /// `libmlx.dylib`: the line to print, or what is wrong and how to fix it.
-pub fn metallib_beside(libmlx: Option<&std::path::Path>) -> Result<String, String> {
+pub fn metallib_beside(libmlx: Option<&std::path::Path>) -> Result<String, NoMetallib> {
     let Some(lib) = libmlx else {
         return Ok("MLX is linked in (built from source); its build placed the metallib".into());
     };
@@ -132,13 +132,22 @@ pub fn metallib_beside(libmlx: Option<&std::path::Path>) -> Result<String, Strin
     if metallib.is_file() {
         Ok(format!("{} (beside {})", metallib.display(), lib.display()))
     } else {
-        Err(format!(
-            "no mlx.metallib beside {}: Metal kernels cannot load; re-run `make setup` \
-             (it unpacks the mlx-metal wheel), or reinstall the agent with \
-             deploy/launchd/install.sh, which copies both",
-            lib.display()
-        ))
+        Err(NoMetallib {
+            libmlx: lib.to_owned(),
+        })
     }
+}
+
+/// `libmlx.dylib` was loaded from a folder without `mlx.metallib`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no mlx.metallib beside {}: Metal kernels cannot load; re-run `make setup` \
+     (it unpacks the mlx-metal wheel), or reinstall the agent with \
+     deploy/launchd/install.sh, which copies both",
+    libmlx.display()
+)]
+pub struct NoMetallib {
+    pub libmlx: std::path::PathBuf,
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -191,7 +200,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lib = dir.path().join("libmlx.dylib");
         std::fs::write(&lib, "").unwrap();
-        let err = metallib_beside(Some(&lib)).unwrap_err();
+        let err = metallib_beside(Some(&lib)).unwrap_err().to_string();
         assert!(
             err.starts_with(&format!("no mlx.metallib beside {}", lib.display())),
             "{err}"

@@ -91,18 +91,6 @@ pub fn is_error(e: &proto::Event) -> bool {
     matches!(e.payload, Some(proto::event::Payload::Error(_)))
 }
 
-/// A client's camera intrinsics, checked against its image
-/// ([`posed_models::camera::Intrinsics::checked`]).
-pub fn checked_intrinsics(
-    field: &str,
-    k: &proto::CameraIntrinsics,
-    width: usize,
-    height: usize,
-) -> Result<posed_models::camera::Intrinsics, String> {
-    posed_models::camera::Intrinsics::checked(k.fx, k.fy, k.cx, k.cy, width, height)
-        .map_err(|why| format!("{field} {why}"))
-}
-
 /// A client box: finite, not empty or inverted, touching the image.
 pub fn checked_box(
     field: &str,

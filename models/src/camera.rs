@@ -27,10 +27,25 @@ impl Intrinsics {
     }
 }
 
+/// Intrinsics from outside that cannot describe a camera for the image.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidIntrinsics {
+    #[error("is not finite: {0:?}")]
+    NotFinite([f32; 4]),
+    #[error("needs positive focal lengths, got fx={fx} fy={fy}")]
+    FocalNotPositive { fx: f32, fy: f32 },
+    #[error("principal point ({cx}, {cy}) lies outside the {width}x{height} image")]
+    PrincipalPointOutside {
+        cx: f32,
+        cy: f32,
+        width: usize,
+        height: usize,
+    },
+}
+
 impl Intrinsics {
     /// Intrinsics from outside (a client, a config): positive finite focal
-    /// lengths, the principal point inside the `width × height` image; the
-    /// error says which rule failed.
+    /// lengths, the principal point inside the `width × height` image.
     pub fn checked(
         fx: f32,
         fy: f32,
@@ -38,19 +53,22 @@ impl Intrinsics {
         cy: f32,
         width: usize,
         height: usize,
-    ) -> Result<Intrinsics, String> {
+    ) -> Result<Intrinsics, InvalidIntrinsics> {
         let v = [fx, fy, cx, cy];
         if v.iter().any(|x| !x.is_finite()) {
-            return Err(format!("is not finite: {v:?}"));
+            return Err(InvalidIntrinsics::NotFinite(v));
         }
         if fx <= 0.0 || fy <= 0.0 {
-            return Err(format!("needs positive focal lengths, got fx={fx} fy={fy}"));
+            return Err(InvalidIntrinsics::FocalNotPositive { fx, fy });
         }
         let (w, h) = (width as f32, height as f32);
         if !(0.0..=w).contains(&cx) || !(0.0..=h).contains(&cy) {
-            return Err(format!(
-                "principal point ({cx}, {cy}) lies outside the {width}x{height} image"
-            ));
+            return Err(InvalidIntrinsics::PrincipalPointOutside {
+                cx,
+                cy,
+                width,
+                height,
+            });
         }
         Ok(Intrinsics { fx, fy, cx, cy })
     }

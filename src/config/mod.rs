@@ -70,7 +70,10 @@ pub struct CameraConfig {
 
 impl CameraConfig {
     /// The configured intrinsics; `None` when all four are 0.
-    pub fn intrinsics(&self) -> Result<Option<posed_models::camera::Intrinsics>, String> {
+    pub fn intrinsics(
+        &self,
+    ) -> Result<Option<posed_models::camera::Intrinsics>, posed_models::camera::InvalidIntrinsics>
+    {
         if [self.fx, self.fy, self.cx, self.cy] == [0.0; 4] {
             return Ok(None);
         }

@@ -1,5 +1,6 @@
 //! `PushImage` and `PushStream`: a client's images through the engine.
 
+use posed_models::camera::Intrinsics;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -171,9 +172,9 @@ async fn frame_job(
     let intrinsics = req
         .intrinsics
         .as_ref()
-        .map(|k| crate::events::checked_intrinsics("intrinsics", k, rgb.width, rgb.height))
+        .map(|k| Intrinsics::checked(k.fx, k.fy, k.cx, k.cy, rgb.width, rgb.height))
         .transpose()
-        .map_err(Status::invalid_argument)?;
+        .map_err(|e| Status::invalid_argument(format!("intrinsics {e}")))?;
     let id = shared.next_frame_id.fetch_add(1, Ordering::Relaxed);
     let captured = match u64::try_from(req.capture_unix_ns) {
         Ok(ns) if ns > 0 => SystemTime::UNIX_EPOCH + Duration::from_nanos(ns),
