@@ -125,21 +125,30 @@ fn serialization(c: &mut Criterion) {
         client_frame_id: 0,
         captured: SystemTime::now(),
         received: std::time::Instant::now(),
-        stream: false,
+        stream: None,
         width: 640,
         height: 480,
         rgb: Vec::new(),
         intrinsics: None,
     };
-    let track = |id, is_right| posed::tracking::hands::TrackedHand {
-        id,
-        is_right,
-        handedness: 0.9,
+    let result = |id, is_right| {
+        let pose = hand(is_right);
+        posed::routes::hands::HandResult {
+            hand: pose.hand.clone(),
+            origin: posed::routes::hands::HandOrigin::Tracked,
+            track: posed::tracking::hands::TrackedHand {
+                id,
+                is_right,
+                handedness: 0.9,
+            },
+            tracking_confidence: 0.9,
+            pose: Some(pose),
+        }
     };
     let output = posed::routes::hands::HandsOutput {
-        hands: vec![hand(true), hand(false)],
-        tracks: vec![track(1, true), track(2, false)],
+        hands: vec![result(1, true), result(2, false)],
         ended: Vec::new(),
+        detector_ran: false,
         camera: posed_models::camera::Intrinsics::pseudo(5000.0, 256.0, 640.0, 480.0),
         camera_given: false,
     };

@@ -35,6 +35,10 @@ fn main() -> anyhow::Result<()> {
     let options = BenchOptions {
         pose_dtypes: list("--pose-dtypes", "f32,bf16"),
         compile: list("--compile", "off").iter().map(|c| c == "on").collect(),
+        tracking: list("--tracking", "off")
+            .iter()
+            .map(|c| c == "on")
+            .collect(),
         flip_test: value("--flip-test").is_none_or(|v| v == "on"),
         per_frame: list("--hands", "1,2,4")
             .iter()

@@ -30,13 +30,13 @@ use posed_models::matte_pipeline::{Hint, MatteModelFiles, MattePipeline};
 use prost::Message;
 use serde::Serialize;
 
-use crate::config::{FallbackHint, MatteConfig, MatteFit};
-use crate::engine::Frame;
+use crate::config::{FallbackHint, HandsConfig, MatteConfig, MatteFit};
+use crate::engine::{Frame, StreamId};
 use crate::fanout::FanOut;
 use crate::proto;
 use crate::routes::body::{BodyRequest, BodyRoute};
-use crate::routes::hands::{HandsRequest, HandsRoute};
-use crate::routes::{stage, PostOptions, Route, RouteId, RouteOutput, StageClock};
+use crate::routes::hands::{HandSettings, HandsRequest, HandsRoute};
+use crate::routes::{stage, DetectRequest, PostOptions, Route, RouteId, RouteOutput, StageClock};
 use crate::server::decode_push;
 
 pub struct BenchOptions {
@@ -45,6 +45,9 @@ pub struct BenchOptions {
     pub compile: Vec<bool>,
     /// Hands (hand route) or people (body route) per frame.
     pub per_frame: Vec<usize>,
+    /// Hand route: detect every frame (false) and/or follow the hands on a
+    /// stream (true).
+    pub tracking: Vec<bool>,
     /// Body route: the reference's flip test (a mirrored copy of each crop).
     pub flip_test: bool,
     /// Matte route: the model sizes to compare.
@@ -88,6 +91,11 @@ pub struct CaseResult {
     pub route: RouteId,
     pub pose_dtype: String,
     pub compiled: bool,
+    /// Hand route: a stream whose hands are followed without the detector
+    /// (it runs every `redetect_interval` frames; the `detect` stage's `n`
+    /// says on how many).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tracking: bool,
     /// Hands or people per frame (the pose batch); 1 for the matte route.
     pub per_frame: usize,
     /// Matte route: the model's square input size.
@@ -214,30 +222,61 @@ pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
             if compiled {
                 pipeline.compile().context("compiling the hand route")?;
             }
-            let mut route = HandsRoute::new(pipeline, 4, Default::default());
+            let settings = HandSettings {
+                max_hands: 4,
+                ..HandSettings::from_config(&HandsConfig::default())
+            };
+            let mut route = HandsRoute::new(pipeline, settings, Default::default());
             let label = if compiled {
                 format!("{name}+compile")
             } else {
                 name.clone()
             };
-            for &n in &options.per_frame {
+            for (&n, &tracking) in options
+                .per_frame
+                .iter()
+                .flat_map(|n| options.tracking.iter().map(move |t| (n, t)))
+            {
+                let label = if tracking {
+                    format!("{label}+track")
+                } else {
+                    label.clone()
+                };
                 let case = format!("hands-{label}-x{n}");
                 let boxes = fixed_hand_boxes(n);
-                let stages =
-                    time_case(&mut route, &push, &case, options, |r: &mut HandsRequest| {
-                        r.boxes = Some(boxes.clone());
-                        r.time_detector = true;
-                    })?;
+                // One stream: with tracking, a frame whose hands were all
+                // posed skips the detector (the fixed boxes stand in for
+                // its answer when it runs).
+                let stream = Some(StreamId::new());
+                let stages = time_case(
+                    &mut route,
+                    &push,
+                    &case,
+                    options,
+                    stream,
+                    |r: &mut HandsRequest| {
+                        r.boxes = DetectRequest {
+                            boxes: Some(boxes.clone()),
+                            time_detector: true,
+                        };
+                        r.overrides.tracking = Some(tracking);
+                    },
+                )?;
                 let outputs = hand_outputs(&mut route, &push, n)?;
-                let vs_f32 = match reference.get(&n) {
+                let vs_f32 = match reference.get(&n).filter(|_| !tracking) {
                     Some(f32_outputs) => Some(deviation(f32_outputs, &outputs)),
-                    None if name == "f32" => {
+                    None if name == "f32" && !tracking => {
                         reference.insert(n, outputs);
                         None
                     }
                     None => None,
                 };
                 let mut line = case_line(RouteId::Hands, &label, n, &stages);
+                if tracking {
+                    let frames = stages.get(stage::END_TO_END).map_or(0, |p| p.n);
+                    let detected = stages.get(stage::DETECT).map_or(0, |p| p.n);
+                    line.push_str(&format!(" | detector on {detected} of {frames} frames"));
+                }
                 if let Some(d) = vs_f32 {
                     line.push_str(&format!(
                         " | vs f32: keypoints {:.2e} m, vertices {:.2e} m",
@@ -249,6 +288,7 @@ pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
                     route: RouteId::Hands,
                     pose_dtype: name.clone(),
                     compiled,
+                    tracking,
                     per_frame: n,
                     img_size: None,
                     stages,
@@ -318,15 +358,23 @@ pub fn run_body(files: &BodyModelFiles, options: &BenchOptions) -> Result<Report
             };
             let case = format!("body-{label}-x{n}");
             let boxes = person_boxes(n);
-            let stages = time_case(&mut route, &push, &case, options, |r: &mut BodyRequest| {
-                r.boxes = Some(boxes.clone());
-                r.time_detector = true;
-            })?;
+            let stages = time_case(
+                &mut route,
+                &push,
+                &case,
+                options,
+                None,
+                |r: &mut BodyRequest| {
+                    r.boxes = Some(boxes.clone());
+                    r.time_detector = true;
+                },
+            )?;
             eprintln!("{}", case_line(RouteId::Body, &label, n, &stages));
             cases.push(CaseResult {
                 route: RouteId::Body,
                 pose_dtype: name.clone(),
                 compiled: false,
+                tracking: false,
                 per_frame: n,
                 img_size: None,
                 stages,
@@ -397,7 +445,7 @@ pub fn run_matte(files: &MatteModelFiles, options: &BenchOptions) -> Result<Repo
             }
             posed_models::runtime::reset_peak_memory();
             let case = format!("matte-{name}-{size}");
-            let stages = time_case(&mut route, &push, &case, options, |_| {})?;
+            let stages = time_case(&mut route, &push, &case, options, None, |_| {})?;
             let mem = posed_models::runtime::memory_use();
             eprintln!(
                 "matte {name} @{size}: MLX peak {:.2} GiB, cache {:.2} GiB",
@@ -412,6 +460,7 @@ pub fn run_matte(files: &MatteModelFiles, options: &BenchOptions) -> Result<Repo
                 route: RouteId::Matte,
                 pose_dtype: name.clone(),
                 compiled: false,
+                tracking: false,
                 per_frame: 1,
                 img_size: Some(size),
                 stages,
@@ -510,6 +559,7 @@ fn time_case<R: Route>(
     push: &proto::PushImageRequest,
     case: &str,
     options: &BenchOptions,
+    stream: Option<StreamId>,
     adjust: impl Fn(&mut R::Request),
 ) -> Result<BTreeMap<String, Percentiles>> {
     let mut post = R::ID.kind().post(&PostOptions::default());
@@ -517,7 +567,7 @@ fn time_case<R: Route>(
     let _subscriber = fanout.subscribe();
     measure(&stages_of(R::ID), case, options, |i, clock| {
         let start = Instant::now();
-        let (frame, mut request) = decoded_frame::<R>(push, i, start)?;
+        let (frame, mut request) = decoded_frame::<R>(push, i, start, stream)?;
         adjust(&mut request);
         clock.mark(stage::DECODE);
         let output = route.run(&frame, &request, None, clock)?;
@@ -536,6 +586,7 @@ fn decoded_frame<R: Route>(
     push: &proto::PushImageRequest,
     id: u64,
     received: Instant,
+    stream: Option<StreamId>,
 ) -> Result<(Arc<Frame>, R::Request)> {
     let (rgb, mut requests) =
         decode_push(push, u64::MAX, &[R::ID]).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
@@ -549,7 +600,7 @@ fn decoded_frame<R: Route>(
         client_frame_id: 0,
         captured: std::time::SystemTime::now(),
         received,
-        stream: false,
+        stream,
         width: rgb.width,
         height: rgb.height,
         rgb: rgb.data,
@@ -564,13 +615,10 @@ fn hand_outputs(
     push: &proto::PushImageRequest,
     n: usize,
 ) -> Result<Vec<HandEstimate>> {
-    let (frame, _) = decoded_frame::<HandsRoute>(push, 0, Instant::now())?;
-    let request = HandsRequest {
-        boxes: Some(fixed_hand_boxes(n)),
-        time_detector: false,
-    };
+    let (frame, _) = decoded_frame::<HandsRoute>(push, 0, Instant::now(), None)?;
+    let request = HandsRequest::with_boxes(fixed_hand_boxes(n));
     let out = route.run(&frame, &request, None, &mut StageClock::default())?;
-    Ok(out.hands)
+    Ok(out.hands.into_iter().filter_map(|h| h.pose).collect())
 }
 
 fn deviation(reference: &[HandEstimate], other: &[HandEstimate]) -> Deviation {

@@ -158,6 +158,10 @@ struct BenchArgs {
     /// WiLoR eager and/or compiled into one MLX graph: off, on or off,on.
     #[arg(long, value_delimiter = ',', default_value = "off")]
     compile: Vec<String>,
+    /// Hand route: detect on every frame (off) and/or follow the hands of
+    /// a stream, detecting every 10th frame (on): off, on or off,on.
+    #[arg(long, value_delimiter = ',', default_value = "off")]
+    tracking: Vec<String>,
     #[arg(long, default_value_t = 10)]
     warmup: usize,
     #[arg(long, default_value_t = 100)]
@@ -346,9 +350,19 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             other => anyhow::bail!("--compile takes off, on or off,on (not {other:?})"),
         })
         .collect::<anyhow::Result<Vec<bool>>>()?;
+    let tracking = args
+        .tracking
+        .iter()
+        .map(|c| match c.as_str() {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            other => anyhow::bail!("--tracking takes off, on or off,on (not {other:?})"),
+        })
+        .collect::<anyhow::Result<Vec<bool>>>()?;
     let options = posed::bench::BenchOptions {
         pose_dtypes: args.pose_dtypes,
         compile,
+        tracking,
         per_frame: args.hands,
         flip_test: match args.flip_test.as_str() {
             "on" => true,

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use posed_models::camera::Intrinsics;
 
 use crate::decode::Rgb8;
-use crate::engine::{EngineError, Frame, FrameJob};
+use crate::engine::{EngineError, Frame, FrameJob, StreamId};
 use crate::proto;
 use crate::server::{DaemonEngine, Shutdown};
 
@@ -78,6 +78,7 @@ impl FrameSubmitter {
         captured: SystemTime,
         received: Instant,
         intrinsics: Option<Intrinsics>,
+        stream: StreamId,
     ) -> Arc<Frame> {
         Arc::new(Frame {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -85,7 +86,7 @@ impl FrameSubmitter {
             client_frame_id: 0,
             captured,
             received,
-            stream: true,
+            stream: Some(stream),
             width: image.width,
             height: image.height,
             rgb: image.data,
@@ -173,6 +174,9 @@ pub async fn run_replay(
     };
     state.set("running", cfg.dir.display().to_string());
     loop {
+        // Each pass is a stream of its own: the jump from the last image
+        // back to the first is not motion.
+        let stream = StreamId::new();
         let start = Instant::now();
         let first_ns = files.iter().find_map(|(_, ns)| *ns);
         for (i, (path, ns)) in files.iter().enumerate() {
@@ -206,7 +210,7 @@ pub async fn run_replay(
                     continue;
                 }
             };
-            let frame = submit.frame(&state.id, image, SystemTime::now(), received, None);
+            let frame = submit.frame(&state.id, image, SystemTime::now(), received, None, stream);
             let sent = match cfg.pace {
                 Pace::Fast => submit.run(frame).await,
                 Pace::Original { .. } => submit.offer(frame),
@@ -241,7 +245,7 @@ pub mod camera {
 
     use super::{FrameSubmitter, SourceState};
     use crate::decode::Rgb8;
-    use crate::engine::EngineError;
+    use crate::engine::{EngineError, StreamId};
 
     /// Telemetry stages of the camera: driver timestamp to dequeue, and
     /// driver layout to RGB.
@@ -307,6 +311,7 @@ pub mod camera {
             state,
             submit,
             intrinsics: cfg.intrinsics,
+            stream: StreamId::new(),
         };
         match backend {
             CameraBackend::Platform => capture(platform_backend(), &cfg, &stop, &mut feed),
@@ -329,6 +334,9 @@ pub mod camera {
         state: Arc<SourceState>,
         submit: FrameSubmitter,
         intrinsics: Option<posed_models::camera::Intrinsics>,
+        /// One stream for the source's whole run: a reconnect is a gap
+        /// in it, which the routes' stale timeouts handle.
+        stream: StreamId,
     }
 
     impl Observer for Feed {
@@ -353,6 +361,7 @@ pub mod camera {
                 captured.captured.system,
                 captured.captured.instant,
                 self.intrinsics,
+                self.stream,
             );
             self.submit.record(&frame);
             match self.submit.offer(frame) {

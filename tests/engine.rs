@@ -28,7 +28,7 @@ fn hand_engine(
         move || {
             Ok(RouteSet::default().with(HandsRoute::new(
                 HandPipeline::load(&files)?.0,
-                4,
+                posed::routes::hands::HandSettings::from_config(&Default::default()),
                 Default::default(),
             )))
         },
@@ -38,10 +38,7 @@ fn hand_engine(
 }
 
 fn with_hand_boxes(boxes: Vec<HandBox>) -> RouteRequest {
-    RouteRequest::new::<HandsRoute>(HandsRequest {
-        boxes: Some(boxes),
-        time_detector: false,
-    })
+    RouteRequest::new::<HandsRoute>(HandsRequest::with_boxes(boxes))
 }
 
 fn files() -> HandModelFiles {
@@ -55,7 +52,7 @@ fn frame(id: u64, width: usize, height: usize) -> Arc<Frame> {
         client_frame_id: id,
         captured: SystemTime::now(),
         received: Instant::now(),
-        stream: true,
+        stream: None,
         width,
         height,
         rgb: (0..width * height * 3)
@@ -102,7 +99,7 @@ async fn serves_after_warm_up_and_answers_waiting_pushes() {
     let hands = &result.get::<HandsRoute>().unwrap().hands;
     assert_eq!(out.frame.id, 7);
     assert_eq!(hands.len(), 1);
-    assert_eq!(hands[0].keypoints_3d.len(), 21);
+    assert_eq!(hands[0].pose.as_ref().unwrap().keypoints_3d.len(), 21);
     let stages: Vec<_> = result.timings.iter().map(|(s, _)| *s).collect();
     assert_eq!(
         stages,
@@ -225,7 +222,7 @@ async fn the_body_route_runs_beside_the_hand_route() {
             Ok(RouteSet::default()
                 .with(HandsRoute::new(
                     HandPipeline::load(&hand_files)?.0,
-                    4,
+                    posed::routes::hands::HandSettings::from_config(&Default::default()),
                     Default::default(),
                 ))
                 .with(BodyRoute::new(BodyPipeline::load(&body_files, None)?.0)))

@@ -104,7 +104,7 @@ impl Daemon {
                 }
                 let mut set = RouteSet::default().with(HandsRoute::new(
                     HandPipeline::load(&files)?.0,
-                    4,
+                    posed::routes::hands::HandSettings::from_config(&Default::default()),
                     Default::default(),
                 ));
                 if body {
@@ -278,6 +278,9 @@ async fn health_turns_serving_after_warm_up_and_pushes_return_real_hands() {
     assert_eq!(hands[1].side, proto::HandSide::Left as i32);
     // Sides the client states are certain, and nothing ended yet.
     assert!(hands.iter().all(|h| h.handedness_score == 1.0));
+    assert!(hands
+        .iter()
+        .all(|h| h.origin == proto::HandOrigin::Client as i32));
     let Some(proto::event::Payload::Hands(payload)) = &event.payload else {
         panic!("not a hands event")
     };
@@ -285,7 +288,9 @@ async fn health_turns_serving_after_warm_up_and_pushes_return_real_hands() {
     let stages: Vec<_> = event.timings.iter().map(|t| t.stage.as_str()).collect();
     assert_eq!(stages, ["crop", "pose", "mano", "post"]);
 
-    // The same frame again continues both tracks; vertices when asked.
+    // The same frame again, as a single push: a single image sees no other
+    // frame's tracks (a PushStream does), so its hands are new; vertices
+    // when asked.
     let mut req = push(
         jpeg(320, 240),
         vec![
@@ -297,10 +302,8 @@ async fn health_turns_serving_after_warm_up_and_pushes_return_real_hands() {
     req.include_vertices = true;
     let again = c.push_image(req).await.unwrap().into_inner();
     let again = hands_of(&again.events[0]);
-    assert_eq!(
-        [again[0].track_id, again[1].track_id],
-        [hands[0].track_id, hands[1].track_id]
-    );
+    assert!(again[0].track_id > hands[1].track_id);
+    assert!(again[1].track_id > again[0].track_id);
     assert_eq!(again[0].vertices.len(), 778 * 3);
 
     // Without boxes the detector runs; without wait the frame id comes back.
@@ -1436,16 +1439,101 @@ async fn posed_bench_reports_the_stages_the_daemon_records() {
         let mut bench: Vec<String> = cases[0]["stages"]
             .as_object()
             .unwrap()
-            .keys()
-            .filter(|k| !spans.contains(&k.as_str()))
-            .cloned()
+            .iter()
+            .filter(|(k, v)| !spans.contains(&k.as_str()) && v["n"].as_u64() > Some(0))
+            .map(|(k, _)| k.clone())
             .collect();
         bench.sort();
         assert_eq!(bench, daemon, "{name}: bench vs daemon telemetry");
-        // And both are the route's own stages between decode and post.
+        // And both are the route's own stages between decode and post (a
+        // detected frame's: a followed one tracks instead).
         for stage in RouteId::from_proto(route as i32).unwrap().kind().stages() {
-            assert!(bench.iter().any(|s| s == stage), "{name}: {stage}");
+            let ran = bench.iter().any(|s| s == stage);
+            assert_eq!(ran, *stage != "track", "{name}: {stage}");
         }
     }
+    d.stop().await;
+}
+
+/// The detector's runs so far, as GetTelemetry (and the Prometheus
+/// histogram's `_count`) reports them.
+async fn detector_runs(c: &mut PoseServiceClient<Channel>) -> u64 {
+    let t = c
+        .get_telemetry(proto::GetTelemetryRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    t.stages
+        .iter()
+        .find(|s| s.name == "hands.detect")
+        .map_or(0, |s| s.count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_follows_its_hands_and_skips_the_detector_until_redetect() {
+    let d = Daemon::start(ServeOptions::default(), None).await;
+    d.wait_serving().await;
+    let mut c = d.client().await;
+    const FRAMES: usize = 9;
+    // The tiny detector finds "hands" in anything at a zero threshold; its
+    // random WiLoR's hands are kept whatever their tracking confidence.
+    let options = |tracking: bool| proto::HandOptions {
+        conf_threshold: Some(0.0),
+        min_tracking_confidence: Some(0.0),
+        redetect_interval: Some(4),
+        max_hands: Some(2),
+        tracking: Some(tracking),
+        ..Default::default()
+    };
+    let mut counts = Vec::new();
+    for tracking in [true, false] {
+        let before = detector_runs(&mut c).await;
+        let (tx, rx) = mpsc::channel(1);
+        let mut events = c
+            .push_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut seen = Vec::new();
+        for i in 0..FRAMES {
+            let mut req = push(jpeg(320, 240), vec![], true);
+            req.client_frame_id = i as u64;
+            req.hand_options = Some(options(tracking));
+            tx.send(req).await.unwrap();
+            let e = events.message().await.unwrap().unwrap();
+            let Some(proto::event::Payload::Hands(h)) = &e.payload else {
+                panic!("frame {i}: {:?}", e.payload)
+            };
+            let origins: Vec<i32> = h.hands.iter().map(|p| p.origin).collect();
+            let ids: Vec<u32> = h.hands.iter().map(|p| p.track_id).collect();
+            seen.push((h.detector_ran, origins, ids));
+        }
+        drop(tx);
+        let runs = detector_runs(&mut c).await - before;
+        let ran = seen.iter().filter(|s| s.0).count() as u64;
+        assert_eq!(runs, ran, "tracking {tracking}: telemetry vs events");
+        counts.push((tracking, ran));
+        assert!(!seen[0].1.is_empty(), "the detector found no hands");
+        let (detected, tracked) = (
+            proto::HandOrigin::Detected as i32,
+            proto::HandOrigin::Tracked as i32,
+        );
+        for (i, (ran, origins, ids)) in seen.iter().enumerate() {
+            let expected = if *ran { detected } else { tracked };
+            assert!(
+                origins.iter().all(|&o| o == expected),
+                "frame {i}: {seen:?}"
+            );
+            // The same hands all along: one image, followed or re-found.
+            assert_eq!(ids, &seen[0].2, "frame {i}: {seen:?}");
+        }
+        if tracking {
+            // Detected on frames 0, 4, 8; followed in between.
+            let ran: Vec<bool> = seen.iter().map(|s| s.0).collect();
+            let every_4th: Vec<bool> = (0..FRAMES).map(|i| i % 4 == 0).collect();
+            assert_eq!(ran, every_4th, "{seen:?}");
+        }
+    }
+    assert_eq!(counts, [(true, 3), (false, FRAMES as u64)]);
     d.stop().await;
 }

@@ -156,8 +156,21 @@ impl HandPipeline {
         DetectorInput::new(img, self.detector_input_size())
     }
 
-    /// MLX: detector forward, threshold and NMS; boxes in image pixels.
+    /// MLX: detector forward, threshold and NMS with the config's
+    /// thresholds; boxes in image pixels, strongest first.
     pub fn detect(&self, input: &DetectorInput) -> Result<Vec<HandBox>> {
+        let cfg = self.detector.config();
+        self.detect_with(input, cfg.conf_threshold, cfg.iou_threshold)
+    }
+
+    /// [`Self::detect`] with a minimum class score and an NMS IoU of the
+    /// caller's.
+    pub fn detect_with(
+        &self,
+        input: &DetectorInput,
+        conf_threshold: f32,
+        iou_threshold: f32,
+    ) -> Result<Vec<HandBox>> {
         let cfg = self.detector.config();
         let s = input.letterbox.size as i32;
         let x = Array::from_slice(&input.pixels, &[1, s, s, 3]);
@@ -169,8 +182,8 @@ impl HandPipeline {
             &host_f32(&pred)?,
             cfg.output_rows() as usize,
             cfg.nc as usize,
-            cfg.conf_threshold,
-            cfg.iou_threshold,
+            conf_threshold,
+            iou_threshold,
         );
         let lb = &input.letterbox;
         Ok(dets

@@ -166,6 +166,17 @@ pub struct HandsConfig {
     /// A source that sends no frame for this long ends its hand tracks (a
     /// hand that comes back gets a new id).
     pub track_timeout_ms: u64,
+    /// On a stream, follow each hand from its previous keypoints and skip
+    /// the detector while every hand is followed.
+    pub tracking: bool,
+    /// A followed hand whose tracking confidence falls below this (0..1) is
+    /// dropped, and the next frame runs the detector.
+    pub min_tracking_confidence: f32,
+    /// While hands are followed, the detector still runs every this many
+    /// frames to find new hands; 1 = every frame.
+    pub redetect_interval: u32,
+    /// Only the detector: boxes, sides, its 2-D keypoints; no WiLoR.
+    pub detector_only: bool,
     /// One Euro smoothing for subscribers that do not say (they can).
     pub smoothing: bool,
     pub smoothing_min_cutoff: f64,
@@ -188,6 +199,10 @@ impl Default for HandsConfig {
             iou_threshold: 0.5,
             max_coast_frames: 3,
             track_timeout_ms: 2000,
+            tracking: true,
+            min_tracking_confidence: 0.5,
+            redetect_interval: 10,
+            detector_only: false,
             smoothing: false,
             smoothing_min_cutoff: p.min_cutoff,
             smoothing_beta: p.beta,
@@ -367,6 +382,16 @@ const KEYS: &[(&str, Setter)] = &[
     }),
     ("hands.track_timeout_ms", |c, v| {
         set_num(&mut c.hands.track_timeout_ms, v)
+    }),
+    ("hands.tracking", |c, v| set_bool(&mut c.hands.tracking, v)),
+    ("hands.min_tracking_confidence", |c, v| {
+        set_float(&mut c.hands.min_tracking_confidence, v)
+    }),
+    ("hands.redetect_interval", |c, v| {
+        set_num(&mut c.hands.redetect_interval, v)
+    }),
+    ("hands.detector_only", |c, v| {
+        set_bool(&mut c.hands.detector_only, v)
     }),
     ("hands.smoothing", |c, v| {
         set_bool(&mut c.hands.smoothing, v)
@@ -595,6 +620,10 @@ impl Config {
         for (key, v) in [
             ("hands.conf_threshold", self.hands.conf_threshold),
             ("hands.iou_threshold", self.hands.iou_threshold),
+            (
+                "hands.min_tracking_confidence",
+                self.hands.min_tracking_confidence,
+            ),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(bad(key, format!("{v} is not in [0, 1]")));
@@ -604,6 +633,16 @@ impl Config {
             return Err(bad(
                 "hands.max_coast_frames",
                 format!("{} is more than 300 frames", self.hands.max_coast_frames),
+            ));
+        }
+        let max_interval = crate::routes::hands::MAX_REDETECT_INTERVAL;
+        if !(1..=max_interval).contains(&self.hands.redetect_interval) {
+            return Err(bad(
+                "hands.redetect_interval",
+                format!(
+                    "{} is not from 1 to {max_interval} frames",
+                    self.hands.redetect_interval
+                ),
             ));
         }
         if !(1..=600_000).contains(&self.hands.track_timeout_ms) {
@@ -843,6 +882,14 @@ mod tests {
             ),
             ("camera.formats", "nv12,nv12", "nv12 is listed twice"),
             ("hands.track_timeout_ms", "0", "not from 1 to 600000 ms"),
+            ("hands.redetect_interval", "0", "not from 1 to 1000 frames"),
+            (
+                "hands.redetect_interval",
+                "1001",
+                "not from 1 to 1000 frames",
+            ),
+            ("hands.min_tracking_confidence", "1.5", "not in [0, 1]"),
+            ("hands.min_tracking_confidence", "nan", "not in [0, 1]"),
             ("hands.conf_threshold", "1.5", "not in [0, 1]"),
             ("hands.iou_threshold", "NaN", "not in [0, 1]"),
         ] {

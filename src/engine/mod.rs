@@ -22,6 +22,25 @@ use crate::routes::{
 };
 use gate::{Gate, Queued};
 
+/// One stream of frames: a source's run or one PushStream call. Unique in
+/// the process, so two clients that name the same source never share
+/// per-stream state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(u64);
+
+impl StreamId {
+    pub fn new() -> StreamId {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        StreamId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Default for StreamId {
+    fn default() -> Self {
+        StreamId::new()
+    }
+}
+
 /// A decoded RGB frame and where it came from.
 #[derive(Debug)]
 pub struct Frame {
@@ -31,9 +50,10 @@ pub struct Frame {
     pub captured: SystemTime,
     /// When the daemon got it (start of the end-to-end clock).
     pub received: Instant,
-    /// It continues a stream of its source (camera, replay, PushStream):
-    /// routes may carry state over from the source's previous frame.
-    pub stream: bool,
+    /// The stream it continues (a camera, a replay, one PushStream call):
+    /// routes may carry state over from the stream's previous frame. None
+    /// for a single pushed image, which never sees another frame's state.
+    pub stream: Option<StreamId>,
     pub width: usize,
     pub height: usize,
     /// width × height × 3 bytes.
@@ -506,7 +526,7 @@ mod tests {
                 client_frame_id: 0,
                 captured: SystemTime::now(),
                 received: Instant::now(),
-                stream: true,
+                stream: Some(StreamId::new()),
                 width: 1,
                 height: 1,
                 rgb: vec![0; 3],

@@ -3,6 +3,13 @@
 //! MANO → full-image coordinates. Between detection and crop, the stream's
 //! tracks give each hand its id and its voted side (see
 //! [`crate::tracking::hands`]); the post stage builds the `Hands` event.
+//!
+//! On a stream, a frame whose hands were all posed in the previous frame
+//! skips the detector: each hand is cropped where its own keypoints put it
+//! ([`crate::tracking::follow`]). The detector runs again when a hand is
+//! lost (its tracking confidence falls below `min_tracking_confidence`),
+//! every `redetect_interval` frames (to find new hands), or when a push
+//! asks; [`hands_of_frame`] holds that policy.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,16 +25,19 @@ use super::{
     frame_image, DetectRequest, ModelInfo, PostOptions, PostWork, Preparer, Route, RouteError,
     RouteId, RouteKind, RoutePost, RouteResult, StageClock, Timed,
 };
-use crate::config::Config;
-use crate::engine::Frame;
+use crate::config::{Config, HandsConfig};
+use crate::engine::{Frame, StreamId};
 use crate::events::{checked_box, route_event};
 use crate::proto;
 use crate::tracking::hands::{Sighting, StreamTracks, TrackSettings, TrackedHand};
 use crate::weights::hub::Hub;
 
-/// The hand route's stages, in order.
+/// The hand route's stages, in order. A frame runs either `preprocess`
+/// and `detect`, or `track` (its hands followed without the detector).
 pub mod stage {
     pub use crate::routes::stage::{DETECT, PREPROCESS};
+    /// Every hand's box from its previous keypoints, instead of detecting.
+    pub const TRACK: &str = "track";
     /// One crop per hand, on the CPU.
     pub const CROP: &str = "crop";
     /// WiLoR and the final MANO pass on the batch, evaluated.
@@ -36,21 +46,88 @@ pub mod stage {
     pub const MANO: &str = "mano";
 }
 
+/// How the hand route treats a frame: the config's `[hands]`, which a push
+/// may change for its image ([`HandOverrides`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HandSettings {
+    pub conf_threshold: f32,
+    pub iou_threshold: f32,
+    /// At most this many hands per frame, strongest first.
+    pub max_hands: usize,
+    /// Follow hands between frames of a stream without the detector.
+    pub tracking: bool,
+    pub min_tracking_confidence: f32,
+    /// The detector runs at least every this many frames of a stream.
+    pub redetect_interval: u32,
+    /// Boxes, sides and the detector's keypoints only: no WiLoR.
+    pub detector_only: bool,
+}
+
+impl HandSettings {
+    pub fn from_config(c: &HandsConfig) -> HandSettings {
+        HandSettings {
+            conf_threshold: c.conf_threshold,
+            iou_threshold: c.iou_threshold,
+            max_hands: c.max_hands,
+            tracking: c.tracking,
+            min_tracking_confidence: c.min_tracking_confidence,
+            redetect_interval: c.redetect_interval,
+            detector_only: c.detector_only,
+        }
+    }
+
+    /// These settings with a push's changes.
+    pub fn with(&self, o: &HandOverrides) -> HandSettings {
+        HandSettings {
+            conf_threshold: o.conf_threshold.unwrap_or(self.conf_threshold),
+            iou_threshold: o.iou_threshold.unwrap_or(self.iou_threshold),
+            // A push may ask for fewer hands, never more than the config.
+            max_hands: o
+                .max_hands
+                .map_or(self.max_hands, |n| n.min(self.max_hands)),
+            tracking: o.tracking.unwrap_or(self.tracking),
+            min_tracking_confidence: o
+                .min_tracking_confidence
+                .unwrap_or(self.min_tracking_confidence),
+            redetect_interval: o.redetect_interval.unwrap_or(self.redetect_interval),
+            detector_only: self.detector_only || o.detector_only,
+        }
+    }
+}
+
+/// What one push changes of [`HandSettings`] (checked: thresholds in
+/// [0, 1], counts in range), and asks besides.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HandOverrides {
+    pub conf_threshold: Option<f32>,
+    pub iou_threshold: Option<f32>,
+    pub max_hands: Option<usize>,
+    pub tracking: Option<bool>,
+    pub min_tracking_confidence: Option<f32>,
+    pub redetect_interval: Option<u32>,
+    pub detector_only: bool,
+    /// Run the detector on this frame even if every hand can be followed.
+    pub redetect: bool,
+}
+
+/// The most frames `redetect_interval` may let pass without the detector.
+pub const MAX_REDETECT_INTERVAL: u32 = 1000;
+
 /// The hand models on the MLX thread.
 pub struct HandsRoute {
     pipeline: HandPipeline,
-    /// At most this many detected hands per frame, strongest first.
-    max_hands: usize,
+    settings: HandSettings,
     /// Every stream's hand tracks: they decide a hand's side before its
-    /// crop is mirrored, so geometry and side always agree.
+    /// crop is mirrored (so geometry and side always agree), and whether a
+    /// frame needs the detector.
     tracks: StreamTracks,
 }
 
 impl HandsRoute {
-    pub fn new(pipeline: HandPipeline, max_hands: usize, tracking: TrackSettings) -> Self {
+    pub fn new(pipeline: HandPipeline, settings: HandSettings, tracking: TrackSettings) -> Self {
         HandsRoute {
             pipeline,
-            max_hands,
+            settings,
             tracks: StreamTracks::new(tracking),
         }
     }
@@ -58,26 +135,287 @@ impl HandsRoute {
     pub fn pipeline(&self) -> &HandPipeline {
         &self.pipeline
     }
+
+    pub fn settings(&self) -> &HandSettings {
+        &self.settings
+    }
 }
 
-/// What a frame may ask of the hands route: boxes it knows, or detect.
-pub type HandsRequest = DetectRequest<HandBox>;
+/// What a frame may ask of the hands route: boxes it knows (or detect),
+/// and its own settings.
+#[derive(Debug, Clone, Default)]
+pub struct HandsRequest {
+    pub boxes: DetectRequest<HandBox>,
+    pub overrides: HandOverrides,
+}
+
+impl HandsRequest {
+    /// The client's boxes, nothing else changed.
+    pub fn with_boxes(boxes: Vec<HandBox>) -> HandsRequest {
+        HandsRequest {
+            boxes: DetectRequest::with_boxes(boxes),
+            overrides: HandOverrides::default(),
+        }
+    }
+}
 
 /// The detector's letterbox, made on the prep thread.
 pub type Letterbox = Timed<DetectorInput>;
 
+/// Where a frame's box for a hand came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandOrigin {
+    Detected,
+    /// From the hand's own keypoints in the previous frame.
+    Tracked,
+    /// The client's box.
+    Client,
+}
+
+/// One hand of a frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandResult {
+    /// The box its crop was cut from, with the track's side; its score is
+    /// the detector's (1 for the client's, the tracking confidence for a
+    /// followed hand).
+    pub hand: HandBox,
+    pub origin: HandOrigin,
+    pub track: TrackedHand,
+    /// See [`crate::tracking::follow::tracking_confidence`]; 0 without a
+    /// pose.
+    pub tracking_confidence: f32,
+    /// WiLoR's hand; None in detector-only frames.
+    pub pose: Option<HandEstimate>,
+}
+
 /// The hands of one frame.
 #[derive(Debug)]
 pub struct HandsOutput {
-    pub hands: Vec<HandEstimate>,
-    /// Each hand's track (its id, voted side), in the same order.
-    pub tracks: Vec<TrackedHand>,
-    /// Tracks of the frame's source that ended with this frame.
+    pub hands: Vec<HandResult>,
+    /// Tracks of the frame's stream that ended with this frame.
     pub ended: Vec<u32>,
+    /// Whether the detector ran (else every hand was followed).
+    pub detector_ran: bool,
     /// The camera the hands were placed with, and whether it is the
     /// frame's own (else WiLoR's pseudo camera).
     pub camera: Intrinsics,
     pub camera_given: bool,
+}
+
+/// The hand route's model stages as [`hands_of_frame`] calls them: the
+/// route's run the pipeline; tests script them.
+pub trait HandStages {
+    /// Letterbox, detector and NMS with these thresholds (timed as
+    /// `preprocess` and `detect`), strongest first.
+    fn detect(
+        &mut self,
+        settings: &HandSettings,
+        clock: &mut StageClock,
+    ) -> Result<Vec<HandBox>, RouteError>;
+    /// One crop per hand, WiLoR on the batch, each hand placed in the image
+    /// (timed as `crop`, `pose`, `mano`); in the hands' order.
+    fn pose(
+        &mut self,
+        hands: &[HandBox],
+        clock: &mut StageClock,
+    ) -> Result<Vec<HandEstimate>, RouteError>;
+}
+
+/// What [`hands_of_frame`] needs of the frame besides its pixels.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameFacts {
+    pub stream: Option<StreamId>,
+    pub received: Instant,
+    pub width: usize,
+    pub height: usize,
+}
+
+impl FrameFacts {
+    pub fn of(frame: &Frame) -> FrameFacts {
+        FrameFacts {
+            stream: frame.stream,
+            received: frame.received,
+            width: frame.width,
+            height: frame.height,
+        }
+    }
+}
+
+/// One frame's hands: followed from the previous frame when it can be,
+/// else detected (or the client's boxes); then tracked, posed, and each
+/// followed hand checked by its tracking confidence.
+pub fn hands_of_frame(
+    tracks: &mut StreamTracks,
+    frame: FrameFacts,
+    settings: &HandSettings,
+    request: &HandsRequest,
+    stages: &mut impl HandStages,
+    clock: &mut StageClock,
+) -> Result<(Vec<HandResult>, Vec<u32>, bool), RouteError> {
+    let FrameFacts {
+        stream,
+        received,
+        width,
+        height,
+    } = frame;
+    // The bench's boxes with `time_detector` stand in for the detector's
+    // answer: such a frame may be followed like any other.
+    let stand_in = request.boxes.time_detector;
+    let may_follow = settings.tracking
+        && !settings.detector_only
+        && !request.overrides.redetect
+        && (request.boxes.boxes.is_none() || stand_in);
+    let followed = may_follow
+        .then(|| tracks.follow(stream, received, settings.redetect_interval, width, height))
+        .flatten();
+
+    let (found, sightings, origin): (Vec<HandBox>, Vec<Sighting>, HandOrigin) =
+        match (followed, &request.boxes.boxes) {
+            (Some(sightings), _) => {
+                clock.mark(stage::TRACK);
+                let found = sightings
+                    .iter()
+                    .map(|s| HandBox {
+                        bbox: s.bbox,
+                        is_right: true,
+                        score: 0.0,
+                        keypoints_2d: Vec::new(),
+                    })
+                    .collect();
+                (found, sightings, HandOrigin::Tracked)
+            }
+            (None, Some(boxes)) if stand_in => {
+                stages.detect(settings, clock)?;
+                let sightings = boxes
+                    .iter()
+                    .map(|h| Sighting::detected(h.bbox, h.is_right, h.score))
+                    .collect();
+                (boxes.clone(), sightings, HandOrigin::Detected)
+            }
+            (None, Some(boxes)) => {
+                let sightings = boxes
+                    .iter()
+                    .map(|h| Sighting::stated(h.bbox, h.is_right))
+                    .collect();
+                (boxes.clone(), sightings, HandOrigin::Client)
+            }
+            (None, None) => {
+                let mut found = stages.detect(settings, clock)?;
+                found.truncate(settings.max_hands);
+                let sightings = found
+                    .iter()
+                    .map(|h| Sighting::detected(h.bbox, h.is_right, h.score))
+                    .collect();
+                (found, sightings, HandOrigin::Detected)
+            }
+        };
+    let detector_ran = origin == HandOrigin::Detected;
+    let update = tracks.update(stream, &sightings, received);
+    let mut ended = update.ended;
+    // The track's side, not this frame's class, decides the mirroring.
+    let hands: Vec<HandBox> = found
+        .into_iter()
+        .zip(&update.hands)
+        .map(|(h, t)| HandBox {
+            is_right: t.is_right,
+            ..h
+        })
+        .collect();
+    if settings.detector_only {
+        let results = hands
+            .into_iter()
+            .zip(update.hands)
+            .map(|(hand, track)| HandResult {
+                hand,
+                origin,
+                track,
+                tracking_confidence: 0.0,
+                pose: None,
+            })
+            .collect();
+        return Ok((results, ended, detector_ran));
+    }
+
+    let poses = stages.pose(&hands, clock)?;
+    let track_settings = tracks.settings;
+    let stream_tracks = tracks.of(stream);
+    let mut results = Vec::with_capacity(poses.len());
+    for ((mut hand, track), pose) in hands.into_iter().zip(update.hands).zip(poses) {
+        let confidence = stream_tracks.observe(
+            track.id,
+            hand.bbox,
+            &pose.keypoints_2d_projected,
+            origin != HandOrigin::Tracked,
+            width,
+            height,
+        );
+        if origin == HandOrigin::Tracked {
+            if confidence < settings.min_tracking_confidence {
+                // Lost in its crop: not reported; the next frame detects.
+                if stream_tracks.lose(track.id, &track_settings) {
+                    ended.push(track.id);
+                }
+                continue;
+            }
+            hand.score = confidence;
+        }
+        let pose = HandEstimate {
+            hand: hand.clone(),
+            ..pose
+        };
+        results.push(HandResult {
+            hand,
+            origin,
+            track,
+            tracking_confidence: confidence,
+            pose: Some(pose),
+        });
+    }
+    Ok((results, ended, detector_ran))
+}
+/// The pipeline's stages on one frame.
+struct PipelineStages<'a> {
+    pipeline: &'a HandPipeline,
+    frame: &'a Frame,
+    request: &'a DetectRequest<HandBox>,
+    prep: Option<Letterbox>,
+    camera: Intrinsics,
+}
+
+impl HandStages for PipelineStages<'_> {
+    fn detect(
+        &mut self,
+        settings: &HandSettings,
+        clock: &mut StageClock,
+    ) -> Result<Vec<HandBox>, RouteError> {
+        let p = self.pipeline;
+        let size = p.detector_input_size();
+        self.request.detect(
+            self.frame,
+            self.prep.take(),
+            clock,
+            |img| DetectorInput::new(img, size),
+            |input| Ok(p.detect_with(input, settings.conf_threshold, settings.iou_threshold)?),
+        )
+    }
+
+    fn pose(
+        &mut self,
+        hands: &[HandBox],
+        clock: &mut StageClock,
+    ) -> Result<Vec<HandEstimate>, RouteError> {
+        let p = self.pipeline;
+        let crops = p.prepare_crops(frame_image(self.frame)?, hands);
+        clock.mark(stage::CROP);
+        let regressed = p.regress(&crops)?;
+        clock.mark(stage::POSE);
+        let hands = match regressed {
+            Some(r) => p.mesh(&r, &crops, hands, &self.camera)?,
+            None => Vec::new(),
+        };
+        clock.mark(stage::MANO);
+        Ok(hands)
+    }
 }
 
 /// Where the warm-up puts its hands on its blank frame.
@@ -92,15 +430,20 @@ impl Route for HandsRoute {
     const STAGES: &'static [&'static str] = &[
         stage::PREPROCESS,
         stage::DETECT,
+        stage::TRACK,
         stage::CROP,
         stage::POSE,
         stage::MANO,
     ];
 
     fn preparer(&self) -> Option<Preparer<Self>> {
+        // The prep thread cannot know whether the frame's hands will be
+        // followed: it letterboxes whenever the detector may run.
         let size = self.pipeline.detector_input_size();
         Some(Box::new(move |frame, request| {
-            request.letterbox(frame, |img| DetectorInput::new(img, size))
+            request
+                .boxes
+                .letterbox(frame, |img| DetectorInput::new(img, size))
         }))
     }
 
@@ -111,7 +454,7 @@ impl Route for HandsRoute {
         // A compiled network is traced per batch size: trace every size a
         // frame can bring now, not on the first frame with that many hands.
         let batches = if self.pipeline.is_compiled() {
-            self.max_hands
+            self.settings.max_hands
         } else {
             1
         };
@@ -122,11 +465,12 @@ impl Route for HandsRoute {
                 score: 1.0,
                 keypoints_2d: Vec::new(),
             };
-            let request = HandsRequest {
-                boxes: Some(vec![hand; n]),
-                time_detector: false,
-            };
-            self.run(&frame, &request, None, &mut clock)?;
+            self.run(
+                &frame,
+                &HandsRequest::with_boxes(vec![hand; n]),
+                None,
+                &mut clock,
+            )?;
         }
         // The warm-up's hands are nobody's: ids start at 1 for real ones.
         self.tracks = StreamTracks::new(self.tracks.settings);
@@ -141,56 +485,30 @@ impl Route for HandsRoute {
         clock: &mut StageClock,
     ) -> Result<HandsOutput, RouteError> {
         let p = &self.pipeline;
-        let img = frame_image(frame)?;
-        let size = p.detector_input_size();
-        let detected = request.detect(
-            frame,
-            prep,
-            clock,
-            |img| DetectorInput::new(img, size),
-            |input| {
-                let mut hands = p.detect(input)?;
-                // Strongest first: keep the route's cost bounded per frame.
-                hands.truncate(self.max_hands);
-                Ok(hands)
-            },
-        )?;
-        let found = request.boxes.as_deref().unwrap_or(&detected);
-        let sightings: Vec<Sighting> = found
-            .iter()
-            .map(|h| match request.boxes {
-                Some(_) => Sighting::stated(h.bbox, h.is_right),
-                None => Sighting::detected(h.bbox, h.is_right, h.score),
-            })
-            .collect();
-        let update = self
-            .tracks
-            .update(&frame.source_id, &sightings, frame.received);
-        // The track's side, not this frame's class, decides the mirroring.
-        let hands: Vec<HandBox> = found
-            .iter()
-            .zip(&update.hands)
-            .map(|(h, t)| HandBox {
-                is_right: t.is_right,
-                ..h.clone()
-            })
-            .collect();
-        let crops = p.prepare_crops(img, &hands);
+        frame_image(frame)?;
+        let settings = self.settings.with(&request.overrides);
         let camera = frame
             .intrinsics
             .unwrap_or_else(|| p.pseudo_camera(frame.width, frame.height));
-        clock.mark(stage::CROP);
-        let regressed = p.regress(&crops)?;
-        clock.mark(stage::POSE);
-        let hands = match regressed {
-            Some(r) => p.mesh(&r, &crops, &hands, &camera)?,
-            None => Vec::new(),
+        let mut stages = PipelineStages {
+            pipeline: p,
+            frame,
+            request: &request.boxes,
+            prep,
+            camera,
         };
-        clock.mark(stage::MANO);
+        let (hands, ended, detector_ran) = hands_of_frame(
+            &mut self.tracks,
+            FrameFacts::of(frame),
+            &settings,
+            request,
+            &mut stages,
+            clock,
+        )?;
         Ok(HandsOutput {
             hands,
-            tracks: update.hands,
-            ended: update.ended,
+            ended,
+            detector_ran,
             camera,
             camera_given: frame.intrinsics.is_some(),
         })
@@ -253,10 +571,8 @@ impl RouteKind for Hands {
             stale_after: std::time::Duration::from_millis(config.hands.track_timeout_ms),
             ..TrackSettings::default()
         };
-        Ok((
-            HandsRoute::new(pipeline, config.hands.max_hands, tracking),
-            synthetic,
-        ))
+        let settings = HandSettings::from_config(&config.hands);
+        Ok((HandsRoute::new(pipeline, settings, tracking), synthetic))
     }
 
     fn request(
@@ -270,9 +586,16 @@ impl RouteKind for Hands {
         } else {
             Some(hand_boxes(&push.hand_boxes, width, height)?)
         };
+        let overrides = match &push.hand_options {
+            Some(o) => hand_overrides(o)?,
+            None => HandOverrides::default(),
+        };
         Ok(HandsRequest {
-            boxes,
-            time_detector: false,
+            boxes: DetectRequest {
+                boxes,
+                time_detector: false,
+            },
+            overrides,
         })
     }
 
@@ -281,6 +604,44 @@ impl RouteKind for Hands {
             mirror: options.mirror,
         }
     }
+}
+
+/// A push's hand options, checked.
+fn hand_overrides(o: &proto::HandOptions) -> Result<HandOverrides, Status> {
+    let fraction = |name: &str, v: Option<f32>| match v {
+        Some(v) if !(0.0..=1.0).contains(&v) => Err(Status::invalid_argument(format!(
+            "hand_options.{name} is {v}: not in [0, 1]"
+        ))),
+        v => Ok(v),
+    };
+    let redetect_interval = match o.redetect_interval {
+        Some(n) if !(1..=MAX_REDETECT_INTERVAL).contains(&n) => {
+            return Err(Status::invalid_argument(format!(
+                "hand_options.redetect_interval is {n}: not from 1 to {MAX_REDETECT_INTERVAL}"
+            )))
+        }
+        n => n,
+    };
+    let max_hands = match o.max_hands {
+        Some(0) => {
+            return Err(Status::invalid_argument(
+                "hand_options.max_hands is 0: at least 1",
+            ))
+        }
+        // Capped at the config's by the route; a u32 always fits a usize
+        // where posed runs, and saturates otherwise.
+        n => n.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+    };
+    Ok(HandOverrides {
+        conf_threshold: fraction("conf_threshold", o.conf_threshold)?,
+        iou_threshold: fraction("iou_threshold", o.iou_threshold)?,
+        max_hands,
+        tracking: o.tracking,
+        min_tracking_confidence: fraction("min_tracking_confidence", o.min_tracking_confidence)?,
+        redetect_interval,
+        detector_only: o.detector_only,
+        redetect: o.redetect,
+    })
 }
 
 fn hand_boxes(
@@ -345,12 +706,7 @@ pub fn hands_event(
     dropped: u64,
     post_time: Duration,
 ) -> proto::Event {
-    let hands = output
-        .hands
-        .iter()
-        .zip(&output.tracks)
-        .map(|(h, t)| hand_pose(h, t, mirror))
-        .collect();
+    let hands = output.hands.iter().map(|h| hand_pose(h, mirror)).collect();
     let k = &output.camera;
     let payload = proto::event::Payload::Hands(proto::Hands {
         hands,
@@ -362,6 +718,7 @@ pub fn hands_event(
             cy: k.cy,
         }),
         camera_given: output.camera_given,
+        detector_ran: output.detector_ran,
     });
     proto::Event {
         mirrored: mirror,
@@ -376,45 +733,57 @@ pub fn hands_event(
     }
 }
 
-fn hand_pose(h: &HandEstimate, track: &TrackedHand, mirror: bool) -> proto::HandPose {
+fn hand_pose(h: &HandResult, mirror: bool) -> proto::HandPose {
     // With `mirror`, the camera shows the user mirrored: the hand the
     // detector calls right is the user's left.
     let right = h.hand.is_right != mirror;
     let [x1, y1, x2, y2] = h.hand.bbox;
-    proto::HandPose {
-        track_id: track.id,
-        handedness_score: track.handedness,
-        side: if right {
-            proto::HandSide::Right
-        } else {
-            proto::HandSide::Left
-        } as i32,
+    let side = if right {
+        proto::HandSide::Right
+    } else {
+        proto::HandSide::Left
+    };
+    let origin = match h.origin {
+        HandOrigin::Detected => proto::HandOrigin::Detected,
+        HandOrigin::Tracked => proto::HandOrigin::Tracked,
+        HandOrigin::Client => proto::HandOrigin::Client,
+    };
+    let mut pose = proto::HandPose {
+        track_id: h.track.id,
+        handedness_score: h.track.handedness,
+        side: side as i32,
+        origin: origin as i32,
         confidence: h.hand.score,
+        tracking_confidence: h.tracking_confidence,
         bbox: Some(proto::Box2D { x1, y1, x2, y2 }),
-        keypoints_2d: h.keypoints_2d_projected.iter().flatten().copied().collect(),
-        keypoints_3d: h.keypoints_3d.iter().flatten().copied().collect(),
-        camera_translation: h.cam_t.to_vec(),
-        focal_length_px: h.camera.fx,
-        vertices: h.vertices.iter().flatten().copied().collect(),
-        mano_pose: h
+        detector_keypoints: h.hand.keypoints_2d.iter().flatten().copied().collect(),
+        ..Default::default()
+    };
+    if let Some(p) = &h.pose {
+        pose.keypoints_2d = p.keypoints_2d_projected.iter().flatten().copied().collect();
+        pose.keypoints_3d = p.keypoints_3d.iter().flatten().copied().collect();
+        pose.camera_translation = p.cam_t.to_vec();
+        pose.focal_length_px = p.camera.fx;
+        pose.vertices = p.vertices.iter().flatten().copied().collect();
+        pose.mano_pose = p
             .global_orient
             .iter()
-            .chain(h.hand_pose.iter().flatten())
+            .chain(p.hand_pose.iter().flatten())
             .copied()
-            .collect(),
-        mano_betas: h.betas.clone(),
-        detector_keypoints: h.hand.keypoints_2d.iter().flatten().copied().collect(),
+            .collect();
+        pose.mano_betas = p.betas.clone();
     }
+    pose
 }
 
 #[cfg(test)]
 mod tests {
-    use posed_models::hand_pipeline::HandBox;
+    use posed_models::hand_pipeline::{HandBox, BOX_EXPAND};
 
     use super::*;
     use crate::events::without_heavy_fields;
 
-    fn est(bbox: [f32; 4], is_right: bool) -> HandEstimate {
+    fn est(bbox: [f32; 4], is_right: bool, keypoints: Vec<[f32; 2]>) -> HandEstimate {
         HandEstimate {
             hand: HandBox {
                 bbox,
@@ -425,7 +794,7 @@ mod tests {
             keypoints_3d: vec![],
             vertices: vec![[1.0, 2.0, 3.0]],
             cam_t: [0.0, 0.0, 1.0],
-            keypoints_2d_projected: vec![],
+            keypoints_2d_projected: keypoints,
             global_orient: [0.0; 3],
             hand_pose: vec![],
             betas: vec![],
@@ -434,25 +803,40 @@ mod tests {
         }
     }
 
-    const TRACK: TrackedHand = TrackedHand {
-        id: 7,
-        is_right: true,
-        handedness: 0.8,
-    };
+    fn result(origin: HandOrigin, pose: Option<HandEstimate>) -> HandResult {
+        HandResult {
+            hand: HandBox {
+                bbox: [0., 0., 10., 10.],
+                is_right: true,
+                score: 0.9,
+                keypoints_2d: vec![],
+            },
+            origin,
+            track: TrackedHand {
+                id: 7,
+                is_right: true,
+                handedness: 0.8,
+            },
+            tracking_confidence: 0.6,
+            pose,
+        }
+    }
 
     #[test]
     fn mirror_swaps_sides_and_vertices_are_opt_in() {
-        let h = est([0., 0., 10., 10.], true);
-        let pose = hand_pose(&h, &TRACK, false);
+        let h = result(
+            HandOrigin::Tracked,
+            Some(est([0., 0., 10., 10.], true, vec![])),
+        );
+        let pose = hand_pose(&h, false);
         assert_eq!(pose.side, proto::HandSide::Right as i32);
         assert_eq!((pose.track_id, pose.handedness_score), (7, 0.8));
-        assert_eq!(
-            hand_pose(&h, &TRACK, true).side,
-            proto::HandSide::Left as i32
-        );
+        assert_eq!(pose.origin, proto::HandOrigin::Tracked as i32);
+        assert_eq!(pose.tracking_confidence, 0.6);
+        assert_eq!(hand_pose(&h, true).side, proto::HandSide::Left as i32);
         let e = proto::Event {
             payload: Some(proto::event::Payload::Hands(proto::Hands {
-                hands: vec![hand_pose(&h, &TRACK, false)],
+                hands: vec![hand_pose(&h, false)],
                 ..Default::default()
             })),
             ..Default::default()
@@ -466,5 +850,524 @@ mod tests {
             panic!()
         };
         assert_eq!(hs.hands[0].vertices, [1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn a_detector_only_hand_has_a_box_and_a_side_but_no_pose() {
+        let pose = hand_pose(&result(HandOrigin::Detected, None), false);
+        assert!(pose.bbox.is_some());
+        assert_eq!(pose.origin, proto::HandOrigin::Detected as i32);
+        assert!(pose.keypoints_2d.is_empty() && pose.camera_translation.is_empty());
+    }
+
+    /// A hand of the scripted scene: where its 21 keypoints truly are.
+    #[derive(Debug, Clone, Copy)]
+    struct TrueHand {
+        x: f32,
+        y: f32,
+        size: f32,
+        is_right: bool,
+    }
+
+    impl TrueHand {
+        fn at(x: f32, y: f32, is_right: bool) -> TrueHand {
+            TrueHand {
+                x,
+                y,
+                size: 60.0,
+                is_right,
+            }
+        }
+
+        fn keypoints(&self) -> Vec<[f32; 2]> {
+            (0..21)
+                .map(|i| {
+                    let t = i as f32 / 20.0;
+                    let u = (i * 8 % 21) as f32 / 20.0;
+                    [self.x + t * self.size, self.y + u * self.size]
+                })
+                .collect()
+        }
+
+        fn centre(&self) -> [f32; 2] {
+            let h = self.size * 0.5;
+            [self.x + h, self.y + h]
+        }
+
+        /// What a detector draws: wider than the joints, and lower.
+        fn detector_box(&self) -> [f32; 4] {
+            let s = self.size;
+            [
+                self.x - 0.15 * s,
+                self.y - 0.1 * s,
+                self.x + 1.15 * s,
+                self.y + 1.3 * s,
+            ]
+        }
+    }
+
+    /// Scripted model stages: each frame's true hands; the detector sees
+    /// them (except where told to miss one, or to call it the other side),
+    /// and "WiLoR" finds the true hand nearest its crop's centre if the
+    /// crop holds it, else makes up a small hand in the crop's corner (what
+    /// a crop without a hand gives).
+    #[derive(Default)]
+    struct Scene {
+        frames: Vec<Vec<TrueHand>>,
+        now: usize,
+        /// (frame, hand) the detector misses.
+        misses: Vec<(usize, usize)>,
+        /// (frame, hand) the detector calls the other side.
+        flips: Vec<(usize, usize)>,
+        detector_runs: usize,
+    }
+
+    impl HandStages for Scene {
+        fn detect(
+            &mut self,
+            settings: &HandSettings,
+            clock: &mut StageClock,
+        ) -> Result<Vec<HandBox>, RouteError> {
+            self.detector_runs += 1;
+            clock.mark(stage::DETECT);
+            let now = self.now;
+            Ok(self.frames[now]
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !self.misses.contains(&(now, *i)))
+                .map(|(i, h)| HandBox {
+                    bbox: h.detector_box(),
+                    is_right: h.is_right != self.flips.contains(&(now, i)),
+                    score: 0.9,
+                    keypoints_2d: vec![],
+                })
+                .take(settings.max_hands)
+                .collect())
+        }
+
+        fn pose(
+            &mut self,
+            hands: &[HandBox],
+            clock: &mut StageClock,
+        ) -> Result<Vec<HandEstimate>, RouteError> {
+            clock.mark(stage::POSE);
+            Ok(hands
+                .iter()
+                .map(|h| {
+                    let [x1, y1, x2, y2] = h.bbox;
+                    let c = [(x1 + x2) * 0.5, (y1 + y2) * 0.5];
+                    let half = 0.5 * BOX_EXPAND * (x2 - x1).max(y2 - y1);
+                    let dist = |t: &TrueHand| {
+                        let [x, y] = t.centre();
+                        (x - c[0]).abs().max((y - c[1]).abs())
+                    };
+                    let inside = self.frames[self.now]
+                        .iter()
+                        .filter(|t| dist(t) + 0.5 * t.size <= half)
+                        .min_by(|a, b| dist(a).total_cmp(&dist(b)));
+                    let keypoints = match inside {
+                        Some(t) => t.keypoints(),
+                        None => TrueHand {
+                            x: c[0] - half,
+                            y: c[1] - half,
+                            size: 0.2 * half,
+                            is_right: true,
+                        }
+                        .keypoints(),
+                    };
+                    est(h.bbox, h.is_right, keypoints)
+                })
+                .collect())
+        }
+    }
+
+    fn settings() -> HandSettings {
+        HandSettings::from_config(&HandsConfig::default())
+    }
+
+    /// One frame's outcome, as the event would say it.
+    #[derive(Debug)]
+    struct Seen {
+        detector_ran: bool,
+        hands: Vec<(u32, bool, HandOrigin)>,
+        ended: Vec<u32>,
+    }
+
+    /// Runs every frame of the scene as one stream, 33 ms apart.
+    fn play(scene: &mut Scene, settings: &HandSettings) -> Vec<Seen> {
+        let mut tracks = StreamTracks::default();
+        play_on(&mut tracks, Some(StreamId::new()), scene, settings, |_| {
+            HandsRequest::default()
+        })
+    }
+
+    fn play_on(
+        tracks: &mut StreamTracks,
+        stream: Option<StreamId>,
+        scene: &mut Scene,
+        settings: &HandSettings,
+        request: impl Fn(usize) -> HandsRequest,
+    ) -> Vec<Seen> {
+        let t0 = Instant::now();
+        (0..scene.frames.len())
+            .map(|i| {
+                scene.now = i;
+                let facts = FrameFacts {
+                    stream,
+                    received: t0 + Duration::from_millis(33) * u32::try_from(i).unwrap(),
+                    width: 640,
+                    height: 480,
+                };
+                let mut clock = StageClock::default();
+                let (hands, ended, detector_ran) =
+                    hands_of_frame(tracks, facts, settings, &request(i), scene, &mut clock)
+                        .unwrap();
+                let stages: Vec<&str> = clock.into_timings().iter().map(|t| t.0).collect();
+                assert_eq!(
+                    stages.contains(&stage::DETECT),
+                    detector_ran,
+                    "frame {i}: {stages:?}"
+                );
+                assert_eq!(stages.contains(&stage::TRACK), !detector_ran, "frame {i}");
+                Seen {
+                    detector_ran,
+                    hands: hands
+                        .iter()
+                        .map(|h| (h.track.id, h.track.is_right, h.origin))
+                        .collect(),
+                    ended,
+                }
+            })
+            .collect()
+    }
+
+    fn detected_frames(seen: &[Seen]) -> Vec<usize> {
+        seen.iter()
+            .enumerate()
+            .filter(|(_, s)| s.detector_ran)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// One right hand drifting right 4 px a frame.
+    fn drifting(frames: usize) -> Vec<Vec<TrueHand>> {
+        (0..frames)
+            .map(|i| vec![TrueHand::at(100.0 + 4.0 * i as f32, 200.0, true)])
+            .collect()
+    }
+
+    #[test]
+    fn followed_frames_skip_the_detector_until_the_interval_is_due() {
+        let mut scene = Scene {
+            frames: drifting(25),
+            ..Scene::default()
+        };
+        let seen = play(&mut scene, &settings());
+        assert_eq!(settings().redetect_interval, 10);
+        assert_eq!(detected_frames(&seen), [0, 10, 20]);
+        assert_eq!(scene.detector_runs, 3);
+        for (i, s) in seen.iter().enumerate() {
+            let origin = if i % 10 == 0 {
+                HandOrigin::Detected
+            } else {
+                HandOrigin::Tracked
+            };
+            assert_eq!(s.hands, [(1, true, origin)], "frame {i}");
+        }
+    }
+
+    #[test]
+    fn tracking_off_or_a_redetect_request_runs_the_detector() {
+        let frames = drifting(6);
+        let mut scene = Scene {
+            frames: frames.clone(),
+            ..Scene::default()
+        };
+        let off = HandSettings {
+            tracking: false,
+            ..settings()
+        };
+        let seen = play(&mut scene, &off);
+        assert_eq!(detected_frames(&seen), [0, 1, 2, 3, 4, 5]);
+        assert!(seen
+            .iter()
+            .all(|s| s.hands == [(1, true, HandOrigin::Detected)]));
+
+        let mut scene = Scene {
+            frames,
+            ..Scene::default()
+        };
+        let mut tracks = StreamTracks::default();
+        let seen = play_on(
+            &mut tracks,
+            Some(StreamId::new()),
+            &mut scene,
+            &settings(),
+            |i| HandsRequest {
+                overrides: HandOverrides {
+                    redetect: i == 3,
+                    ..HandOverrides::default()
+                },
+                ..HandsRequest::default()
+            },
+        );
+        assert_eq!(detected_frames(&seen), [0, 3]);
+    }
+
+    #[test]
+    fn a_hand_lost_in_its_crop_is_dropped_and_the_next_frame_detects() {
+        // The hand jumps 300 px between frames 4 and 5: frame 5's crop,
+        // cut where it was, holds no hand.
+        let mut frames = drifting(5);
+        frames.extend((0..8).map(|_| vec![TrueHand::at(450.0, 200.0, true)]));
+        let mut scene = Scene {
+            frames,
+            ..Scene::default()
+        };
+        let seen = play(&mut scene, &settings());
+        assert!(!seen[5].detector_ran);
+        assert!(seen[5].hands.is_empty(), "{:?}", seen[5]);
+        assert!(seen[6].detector_ran);
+        // Far from where track 1 was: a new hand. While track 1 coasts the
+        // detector looks for it on every frame; once it ended, hand 2 is
+        // followed.
+        assert_eq!(seen[6].hands, [(2, true, HandOrigin::Detected)]);
+        assert_eq!(detected_frames(&seen), [0, 6, 7, 8]);
+        assert_eq!(seen[9].hands, [(2, true, HandOrigin::Tracked)]);
+        let ended: Vec<(usize, &[u32])> = seen
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.ended.is_empty())
+            .map(|(i, s)| (i, s.ended.as_slice()))
+            .collect();
+        // Missed on frames 5, 6, 7; max_coast_frames = 3 ends it on 8.
+        assert_eq!(ended, [(8, &[1][..])]);
+    }
+
+    #[test]
+    fn a_new_hand_is_found_at_the_next_redetect() {
+        let frames: Vec<Vec<TrueHand>> = (0..12)
+            .map(|i| {
+                let mut f = vec![TrueHand::at(100.0 + 2.0 * i as f32, 200.0, true)];
+                if i >= 3 {
+                    f.push(TrueHand::at(400.0, 150.0, false));
+                }
+                f
+            })
+            .collect();
+        let mut scene = Scene {
+            frames,
+            ..Scene::default()
+        };
+        let seen = play(&mut scene, &settings());
+        assert_eq!(detected_frames(&seen), [0, 10]);
+        assert_eq!(seen[9].hands.len(), 1);
+        assert_eq!(
+            seen[10].hands,
+            [
+                (1, true, HandOrigin::Detected),
+                (2, false, HandOrigin::Detected)
+            ]
+        );
+        assert_eq!(seen[11].hands.len(), 2);
+    }
+
+    #[test]
+    fn crossing_hands_keep_their_ids_whether_followed_or_detected() {
+        // The right hand moves right and the left hand left, 12 px a frame,
+        // through the same place.
+        let frames: Vec<Vec<TrueHand>> = (0..30)
+            .map(|i| {
+                let x = 12.0 * i as f32;
+                vec![
+                    TrueHand::at(100.0 + x, 200.0, true),
+                    TrueHand::at(450.0 - x, 210.0, false),
+                ]
+            })
+            .collect();
+        for tracking in [true, false] {
+            let mut scene = Scene {
+                frames: frames.clone(),
+                ..Scene::default()
+            };
+            let s = HandSettings {
+                tracking,
+                ..settings()
+            };
+            for (i, seen) in play(&mut scene, &s).iter().enumerate() {
+                let ids: Vec<(u32, bool)> = seen.hands.iter().map(|h| (h.0, h.1)).collect();
+                assert_eq!(
+                    ids,
+                    [(1, true), (2, false)],
+                    "tracking {tracking}, frame {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn one_frame_class_flips_and_misses_change_neither_side_nor_id() {
+        let mut scene = Scene {
+            frames: drifting(12),
+            misses: vec![(4, 0)],
+            flips: vec![(2, 0), (7, 0)],
+            ..Scene::default()
+        };
+        let every_frame = HandSettings {
+            tracking: false,
+            ..settings()
+        };
+        let seen = play(&mut scene, &every_frame);
+        for (i, s) in seen.iter().enumerate() {
+            let expected: &[(u32, bool, HandOrigin)] = if i == 4 {
+                &[]
+            } else {
+                &[(1, true, HandOrigin::Detected)]
+            };
+            assert_eq!(s.hands, expected, "frame {i}");
+            assert!(s.ended.is_empty());
+        }
+    }
+
+    #[test]
+    fn streams_keep_their_own_tracks_and_a_single_image_uses_none() {
+        let mut tracks = StreamTracks::default();
+        let (a, b) = (Some(StreamId::new()), Some(StreamId::new()));
+        let mut scene = Scene {
+            frames: drifting(3),
+            ..Scene::default()
+        };
+        let s = settings();
+        let none = |_| HandsRequest::default();
+        let on_a = play_on(&mut tracks, a, &mut scene, &s, none);
+        let on_b = play_on(&mut tracks, b, &mut scene, &s, none);
+        // b's first frame detects: a's hands are not b's.
+        assert_eq!(detected_frames(&on_a), [0]);
+        assert_eq!(detected_frames(&on_b), [0]);
+        assert!(on_a.iter().all(|f| f.hands[0].0 == 1));
+        assert!(on_b.iter().all(|f| f.hands[0].0 == 2));
+        // Single images: every one detects, and each hand is new.
+        let single = play_on(&mut tracks, None, &mut scene, &s, none);
+        assert_eq!(detected_frames(&single), [0, 1, 2]);
+        let ids: Vec<u32> = single.iter().map(|f| f.hands[0].0).collect();
+        assert_eq!(ids, [3, 4, 5]);
+    }
+
+    #[test]
+    fn detector_only_frames_never_pose_and_never_follow() {
+        let mut scene = Scene {
+            frames: drifting(4),
+            ..Scene::default()
+        };
+        let s = HandSettings {
+            detector_only: true,
+            ..settings()
+        };
+        let mut tracks = StreamTracks::default();
+        let stream = Some(StreamId::new());
+        let t0 = Instant::now();
+        for i in 0..4u32 {
+            scene.now = i as usize;
+            let facts = FrameFacts {
+                stream,
+                received: t0 + Duration::from_millis(33) * i,
+                width: 640,
+                height: 480,
+            };
+            let (hands, _, ran) = hands_of_frame(
+                &mut tracks,
+                facts,
+                &s,
+                &HandsRequest::default(),
+                &mut scene,
+                &mut StageClock::default(),
+            )
+            .unwrap();
+            assert!(ran);
+            assert_eq!(hands.len(), 1);
+            assert!(hands[0].pose.is_none());
+            assert_eq!(hands[0].track.id, 1);
+        }
+        assert_eq!(scene.detector_runs, 4);
+    }
+
+    #[test]
+    fn push_options_override_the_config_within_its_limits() {
+        let config = settings();
+        let o = hand_overrides(&proto::HandOptions {
+            conf_threshold: Some(0.6),
+            max_hands: Some(100),
+            tracking: Some(false),
+            redetect_interval: Some(1),
+            ..Default::default()
+        })
+        .unwrap();
+        let s = config.with(&o);
+        assert_eq!(s.conf_threshold, 0.6);
+        assert_eq!(s.max_hands, config.max_hands, "never above the config's");
+        assert!(!s.tracking);
+        assert_eq!(s.redetect_interval, 1);
+        assert_eq!(s.iou_threshold, config.iou_threshold);
+        assert_eq!(config.with(&HandOverrides::default()), config);
+    }
+
+    #[test]
+    fn push_options_out_of_range_are_refused_with_the_field_named() {
+        let cases: Vec<(proto::HandOptions, &str)> = vec![
+            (
+                proto::HandOptions {
+                    conf_threshold: Some(f32::NAN),
+                    ..Default::default()
+                },
+                "hand_options.conf_threshold is NaN",
+            ),
+            (
+                proto::HandOptions {
+                    iou_threshold: Some(1.5),
+                    ..Default::default()
+                },
+                "hand_options.iou_threshold is 1.5",
+            ),
+            (
+                proto::HandOptions {
+                    min_tracking_confidence: Some(-0.1),
+                    ..Default::default()
+                },
+                "hand_options.min_tracking_confidence is -0.1",
+            ),
+            (
+                proto::HandOptions {
+                    min_tracking_confidence: Some(f32::INFINITY),
+                    ..Default::default()
+                },
+                "hand_options.min_tracking_confidence is inf",
+            ),
+            (
+                proto::HandOptions {
+                    redetect_interval: Some(0),
+                    ..Default::default()
+                },
+                "hand_options.redetect_interval is 0",
+            ),
+            (
+                proto::HandOptions {
+                    redetect_interval: Some(u32::MAX),
+                    ..Default::default()
+                },
+                "hand_options.redetect_interval is 4294967295",
+            ),
+            (
+                proto::HandOptions {
+                    max_hands: Some(0),
+                    ..Default::default()
+                },
+                "hand_options.max_hands is 0",
+            ),
+        ];
+        for (options, message) in cases {
+            let e = hand_overrides(&options).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().starts_with(message), "{}", e.message());
+        }
     }
 }

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::config::{Config, FallbackHint, ImageEncoding, MatteConfig, MatteFit};
 use crate::decode::encode_png;
-use crate::engine::Frame;
+use crate::engine::{Frame, StreamId};
 use crate::events::route_event;
 use crate::proto;
 use crate::weights::hub::Hub;
@@ -66,28 +66,24 @@ impl MatteRoute {
     }
 }
 
-/// The last alpha per source, at the network's resolution (MLX arrays:
+/// The last alpha per stream, at the network's resolution (MLX arrays:
 /// MLX thread only), with the count of alphas kept when it was made.
 #[derive(Default)]
 struct PreviousAlphas {
-    by_source: HashMap<String, (u64, mlx_rs::Array)>,
+    by_stream: HashMap<StreamId, (u64, mlx_rs::Array)>,
     kept: u64,
 }
 
 impl PreviousAlphas {
-    fn keep(&mut self, source: &str, alpha: mlx_rs::Array) {
-        let map = &mut self.by_source;
-        if !map.contains_key(source) && map.len() >= MAX_MATTE_STREAMS {
-            if let Some(stalest) = map
-                .iter()
-                .min_by_key(|(_, (t, _))| *t)
-                .map(|(k, _)| k.clone())
-            {
+    fn keep(&mut self, stream: StreamId, alpha: mlx_rs::Array) {
+        let map = &mut self.by_stream;
+        if !map.contains_key(&stream) && map.len() >= MAX_MATTE_STREAMS {
+            if let Some(stalest) = map.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| *k) {
                 map.remove(&stalest);
             }
         }
         self.kept += 1;
-        map.insert(source.to_owned(), (self.kept, alpha));
+        map.insert(stream, (self.kept, alpha));
     }
 }
 
@@ -133,7 +129,7 @@ impl Route for MatteRoute {
         // A pushed hint, then the way a stream's next frame goes (the
         // previous alpha as its hint); the warm-up's alpha is forgotten.
         let frame = Frame {
-            stream: true,
+            stream: Some(StreamId::new()),
             ..super::blank_frame(320, 240)
         };
         let pushed = MatteRequest {
@@ -156,15 +152,13 @@ impl Route for MatteRoute {
     ) -> Result<MatteOutput, RouteError> {
         let img = frame_image(frame)?;
         let p = &self.pipeline;
-        let carry_over = frame.stream && self.hint_from_previous;
+        let stream = frame.stream.filter(|_| self.hint_from_previous);
         let (nh, nw) = p.network_size(frame.width, frame.height);
         let network_shape = [1, nh, nw, 1].map(|d| i32::try_from(d).unwrap_or(i32::MAX));
-        let previous = self
-            .previous
-            .by_source
-            .get(&frame.source_id)
+        let previous = stream
+            .and_then(|s| self.previous.by_stream.get(&s))
             .map(|(_, a)| a)
-            .filter(|a| carry_over && a.shape() == network_shape);
+            .filter(|a| a.shape() == network_shape);
         let (hint, source) = match (&request.hint, previous) {
             (Some(plane), _) => (Hint::Plane(plane), HintSource::Pushed),
             (None, Some(a)) => (Hint::Previous(a), HintSource::Previous),
@@ -177,8 +171,8 @@ impl Route for MatteRoute {
         clock.mark(stage::MATTE);
         let matte = p.to_frame(&out, frame.width, frame.height)?;
         clock.mark(stage::RESIZE);
-        if carry_over {
-            self.previous.keep(&frame.source_id, out.network_alpha);
+        if let Some(stream) = stream {
+            self.previous.keep(stream, out.network_alpha);
         }
         Ok(MatteOutput {
             matte,
@@ -353,19 +347,22 @@ mod tests {
     #[test]
     fn matte_streams_are_bounded_and_the_stalest_is_forgotten() {
         let mut kept = PreviousAlphas::default();
-        for i in 0..MAX_MATTE_STREAMS + 3 {
+        let s: Vec<StreamId> = (0..MAX_MATTE_STREAMS + 3)
+            .map(|_| StreamId::new())
+            .collect();
+        for (i, &stream) in s.iter().enumerate() {
             let v = f32::from(u16::try_from(i).unwrap());
-            kept.keep(&format!("s{i}"), mlx_rs::Array::from_f32(v));
-            // s1 keeps streaming: it is never the stalest.
-            kept.keep("s1", mlx_rs::Array::from_f32(0.0));
+            kept.keep(stream, mlx_rs::Array::from_f32(v));
+            // s[1] keeps streaming: it is never the stalest.
+            kept.keep(s[1], mlx_rs::Array::from_f32(0.0));
         }
-        let kept = &kept.by_source;
+        let kept = &kept.by_stream;
         assert_eq!(kept.len(), MAX_MATTE_STREAMS);
-        assert!(kept.contains_key("s1"));
+        assert!(kept.contains_key(&s[1]));
         // Three streams too many: the three stalest went.
-        for gone in ["s0", "s2", "s3"] {
-            assert!(!kept.contains_key(gone), "{gone}");
+        for gone in [0, 2, 3] {
+            assert!(!kept.contains_key(&s[gone]), "s{gone}");
         }
-        assert!(kept.contains_key("s4") && kept.contains_key("s18"));
+        assert!(kept.contains_key(&s[4]) && kept.contains_key(&s[MAX_MATTE_STREAMS + 2]));
     }
 }

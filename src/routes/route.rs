@@ -181,7 +181,7 @@ pub fn blank_frame(width: usize, height: usize) -> Frame {
         client_frame_id: 0,
         captured: std::time::SystemTime::now(),
         received: Instant::now(),
-        stream: false,
+        stream: None,
         width,
         height,
         rgb: vec![128; width * height * 3],

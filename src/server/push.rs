@@ -12,7 +12,7 @@ use tonic::{Status, Streaming};
 
 use super::{engine_status, EventStream, Reply, Shared};
 use crate::decode::{self, Rgb8};
-use crate::engine::{Frame, FrameJob};
+use crate::engine::{Frame, FrameJob, StreamId};
 use crate::events::{unix_ns, without_heavy_fields};
 use crate::proto;
 use crate::routes::{RouteId, RouteRequest};
@@ -22,13 +22,13 @@ pub(super) async fn push_image(
     req: proto::PushImageRequest,
 ) -> Result<proto::PushImageReply, Status> {
     if req.wait {
-        let events = run_and_wait(shared, req, false).await?;
+        let events = run_and_wait(shared, req, None).await?;
         return Ok(proto::PushImageReply {
             frame_id: events.first().map_or(0, |e| e.frame_id),
             events,
         });
     }
-    let job = frame_job(shared, req, false, None).await?;
+    let job = frame_job(shared, req, None, None).await?;
     let frame_id = job.frame.id;
     shared.engine.submit(job).map_err(|e| engine_status(&e))?;
     Ok(proto::PushImageReply {
@@ -81,9 +81,10 @@ pub(super) fn push_stream(
         reader_slot.finish();
     });
     let worker = shared.clone();
+    let stream = StreamId::new();
     shared.tasks.spawn(async move {
         'frames: while let Some(req) = slot.next().await {
-            for event in answer(&worker, req).await {
+            for event in answer(&worker, req, stream).await {
                 if tx.send(Ok(event)).await.is_err() {
                     break 'frames;
                 }
@@ -94,11 +95,15 @@ pub(super) fn push_stream(
 }
 
 /// One PushStream frame's events: the results, or an error event naming it.
-async fn answer(shared: &Arc<Shared>, req: proto::PushImageRequest) -> Vec<proto::Event> {
+async fn answer(
+    shared: &Arc<Shared>,
+    req: proto::PushImageRequest,
+    stream: StreamId,
+) -> Vec<proto::Event> {
     let client_frame_id = req.client_frame_id;
     let source_id = req.source_id.clone();
     let route = first_route(shared, &req);
-    run_and_wait(shared, req, true)
+    run_and_wait(shared, req, Some(stream))
         .await
         .unwrap_or_else(|status| {
             vec![proto::Event {
@@ -155,7 +160,7 @@ pub fn decode_push(
 async fn frame_job(
     shared: &Arc<Shared>,
     req: proto::PushImageRequest,
-    stream: bool,
+    stream: Option<StreamId>,
     reply: Option<Reply>,
 ) -> Result<FrameJob<Reply>, Status> {
     let routes = requested_routes(shared, &req.routes)?;
@@ -213,7 +218,7 @@ async fn frame_job(
 async fn run_and_wait(
     shared: &Arc<Shared>,
     req: proto::PushImageRequest,
-    stream: bool,
+    stream: Option<StreamId>,
 ) -> Result<Vec<proto::Event>, Status> {
     let (include_vertices, include_matte_images) = (req.include_vertices, req.include_matte_images);
     let (tx, rx) = oneshot::channel();

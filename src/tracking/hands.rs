@@ -11,11 +11,16 @@
 //!   is not resumed at an old place);
 //! - keeps its side by a vote: a running average of the detector's belief
 //!   that the hand is a right hand, with hysteresis, so a one-frame class
-//!   flip never flips it.
+//!   flip never flips it;
+//! - remembers the hand's last keypoints, so that the next frame can crop
+//!   it where it is without the detector ([`super::follow`]).
 
 use std::time::{Duration, Instant};
 
 use posed_models::hand_detector::iou;
+
+use super::follow::{self, BoxRule};
+use crate::engine::StreamId;
 
 /// How tracks are kept. Defaults suit 30 fps input.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,6 +60,9 @@ pub struct Sighting {
     pub right: f32,
     /// The client stated the side: it is taken as is.
     pub side_given: bool,
+    /// A box made from this track's own keypoints: it continues the track
+    /// without matching, and brings no side evidence.
+    pub track: Option<u32>,
 }
 
 impl Sighting {
@@ -71,6 +79,7 @@ impl Sighting {
             bbox,
             right: if is_right { 0.5 + half } else { 0.5 - half },
             side_given: false,
+            track: None,
         }
     }
 }
@@ -82,6 +91,17 @@ impl Sighting {
             bbox,
             right: if is_right { 1.0 } else { 0.0 },
             side_given: true,
+            track: None,
+        }
+    }
+
+    /// Track `id`'s box for this frame, from its last keypoints.
+    pub fn followed(bbox: [f32; 4], id: u32) -> Sighting {
+        Sighting {
+            bbox,
+            right: 0.5,
+            side_given: false,
+            track: Some(id),
         }
     }
 }
@@ -116,6 +136,10 @@ struct Track {
     /// Running belief that it is a right hand.
     right: f32,
     is_right: bool,
+    /// Its 2-D keypoints in the previous frame, when that frame posed it.
+    keypoints: Option<Vec<[f32; 2]>>,
+    /// Where its detector box sits around its keypoints.
+    rule: BoxRule,
 }
 
 impl Track {
@@ -145,6 +169,8 @@ fn centre(b: &[f32; 4]) -> [f32; 2] {
 pub struct HandTracks {
     tracks: Vec<Track>,
     last_frame: Option<Instant>,
+    /// Frames in a row whose hands were all followed (no detector).
+    followed_in_a_row: u32,
 }
 
 impl HandTracks {
@@ -159,18 +185,42 @@ impl HandTracks {
         next_id: &mut dyn FnMut() -> u32,
     ) -> TrackUpdate {
         let mut ended = Vec::new();
-        let stale = self
-            .last_frame
-            .is_some_and(|t| now.saturating_duration_since(t) > settings.stale_after);
-        if stale {
+        if self.is_stale(now, settings) {
             ended.extend(self.tracks.drain(..).map(|t| t.id));
         }
         self.last_frame = Some(now);
+        let followed = !sightings.is_empty() && sightings.iter().all(|s| s.track.is_some());
+        self.followed_in_a_row = if followed {
+            self.followed_in_a_row.saturating_add(1)
+        } else {
+            0
+        };
+        // Keypoints are the previous frame's: this frame's come with
+        // `observe`.
+        for t in &mut self.tracks {
+            t.keypoints = None;
+        }
 
-        // Strongest overlaps first, so two sightings never fight over one
-        // track; a shared side breaks ties between equal overlaps.
+        let mut track_of: Vec<Option<usize>> = vec![None; sightings.len()];
+        let mut taken = vec![false; self.tracks.len()];
+        // A followed box continues its own track.
+        for (i, s) in sightings.iter().enumerate() {
+            let j = s
+                .track
+                .and_then(|id| self.tracks.iter().position(|t| t.id == id));
+            if let Some(j) = j.filter(|&j| !taken[j]) {
+                track_of[i] = Some(j);
+                taken[j] = true;
+            }
+        }
+        // The others: strongest overlaps first, so two sightings never
+        // fight over one track; a shared side breaks ties between equal
+        // overlaps.
         let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
         for (i, s) in sightings.iter().enumerate() {
+            if s.track.is_some() {
+                continue;
+            }
             for (j, t) in self.tracks.iter().enumerate() {
                 let overlap = iou(&s.bbox, &t.predicted());
                 if overlap >= settings.min_iou {
@@ -180,8 +230,6 @@ impl HandTracks {
             }
         }
         pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let mut track_of: Vec<Option<usize>> = vec![None; sightings.len()];
-        let mut taken = vec![false; self.tracks.len()];
         for (_, i, j) in pairs {
             if track_of[i].is_none() && !taken[j] {
                 track_of[i] = Some(j);
@@ -199,7 +247,7 @@ impl HandTracks {
             let track = match matched {
                 Some(j) => {
                     let t = &mut self.tracks[*j];
-                    follow(t, s, settings);
+                    take(t, s, settings);
                     t.clone()
                 }
                 None => {
@@ -210,6 +258,8 @@ impl HandTracks {
                         missed: 0,
                         right: s.right,
                         is_right: s.right >= 0.5,
+                        keypoints: None,
+                        rule: BoxRule::default(),
                     };
                     self.tracks.push(t.clone());
                     t
@@ -236,10 +286,86 @@ impl HandTracks {
     pub fn ids(&self) -> Vec<u32> {
         self.tracks.iter().map(|t| t.id).collect()
     }
+
+    fn is_stale(&self, now: Instant, settings: &TrackSettings) -> bool {
+        self.last_frame
+            .is_some_and(|t| now.saturating_duration_since(t) > settings.stale_after)
+    }
+
+    /// This frame's boxes without the detector: one per live track, from
+    /// its keypoints in the previous frame. None when the detector must
+    /// run: no tracks, a track that was not posed in the previous frame
+    /// (lost, coasting, new from the client), a stream paused past its
+    /// timeout, `redetect_interval` frames followed in a row, or a hand
+    /// that left the image.
+    pub fn follow(
+        &self,
+        now: Instant,
+        settings: &TrackSettings,
+        redetect_interval: u32,
+        width: usize,
+        height: usize,
+    ) -> Option<Vec<Sighting>> {
+        let due = self.followed_in_a_row.saturating_add(1) >= redetect_interval;
+        if self.tracks.is_empty() || due || self.is_stale(now, settings) {
+            return None;
+        }
+        self.tracks
+            .iter()
+            .map(|t| {
+                let keypoints = t.keypoints.as_deref().filter(|_| t.missed == 0)?;
+                let bbox = follow::next_box(keypoints, &t.rule, t.velocity, width, height)?;
+                Some(Sighting::followed(bbox, t.id))
+            })
+            .collect()
+    }
+
+    /// Track `id`'s hand as this frame posed it from a crop of `crop_box`:
+    /// remembered for the next frame. Returns its tracking confidence
+    /// (measured with the rule it had). `learn`: `crop_box` is a detector's
+    /// or the client's, so the track learns its box rule from it.
+    pub fn observe(
+        &mut self,
+        id: u32,
+        crop_box: [f32; 4],
+        keypoints: &[[f32; 2]],
+        learn: bool,
+        width: usize,
+        height: usize,
+    ) -> f32 {
+        let Some(t) = self.tracks.iter_mut().find(|t| t.id == id) else {
+            return 0.0;
+        };
+        let confidence = follow::tracking_confidence(&t.rule, crop_box, keypoints, width, height);
+        if learn {
+            if let Some(rule) = BoxRule::learn(crop_box, keypoints) {
+                t.rule = rule;
+            }
+        }
+        t.keypoints = Some(keypoints.to_vec());
+        confidence
+    }
+
+    /// Track `id` was followed but its hand was not found in its crop: it
+    /// counts as missed, and the next frame detects. True when that ended
+    /// it (no coast left).
+    pub fn lose(&mut self, id: u32, settings: &TrackSettings) -> bool {
+        let Some(j) = self.tracks.iter().position(|t| t.id == id) else {
+            return false;
+        };
+        let t = &mut self.tracks[j];
+        t.missed = t.missed.saturating_add(1);
+        t.keypoints = None;
+        if t.missed > settings.max_coast_frames {
+            self.tracks.remove(j);
+            return true;
+        }
+        false
+    }
 }
 
 /// A track takes a new sighting: box, motion and side vote.
-fn follow(t: &mut Track, s: &Sighting, settings: &TrackSettings) {
+fn take(t: &mut Track, s: &Sighting, settings: &TrackSettings) {
     let frames = t.missed as f32 + 1.0;
     let (old, new) = (centre(&t.bbox), centre(&s.bbox));
     for k in 0..2 {
@@ -248,6 +374,9 @@ fn follow(t: &mut Track, s: &Sighting, settings: &TrackSettings) {
     }
     t.bbox = s.bbox;
     t.missed = 0;
+    if s.track.is_some() {
+        return;
+    }
     if s.side_given {
         t.right = s.right;
         t.is_right = s.right >= 0.5;
@@ -264,7 +393,10 @@ fn follow(t: &mut Track, s: &Sighting, settings: &TrackSettings) {
 /// Every stream's tracks, with ids unique across them.
 #[derive(Debug, Default)]
 pub struct StreamTracks {
-    streams: std::collections::HashMap<String, HandTracks>,
+    streams: std::collections::HashMap<StreamId, HandTracks>,
+    /// The tracks of a frame of no stream (a single pushed image): new for
+    /// each such frame, so it neither sees nor leaves any state.
+    single: HandTracks,
     last_id: u32,
     pub settings: TrackSettings,
 }
@@ -277,27 +409,60 @@ impl StreamTracks {
         }
     }
 
-    /// One frame of `source`. Streams idle for ten timeouts are forgotten,
-    /// so the map stays as small as the set of live sources.
-    pub fn update(&mut self, source: &str, sightings: &[Sighting], now: Instant) -> TrackUpdate {
+    /// The tracks of `stream`.
+    pub fn of(&mut self, stream: Option<StreamId>) -> &mut HandTracks {
+        match stream {
+            Some(s) => self.streams.entry(s).or_default(),
+            None => &mut self.single,
+        }
+    }
+
+    /// This frame's boxes without the detector (see [`HandTracks::follow`]);
+    /// always None for a frame of no stream.
+    pub fn follow(
+        &mut self,
+        stream: Option<StreamId>,
+        now: Instant,
+        redetect_interval: u32,
+        width: usize,
+        height: usize,
+    ) -> Option<Vec<Sighting>> {
+        let settings = self.settings;
+        let s = stream?;
+        self.streams
+            .get(&s)?
+            .follow(now, &settings, redetect_interval, width, height)
+    }
+
+    /// One frame of `stream`. Streams idle for ten timeouts are forgotten,
+    /// so the map stays as small as the set of live streams.
+    pub fn update(
+        &mut self,
+        stream: Option<StreamId>,
+        sightings: &[Sighting],
+        now: Instant,
+    ) -> TrackUpdate {
         let forget_after = self.settings.stale_after * 10;
-        self.streams.retain(|name, tracks| {
-            name == source
+        self.streams.retain(|s, tracks| {
+            Some(*s) == stream
                 || tracks
                     .last_frame
                     .is_some_and(|t| now.saturating_duration_since(t) <= forget_after)
         });
+        if stream.is_none() {
+            self.single = HandTracks::default();
+        }
+        let settings = self.settings;
         let last_id = &mut self.last_id;
         let mut next_id = || {
             *last_id = last_id.wrapping_add(1).max(1);
             *last_id
         };
-        self.streams.entry(source.to_owned()).or_default().update(
-            sightings,
-            now,
-            &self.settings,
-            &mut next_id,
-        )
+        let tracks = match stream {
+            Some(s) => self.streams.entry(s).or_default(),
+            None => &mut self.single,
+        };
+        tracks.update(sightings, now, &settings, &mut next_id)
     }
 }
 
@@ -322,11 +487,12 @@ mod tests {
     /// Feeds one frame per item, 33 ms apart.
     fn run(frames: &[Vec<Sighting>]) -> Vec<TrackUpdate> {
         let mut tracks = StreamTracks::default();
+        let cam = Some(StreamId::new());
         let t0 = Instant::now();
         frames
             .iter()
             .enumerate()
-            .map(|(i, s)| tracks.update("cam", s, t0 + MS * i as u32))
+            .map(|(i, s)| tracks.update(cam, s, t0 + MS * i as u32))
             .collect()
     }
 
@@ -432,18 +598,25 @@ mod tests {
         let mut tracks = StreamTracks::default();
         let stale = tracks.settings.stale_after;
         let t0 = Instant::now();
-        assert_eq!(ids(&tracks.update("cam", &[right(at(100.0))], t0)), [1]);
-        assert_eq!(ids(&tracks.update("other", &[right(at(100.0))], t0)), [2]);
-        let u = tracks.update("other", &[right(at(101.0))], t0 + stale / 2);
+        let (cam, other) = (Some(StreamId::new()), Some(StreamId::new()));
+        assert_eq!(ids(&tracks.update(cam, &[right(at(100.0))], t0)), [1]);
+        assert_eq!(ids(&tracks.update(other, &[right(at(100.0))], t0)), [2]);
+        let u = tracks.update(other, &[right(at(101.0))], t0 + stale / 2);
         assert_eq!(ids(&u), [2]);
         // cam sends nothing for longer than the timeout.
         let later = t0 + stale + MS;
-        let u = tracks.update("cam", &[right(at(100.0))], later);
+        let u = tracks.update(cam, &[right(at(100.0))], later);
         assert_eq!(u.ended, [1], "not resumed at its old place");
         assert_eq!(ids(&u), [3]);
         // other's track lives on its own clock.
-        let u = tracks.update("other", &[right(at(102.0))], later);
+        let u = tracks.update(other, &[right(at(102.0))], later);
         assert_eq!((ids(&u), u.ended), (vec![2], vec![]));
+        // A single image neither continues nor leaves a track.
+        let u = tracks.update(None, &[right(at(102.0))], later);
+        assert_eq!((ids(&u), u.ended), (vec![4], vec![]));
+        let u = tracks.update(None, &[right(at(102.0))], later);
+        assert_eq!((ids(&u), u.ended), (vec![5], vec![]));
+        assert_eq!(tracks.follow(None, later, 10, 640, 480), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use posed_models::hand_detector::iou;
 
+pub mod follow;
 pub mod hands;
 
 /// Boxes must overlap at least this much to continue a track.
