@@ -16,6 +16,11 @@
 //! `hands` > 0 sends that many fixed hand boxes with each frame (the
 //! detector is skipped, so the pose batch is fixed); 0 lets the detector run
 //! and the event says how many hands it found.
+//!
+//! `tracking` cases push one `PushStream` instead (one frame in flight; the
+//! events come back on it) without boxes: the daemon's detector keeps the
+//! `hands` strongest, and with tracking on a frame whose hands were all
+//! posed skips the detector (each event says whether it ran).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
@@ -39,6 +44,8 @@ pub struct GrpcBenchOptions {
     pub hands: Vec<usize>,
     /// Frames outstanding at once.
     pub in_flight: Vec<usize>,
+    /// PushStream cases, tracking off and/or on, for every `hands` > 0.
+    pub tracking: Vec<bool>,
     pub warmup: usize,
     pub runs: usize,
     /// How long to wait for the daemon to serve before giving up.
@@ -47,8 +54,15 @@ pub struct GrpcBenchOptions {
 
 #[derive(Debug, Serialize)]
 pub struct GrpcCase {
-    /// Client boxes per frame (0: detector).
+    /// Client boxes per frame (0: detector); in a tracking case, the most
+    /// hands the detector keeps.
     pub hand_boxes: usize,
+    /// A PushStream case: hand tracking off or on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<bool>,
+    /// A PushStream case: timed frames the detector ran on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detector_frames: Option<usize>,
     pub in_flight: usize,
     /// Frames whose event arrived (timed).
     pub frames: usize,
@@ -104,6 +118,15 @@ pub async fn run(target: &Target, options: &GrpcBenchOptions) -> Result<GrpcRepo
             let case = run_case(&mut client, &jpeg, hands, in_flight, options)
                 .await
                 .with_context(|| format!("{hands} hand boxes, {in_flight} in flight"))?;
+            eprintln!("{}", case_line(&case));
+            cases.push(case);
+        }
+    }
+    for &hands in options.hands.iter().filter(|&&h| h > 0) {
+        for &tracking in &options.tracking {
+            let case = run_stream_case(&mut client, &jpeg, hands, tracking, options)
+                .await
+                .with_context(|| format!("{hands} hands, tracking {tracking}"))?;
             eprintln!("{}", case_line(&case));
             cases.push(case);
         }
@@ -279,9 +302,107 @@ async fn run_case(
     let wall = timed_from.map_or(Duration::ZERO, |t| last_event.saturating_duration_since(t));
     Ok(GrpcCase {
         hand_boxes: hands,
+        tracking: None,
+        detector_frames: None,
         in_flight,
         frames,
         lost,
+        hands_min: if frames == 0 { 0 } else { hands_min },
+        hands_max,
+        latency: Percentiles::of(&hist),
+        event_stages_p50_ms: stage_hists
+            .into_iter()
+            .map(|(stage, h)| (stage, Percentiles::of(&h).p50_ms))
+            .collect(),
+        frames_per_s: if wall.is_zero() {
+            0.0
+        } else {
+            frames as f64 / wall.as_secs_f64()
+        },
+    })
+}
+
+/// One PushStream of `warmup + runs` frames without boxes, one in flight:
+/// push → its event on the stream.
+async fn run_stream_case(
+    client: &mut PoseServiceClient<Channel>,
+    jpeg: &[u8],
+    hands: usize,
+    tracking: bool,
+    options: &GrpcBenchOptions,
+) -> Result<GrpcCase> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut events = client
+        .push_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| anyhow::anyhow!("PushStream: {}", s.message()))?
+        .into_inner();
+    let new_hist = || Histogram::<u64>::new(3).expect("3 significant figures");
+    let mut hist = new_hist();
+    let mut stage_hists: BTreeMap<String, Histogram<u64>> = BTreeMap::new();
+    let (mut hands_min, mut hands_max, mut detector_frames) = (usize::MAX, 0usize, 0usize);
+    let max_hands = u32::try_from(hands).context("--hands")?;
+    let mut timed_from = Instant::now();
+    let mut last_event = Instant::now();
+    for id in 1..=(options.warmup + options.runs) as u64 {
+        let timed = id > options.warmup as u64;
+        if id == options.warmup as u64 + 1 {
+            timed_from = Instant::now();
+        }
+        let sent = Instant::now();
+        tx.send(proto::PushImageRequest {
+            image: Some(Image::Encoded(jpeg.to_vec())),
+            routes: vec![proto::Route::Hands as i32],
+            client_frame_id: id,
+            capture_unix_ns: crate::events::unix_ns(SystemTime::now()),
+            source_id: format!("bench-grpc-stream-{}", std::process::id()),
+            hand_options: Some(proto::HandOptions {
+                max_hands: Some(max_hands),
+                tracking: Some(tracking),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .context("the daemon closed the PushStream")?;
+        let event = match tokio::time::timeout(Duration::from_secs(30), events.next()).await {
+            Err(_) => bail!("no event within 30 s"),
+            Ok(None) => bail!("the daemon ended the PushStream"),
+            Ok(Some(e)) => e.map_err(|s| anyhow::anyhow!("PushStream: {}", s.message()))?,
+        };
+        let arrived = Instant::now();
+        let h = match &event.payload {
+            Some(proto::event::Payload::Hands(h)) => h,
+            Some(proto::event::Payload::Error(e)) => bail!("the route failed: {}", e.message),
+            other => bail!("frame {id}: unexpected answer {other:?}"),
+        };
+        if !timed {
+            continue;
+        }
+        let ns = u64::try_from((arrived - sent).as_nanos()).unwrap_or(u64::MAX);
+        hist.record(ns.max(1)).expect("auto-resizing histogram");
+        for t in &event.timings {
+            stage_hists
+                .entry(t.stage.clone())
+                .or_insert_with(new_hist)
+                .record(t.duration_ns.max(1))
+                .expect("auto-resizing histogram");
+        }
+        detector_frames += usize::from(h.detector_ran);
+        hands_min = hands_min.min(h.hands.len());
+        hands_max = hands_max.max(h.hands.len());
+        last_event = arrived;
+    }
+    drop(tx);
+    let frames = hist.len() as usize;
+    let wall = last_event.saturating_duration_since(timed_from);
+    Ok(GrpcCase {
+        hand_boxes: hands,
+        tracking: Some(tracking),
+        detector_frames: Some(detector_frames),
+        in_flight: 1,
+        frames,
+        lost: 0,
         hands_min: if frames == 0 { 0 } else { hands_min },
         hands_max,
         latency: Percentiles::of(&hist),
@@ -320,7 +441,7 @@ fn hand_boxes(n: usize) -> Vec<proto::HandBox> {
 fn case_line(c: &GrpcCase) -> String {
     format!(
         "grpc {} x{} in flight: {} frames, {} lost, push->event p50 {:.2} p90 {:.2} p99 {:.2} max {:.2} ms, {:.1} frames/s",
-        boxes_label(c.hand_boxes),
+        case_label(c),
         c.in_flight,
         c.frames,
         c.lost,
@@ -332,11 +453,16 @@ fn case_line(c: &GrpcCase) -> String {
     )
 }
 
-fn boxes_label(n: usize) -> String {
-    if n == 0 {
-        "detector".into()
-    } else {
-        format!("{n} hand boxes")
+fn case_label(c: &GrpcCase) -> String {
+    match (c.tracking, c.detector_frames) {
+        (Some(t), Some(d)) => format!(
+            "stream, ≤{} hands, tracking {} (detector on {d} of {} frames)",
+            c.hand_boxes,
+            if t { "on" } else { "off" },
+            c.frames
+        ),
+        _ if c.hand_boxes == 0 => "detector".into(),
+        _ => format!("{} hand boxes", c.hand_boxes),
     }
 }
 
@@ -360,7 +486,7 @@ pub fn table(r: &GrpcReport) -> String {
     for c in &r.cases {
         out.push_str(&format!(
             "| {} | {} | {} | {} | {}–{} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |\n",
-            boxes_label(c.hand_boxes),
+            case_label(c),
             c.in_flight,
             c.frames,
             c.lost,
@@ -384,7 +510,7 @@ pub fn table(r: &GrpcReport) -> String {
             .collect();
         out.push_str(&format!(
             "| {} | {} | {} |\n",
-            boxes_label(c.hand_boxes),
+            case_label(c),
             c.in_flight,
             stages.join(", ")
         ));

@@ -183,6 +183,10 @@ struct BenchGrpcArgs {
     /// thread busy (sustained rate).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     in_flight: Vec<usize>,
+    /// Also push one PushStream per --hands value > 0, without boxes (the
+    /// detector keeps that many hands), with hand tracking off and/or on.
+    #[arg(long, value_delimiter = ',')]
+    tracking: Vec<String>,
     #[arg(long, default_value_t = 20)]
     warmup: usize,
     #[arg(long, default_value_t = 300)]
@@ -333,6 +337,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     result
 }
 
+/// A list flag of `off`/`on` values.
+fn on_off(flag: &str, values: &[String]) -> anyhow::Result<Vec<bool>> {
+    values
+        .iter()
+        .map(|v| match v.as_str() {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            other => anyhow::bail!("{flag} takes off, on or off,on (not {other:?})"),
+        })
+        .collect()
+}
+
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(mb) = args.cache_limit_mb {
         posed_models::runtime::set_cache_limit(mb << 20);
@@ -341,24 +357,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         Some(m) => m,
         None => posed::weights::synth::cached_synthetic(args.route.name())?,
     };
-    let compile = args
-        .compile
-        .iter()
-        .map(|c| match c.as_str() {
-            "on" => Ok(true),
-            "off" => Ok(false),
-            other => anyhow::bail!("--compile takes off, on or off,on (not {other:?})"),
-        })
-        .collect::<anyhow::Result<Vec<bool>>>()?;
-    let tracking = args
-        .tracking
-        .iter()
-        .map(|c| match c.as_str() {
-            "on" => Ok(true),
-            "off" => Ok(false),
-            other => anyhow::bail!("--tracking takes off, on or off,on (not {other:?})"),
-        })
-        .collect::<anyhow::Result<Vec<bool>>>()?;
+    let compile = on_off("--compile", &args.compile)?;
+    let tracking = on_off("--tracking", &args.tracking)?;
     let options = posed::bench::BenchOptions {
         pose_dtypes: args.pose_dtypes,
         compile,
@@ -382,9 +382,11 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn bench_grpc(args: BenchGrpcArgs) -> anyhow::Result<()> {
+    let tracking = on_off("--tracking", &args.tracking)?;
     let options = posed::bench_grpc::GrpcBenchOptions {
         hands: args.hands,
         in_flight: args.in_flight,
+        tracking,
         warmup: args.warmup,
         runs: args.runs,
         ready_timeout: Duration::from_secs_f64(args.ready_timeout),

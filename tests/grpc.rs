@@ -1330,13 +1330,14 @@ async fn bench_grpc_times_every_frame_and_counts_the_ones_the_gate_replaced() {
     let options = GrpcBenchOptions {
         hands: vec![2],
         in_flight: vec![1, 3],
+        tracking: vec![false],
         warmup: 1,
         runs: 6,
         ready_timeout: Duration::from_secs(120),
     };
     let report = bench_grpc::run(&target, &options).await.unwrap();
-    let [one, three] = &report.cases[..] else {
-        panic!("two cases expected: {:?}", report.cases)
+    let [one, three, stream] = &report.cases[..] else {
+        panic!("three cases expected: {:?}", report.cases)
     };
     // One in flight: nothing can be replaced, every frame is timed.
     assert_eq!((one.frames, one.lost), (6, 0));
@@ -1355,6 +1356,14 @@ async fn bench_grpc_times_every_frame_and_counts_the_ones_the_gate_replaced() {
     assert!(three.frames >= 1);
     assert!(report.daemon_stages.contains_key("hands.pose"));
     assert!(bench_grpc::table(&report).contains("| 2 hand boxes | 1 | 6 | 0 |"));
+    // A PushStream without boxes, tracking off: the detector on every frame.
+    assert_eq!(
+        (stream.tracking, stream.frames, stream.detector_frames),
+        (Some(false), 6, Some(6)),
+        "{stream:?}"
+    );
+    assert!(stream.hands_max <= 2);
+    assert!(stream.event_stages_p50_ms.contains_key("detect"));
     d.stop().await;
 }
 
