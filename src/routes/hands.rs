@@ -1254,6 +1254,45 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_that_pauses_detects_again_and_ends_its_old_tracks() {
+        let mut scene = Scene {
+            frames: drifting(5),
+            ..Scene::default()
+        };
+        let mut tracks = StreamTracks::default();
+        let stream = Some(StreamId::new());
+        let t0 = Instant::now();
+        let pause = tracks.settings.stale_after + Duration::from_millis(100);
+        let mut seen = Vec::new();
+        for i in 0..5u32 {
+            scene.now = i as usize;
+            let mut received = t0 + Duration::from_millis(33) * i;
+            if i == 4 {
+                received += pause;
+            }
+            let facts = FrameFacts {
+                stream,
+                received,
+                width: 640,
+                height: 480,
+            };
+            let (hands, ended, ran) = hands_of_frame(
+                &mut tracks,
+                facts,
+                &settings(),
+                &HandsRequest::default(),
+                &mut scene,
+                &mut StageClock::default(),
+            )
+            .unwrap();
+            seen.push((ran, hands[0].track.id, ended));
+        }
+        assert_eq!(seen[3], (false, 1, vec![]));
+        // Not followed from where it was two seconds ago: detected anew.
+        assert_eq!(seen[4], (true, 2, vec![1]));
+    }
+
+    #[test]
     fn detector_only_frames_never_pose_and_never_follow() {
         let mut scene = Scene {
             frames: drifting(4),
