@@ -11,7 +11,8 @@
 //! every `redetect_interval` frames (to find new hands), or when a push
 //! asks; [`hands_of_frame`] holds that policy.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -121,6 +122,10 @@ pub struct HandsRoute {
     /// crop is mirrored (so geometry and side always agree), and whether a
     /// frame needs the detector.
     tracks: StreamTracks,
+    /// Streams whose next frame will be followed, as far as the last frame
+    /// tells: the prep thread makes no letterbox for them (if the guess is
+    /// wrong, `run` makes it).
+    followed_next: Arc<Mutex<HashSet<StreamId>>>,
 }
 
 impl HandsRoute {
@@ -129,6 +134,7 @@ impl HandsRoute {
             pipeline,
             settings,
             tracks: StreamTracks::new(tracking),
+            followed_next: Arc::default(),
         }
     }
 
@@ -373,6 +379,36 @@ pub fn hands_of_frame(
     }
     Ok((results, ended, detector_ran))
 }
+impl HandsRoute {
+    /// Notes whether the stream's next frame will be followed (see
+    /// `followed_next`), and forgets streams the tracks forgot.
+    fn guess_next(&mut self, frame: &Frame, settings: &HandSettings) {
+        let Some(stream) = frame.stream else {
+            return;
+        };
+        let followed = settings.tracking
+            && !settings.detector_only
+            && self
+                .tracks
+                .follow(
+                    Some(stream),
+                    frame.received,
+                    settings.redetect_interval,
+                    frame.width,
+                    frame.height,
+                )
+                .is_some();
+        if let Ok(mut streams) = self.followed_next.lock() {
+            streams.retain(|s| self.tracks.holds(*s));
+            if followed {
+                streams.insert(stream);
+            } else {
+                streams.remove(&stream);
+            }
+        }
+    }
+}
+
 /// The pipeline's stages on one frame.
 struct PipelineStages<'a> {
     pipeline: &'a HandPipeline,
@@ -437,10 +473,17 @@ impl Route for HandsRoute {
     ];
 
     fn preparer(&self) -> Option<Preparer<Self>> {
-        // The prep thread cannot know whether the frame's hands will be
-        // followed: it letterboxes whenever the detector may run.
         let size = self.pipeline.detector_input_size();
+        let followed_next = self.followed_next.clone();
         Some(Box::new(move |frame, request| {
+            let followed = frame.stream.is_some_and(|s| {
+                followed_next
+                    .lock()
+                    .is_ok_and(|streams| streams.contains(&s))
+            });
+            if followed && !request.overrides.redetect {
+                return None;
+            }
             request
                 .boxes
                 .letterbox(frame, |img| DetectorInput::new(img, size))
@@ -505,6 +548,7 @@ impl Route for HandsRoute {
             &mut stages,
             clock,
         )?;
+        self.guess_next(frame, &settings);
         Ok(HandsOutput {
             hands,
             ended,

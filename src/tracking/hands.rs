@@ -409,6 +409,11 @@ impl StreamTracks {
         }
     }
 
+    /// Whether `stream` has tracks here (it was not forgotten).
+    pub fn holds(&self, stream: StreamId) -> bool {
+        self.streams.contains_key(&stream)
+    }
+
     /// The tracks of `stream`.
     pub fn of(&mut self, stream: Option<StreamId>) -> &mut HandTracks {
         match stream {
