@@ -208,7 +208,6 @@ impl HandPipeline {
             .collect())
     }
 
-    /// CPU: one crop per hand, left hands mirrored.
     /// WiLoR's stand-in camera for an image of `width × height`.
     pub fn pseudo_camera(&self, width: usize, height: usize) -> camera::Intrinsics {
         let cfg = self.wilor.config();
@@ -220,6 +219,7 @@ impl HandPipeline {
         )
     }
 
+    /// CPU: one crop per hand, left hands mirrored.
     pub fn prepare_crops(&self, img: RgbImage, hands: &[HandBox]) -> CropBatch {
         let size = self.wilor.config().image_size as usize;
         let crops: Vec<HandCrop> = hands
@@ -336,43 +336,87 @@ impl HandPipeline {
         let nv = self.wilor.mano().num_vertices as usize;
         let mut estimates = Vec::with_capacity(n);
         for (i, (crop, hand)) in batch.crops.iter().zip(hands).enumerate() {
-            // A left hand was mirrored into a right one: mirror back (x → −x;
-            // rotations (x, y, z) → (x, −y, −z); camera tx → −tx).
-            let sign = if crop.mirrored { -1.0 } else { 1.0 };
+            let placed = place_hand(crop, &cams[i * 3..i * 3 + 3], &kp[i * 63..(i + 1) * 63], k);
+            // Vertices and rotations are mirrored back as the joints are:
+            // x → −x; rotations (x, y, z) → (x, −y, −z).
+            let sign = mirror_sign(crop);
             let point = |p: &[f32]| [sign * p[0], p[1], p[2]];
             let rot = |r: &[f32]| [r[0], sign * r[1], sign * r[2]];
-            let keypoints_3d: Vec<[f32; 3]> = kp[i * 63..(i + 1) * 63]
-                .chunks_exact(3)
-                .map(point)
-                .collect();
             let vertices = verts[i * nv * 3..(i + 1) * nv * 3]
                 .chunks_exact(3)
                 .map(point)
                 .collect();
-            let c = &cams[i * 3..i * 3 + 3];
-            let crop_cam = [c[0], sign * c[1], c[2]];
-            let cam_t = camera::cam_crop_to_full(crop_cam, crop.centre, crop.side, k);
-            let keypoints_2d_projected = keypoints_3d
-                .iter()
-                .map(|&p| camera::project(p, cam_t, k))
-                .collect();
             estimates.push(HandEstimate {
                 hand: hand.clone(),
-                keypoints_3d,
+                keypoints_3d: placed.keypoints_3d,
                 vertices,
-                cam_t,
-                keypoints_2d_projected,
+                cam_t: placed.cam_t,
+                keypoints_2d_projected: placed.keypoints_2d,
                 global_orient: rot(&global[i * 3..i * 3 + 3]),
                 hand_pose: pose[i * 45..(i + 1) * 45]
                     .chunks_exact(3)
                     .map(rot)
                     .collect(),
                 betas: betas[i * NUM_BETAS as usize..(i + 1) * NUM_BETAS as usize].to_vec(),
-                crop_cam,
+                crop_cam: placed.crop_cam,
                 camera: *k,
             });
         }
         Ok(estimates)
+    }
+}
+
+/// One hand's crop camera and joints in the user's frame, placed in the full
+/// image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    /// The crop's weak-perspective camera [s, tx, ty], un-mirrored.
+    pub crop_cam: [f32; 3],
+    /// Translation of the hand in camera space for the full image.
+    pub cam_t: [f32; 3],
+    /// The joints, un-mirrored, relative to the root.
+    pub keypoints_3d: Vec<[f32; 3]>,
+    /// The joints projected into the image (pixels).
+    pub keypoints_2d: Vec<[f32; 2]>,
+}
+
+/// −1 for a mirrored (left-hand) crop, whose outputs describe the mirror
+/// image: x coordinates and the camera's tx change sign going back.
+fn mirror_sign(crop: &HandCrop) -> f32 {
+    if crop.mirrored {
+        -1.0
+    } else {
+        1.0
+    }
+}
+
+/// CPU: the network's camera `net_cam` ([s, tx, ty]) and joints
+/// `net_keypoints` (x, y, z, …) for `crop`, which describe the mirror image
+/// for a left hand, un-mirrored and placed in the full image seen by camera
+/// `k`: WiLoR-mini's post-processing (`cam_crop_to_full`, then perspective
+/// projection).
+pub fn place_hand(
+    crop: &HandCrop,
+    net_cam: &[f32],
+    net_keypoints: &[f32],
+    k: &camera::Intrinsics,
+) -> Placement {
+    let sign = mirror_sign(crop);
+    let keypoints_3d: Vec<[f32; 3]> = net_keypoints
+        .chunks_exact(3)
+        .map(|p| [sign * p[0], p[1], p[2]])
+        .collect();
+    let crop_cam = [net_cam[0], sign * net_cam[1], net_cam[2]];
+    let cam_t = camera::cam_crop_to_full(crop_cam, crop.centre, crop.side, k);
+    let keypoints_2d = keypoints_3d
+        .iter()
+        .map(|&p| camera::project(p, cam_t, k))
+        .collect();
+    Placement {
+        crop_cam,
+        cam_t,
+        keypoints_3d,
+        keypoints_2d,
     }
 }
 
