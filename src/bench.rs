@@ -38,6 +38,7 @@ use crate::routes::body::{BodyRequest, BodyRoute};
 use crate::routes::hands::{HandSettings, HandsRequest, HandsRoute};
 use crate::routes::{stage, DetectRequest, PostOptions, Route, RouteId, RouteOutput, StageClock};
 use crate::server::decode_push;
+use crate::tracking::hands::TrackSettings;
 
 pub struct BenchOptions {
     pub pose_dtypes: Vec<String>,
@@ -226,7 +227,14 @@ pub fn run(files: &HandModelFiles, options: &BenchOptions) -> Result<Report> {
                 max_hands: 4,
                 ..HandSettings::from_config(&HandsConfig::default())
             };
-            let mut route = HandsRoute::new(pipeline, settings, Default::default());
+            // The bench's stream runs as fast as the route: a CPU frame
+            // can take longer than the tracks' timeout, which must not end
+            // them here.
+            let tracks = TrackSettings {
+                stale_after: std::time::Duration::from_secs(3600),
+                ..TrackSettings::default()
+            };
+            let mut route = HandsRoute::new(pipeline, settings, tracks);
             let label = if compiled {
                 format!("{name}+compile")
             } else {

@@ -29,7 +29,10 @@ pub fn read_manifest(path: &Path) -> std::result::Result<Manifest, JsonFileError
 /// forward pass stays finite and non-trivial: small weights (N(0, 0.02)),
 /// unit-ish norm scales, positive variances, ImageNet normalisation
 /// constants, and the mean pose of an open right hand (identity rotations,
-/// zero shape, camera scale 4).
+/// zero shape, camera scale 4). WiLoR's camera heads are zero, so its
+/// camera is that initial one: a synthetic hand sits centred in its crop
+/// at the size a trained model gives it (random heads threw it hundreds of
+/// pixels off, where no tracker could follow it from frame to frame).
 pub fn random_tensors(manifest: &Manifest, seed: u64) -> Result<HashMap<String, Array>> {
     let mut out = HashMap::new();
     let mut rng = SplitMix64(seed);
@@ -50,6 +53,9 @@ pub fn random_tensors(manifest: &Manifest, seed: u64) -> Result<HashMap<String, 
             (_, "init_cam") => {
                 let cam: Vec<f32> = (0..n).map(|i| if i % 3 == 0 { 4.0 } else { 0.0 }).collect();
                 Array::from_slice(&cam, shape)
+            }
+            _ if name.contains("deccam.") || name.contains("dec_cam.") => {
+                ops::zeros::<f32>(shape)?
             }
             (_, "running_var") => rng.uniform(shape, 0.5, 1.5),
             (_, "running_mean") => rng.centred(shape, 0.1),
