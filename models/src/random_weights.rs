@@ -54,9 +54,7 @@ pub fn random_tensors(manifest: &Manifest, seed: u64) -> Result<HashMap<String, 
                 let cam: Vec<f32> = (0..n).map(|i| if i % 3 == 0 { 4.0 } else { 0.0 }).collect();
                 Array::from_slice(&cam, shape)
             }
-            _ if name.contains("deccam.") || name.contains("dec_cam.") => {
-                ops::zeros::<f32>(shape)?
-            }
+            _ if name.contains("deccam.") || name.contains("dec_cam.") => ops::zeros::<f32>(shape)?,
             (_, "running_var") => rng.uniform(shape, 0.5, 1.5),
             (_, "running_mean") => rng.centred(shape, 0.1),
             // Sapiens2's RoPE periods, 100^(j/n): random ones would be noise.
