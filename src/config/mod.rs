@@ -124,7 +124,7 @@ pub struct ServerConfig {
     pub listen: String,
     /// gRPC on a Unix socket; empty to disable.
     pub socket: String,
-    /// Allow `listen` on a non-loopback address.
+    /// Allow `listen` and `metrics` on a non-loopback address.
     pub allow_remote: bool,
     /// Prometheus `/metrics` over HTTP; empty to disable.
     pub metrics: String,
@@ -595,16 +595,22 @@ impl Config {
                 .map(Some)
                 .map_err(|_| bad(key, format!("{v:?} is not an address like 127.0.0.1:50151")))
         };
-        let listen = addr("server.listen", &self.server.listen)?;
-        if let Some(a) = listen {
-            if !a.ip().is_loopback() && !self.server.allow_remote {
-                return Err(bad(
-                    "server.listen",
-                    format!("{a} is not a loopback address; set server.allow_remote = true to expose the daemon"),
-                ));
-            }
+        // Every listener answers to the same rule: loopback unless the
+        // operator chose to expose the daemon.
+        let local = |key: &str, a: Option<SocketAddr>| {
+            match a {
+            Some(a) if !a.ip().is_loopback() && !self.server.allow_remote => Err(bad(
+                key,
+                format!("{a} is not a loopback address; set server.allow_remote = true to expose the daemon"),
+            )),
+            a => Ok(a),
         }
-        addr("server.metrics", &self.server.metrics)?;
+        };
+        let listen = local("server.listen", addr("server.listen", &self.server.listen)?)?;
+        local(
+            "server.metrics",
+            addr("server.metrics", &self.server.metrics)?,
+        )?;
         if listen.is_none() && self.server.socket.is_empty() {
             return Err(bad(
                 "server.listen",
@@ -845,6 +851,21 @@ mod tests {
             None,
             |k| (k == "POSED_SERVER_ALLOW_REMOTE").then(|| "true".into()),
             &[("server.listen", "0.0.0.0:50151".into())],
+        );
+        assert!(ok.is_ok());
+
+        // The metrics listener answers to the same rule as gRPC's.
+        let e =
+            Config::load(None, no_env, &[("server.metrics", "0.0.0.0:9464".into())]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("server.metrics: 0.0.0.0:9464 is not a loopback address"),
+            "{e}"
+        );
+        let ok = Config::load(
+            None,
+            |k| (k == "POSED_SERVER_ALLOW_REMOTE").then(|| "true".into()),
+            &[("server.metrics", "0.0.0.0:9464".into())],
         );
         assert!(ok.is_ok());
 
