@@ -470,6 +470,40 @@ fn a_stream_that_pauses_detects_again_and_ends_its_old_tracks() {
 }
 
 #[test]
+fn a_push_that_lowers_max_hands_gets_the_strongest_from_the_detector() {
+    let frames: Vec<Vec<TrueHand>> = (0..4)
+        .map(|_| {
+            vec![
+                TrueHand::at(100.0, 200.0, true),
+                TrueHand::at(400.0, 150.0, false),
+            ]
+        })
+        .collect();
+    let mut scene = Scene {
+        frames,
+        ..Scene::default()
+    };
+    let mut tracks = StreamTracks::default();
+    let seen = play_on(
+        &mut tracks,
+        Some(StreamId::new()),
+        &mut scene,
+        &settings(),
+        |i| HandsRequest {
+            overrides: HandOverrides {
+                max_hands: (i >= 2).then_some(1),
+                ..HandOverrides::default()
+            },
+            ..HandsRequest::default()
+        },
+    );
+    assert_eq!(seen[1].hands.len(), 2);
+    assert!(!seen[1].detector_ran);
+    assert!(seen[2].detector_ran, "two tracks, one allowed: detect");
+    assert_eq!(seen[2].hands, [(1, true, HandOrigin::Detected)]);
+}
+
+#[test]
 fn detector_only_frames_never_pose_and_never_follow() {
     let mut scene = Scene {
         frames: drifting(4),

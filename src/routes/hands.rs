@@ -249,7 +249,8 @@ impl FrameFacts {
 
 /// One frame's hands: followed from the previous frame when it can be,
 /// else detected (or the client's boxes); then tracked, posed, and each
-/// followed hand checked by its tracking confidence.
+/// followed hand checked by its tracking confidence. `settings` are the
+/// route's; the request's overrides apply on top.
 pub fn hands_of_frame(
     tracks: &mut StreamTracks,
     frame: FrameFacts,
@@ -258,6 +259,7 @@ pub fn hands_of_frame(
     stages: &mut impl HandStages,
     clock: &mut StageClock,
 ) -> Result<(Vec<HandResult>, Vec<u32>, bool), RouteError> {
+    let settings = &settings.with(&request.overrides);
     let FrameFacts {
         stream,
         received,
@@ -271,9 +273,12 @@ pub fn hands_of_frame(
         && !settings.detector_only
         && !request.overrides.redetect
         && (request.boxes.boxes.is_none() || stand_in);
+    // More hands than this frame may have (a push lowered `max_hands`):
+    // the detector picks the strongest.
     let followed = may_follow
         .then(|| tracks.follow(stream, received, settings.redetect_interval, width, height))
-        .flatten();
+        .flatten()
+        .filter(|hands| hands.len() <= settings.max_hands);
 
     let (found, sightings, origin): (Vec<HandBox>, Vec<Sighting>, HandOrigin) =
         match (followed, &request.boxes.boxes) {
@@ -543,7 +548,7 @@ impl Route for HandsRoute {
         let (hands, ended, detector_ran) = hands_of_frame(
             &mut self.tracks,
             FrameFacts::of(frame),
-            &settings,
+            &self.settings,
             request,
             &mut stages,
             clock,
