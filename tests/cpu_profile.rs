@@ -75,6 +75,7 @@ fn the_route_harness_writes_a_profile_of_each_case() {
     let options = posed::bench::BenchOptions {
         pose_dtypes: vec!["f32".into()],
         compile: vec![false],
+        tracking: vec![false],
         per_frame: vec![1],
         flip_test: false,
         matte_sizes: Vec::new(),
