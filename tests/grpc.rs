@@ -105,7 +105,12 @@ impl Daemon {
                 let mut set = RouteSet::default().with(HandsRoute::new(
                     HandPipeline::load(&files)?.0,
                     posed::routes::hands::HandSettings::from_config(&Default::default()),
-                    Default::default(),
+                    // A loaded test machine can take seconds between two
+                    // frames of a stream: that must not end its tracks.
+                    posed::tracking::hands::TrackSettings {
+                        stale_after: Duration::from_secs(60),
+                        ..Default::default()
+                    },
                 ));
                 if body {
                     let dir = posed_models::parity::fixtures_dir().join("body");
@@ -527,10 +532,17 @@ async fn every_subscriber_gets_every_event_and_a_stalled_one_loses_only_its_own(
             .into_inner();
         readers.push(tokio::spawn(async move {
             let mut ids = Vec::new();
-            while let Some(e) = stream.message().await.unwrap() {
-                assert_eq!(e.dropped_for_subscriber, 0);
-                ids.push(e.frame_id);
-            }
+            let end = loop {
+                match stream.message().await {
+                    Ok(Some(e)) => {
+                        assert_eq!(e.dropped_for_subscriber, 0);
+                        ids.push(e.frame_id);
+                    }
+                    end => break end,
+                }
+            };
+            // The shutdown ends the stream with UNAVAILABLE.
+            assert_eq!(end.unwrap_err().code(), Code::Unavailable);
             ids
         }));
     }
@@ -1545,4 +1557,42 @@ async fn a_stream_follows_its_hands_and_skips_the_detector_until_redetect() {
     }
     assert_eq!(counts, [(true, 3), (false, FRAMES as u64)]);
     d.stop().await;
+}
+
+/// A shutdown ends every open stream with UNAVAILABLE, the status a client
+/// takes as "reconnect", not with OK ("no more events").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_ends_open_streams_with_unavailable() {
+    let d = Daemon::start(ServeOptions::default(), None).await;
+    d.wait_serving().await;
+    let mut c = d.client().await;
+    let mut events = c
+        .subscribe(proto::SubscribeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let (tx, rx) = mpsc::channel(1);
+    let mut pushed = c
+        .push_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    // One frame through both streams first: they are live.
+    tx.send(push(jpeg(64, 48), vec![], true)).await.unwrap();
+    assert!(pushed.message().await.unwrap().is_some());
+    assert!(events.message().await.unwrap().is_some());
+
+    assert!(d.stop().await < Duration::from_secs(2));
+    for (name, stream) in [("Subscribe", &mut events), ("PushStream", &mut pushed)] {
+        let end = loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => break other,
+            }
+        };
+        let status = end.expect_err(name);
+        assert_eq!(status.code(), Code::Unavailable, "{name}: {status:?}");
+        assert!(status.message().contains("shutting down"), "{name}");
+    }
+    drop(tx);
 }

@@ -53,7 +53,10 @@ pub(super) fn push_stream(
         loop {
             let msg = tokio::select! {
                 m = incoming.next() => m,
-                _ = reader.shutdown.wait() => None,
+                _ = reader.shutdown.wait() => {
+                    super::shutdown::goodbye(&reader_tx).await;
+                    None
+                }
             };
             match msg {
                 Some(Ok(req)) => {

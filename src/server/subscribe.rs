@@ -52,7 +52,10 @@ pub(super) fn subscribe(
         loop {
             let next = tokio::select! {
                 next = subscription.next() => next,
-                _ = shutdown.wait() => None,
+                _ = shutdown.wait() => {
+                    super::shutdown::goodbye(&tx).await;
+                    None
+                }
                 _ = tx.closed() => None,
             };
             let Some((event, lost)) = next else { break };
