@@ -50,7 +50,11 @@ fn scratch_checkout() -> tempfile::TempDir {
         std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         for entry in std::fs::read_dir(sub).unwrap() {
             let path = entry.unwrap().path();
-            std::fs::copy(&path, dir.path().join(sub).join(path.file_name().unwrap())).unwrap();
+            // The setup scripts use no subfolder (scripts/fixtures is not
+            // theirs).
+            if path.is_file() {
+                std::fs::copy(&path, dir.path().join(sub).join(path.file_name().unwrap())).unwrap();
+            }
         }
     }
     dir
