@@ -32,6 +32,12 @@ pub const OPENPOSE_JOINT_MAP: [i32; 21] = [
 const VERTICES: usize = 778;
 const JOINTS: usize = 16;
 const POSE_FEATURES: usize = (JOINTS - 1) * 9;
+/// How deep [`to_array`] follows objects wrapping arrays (chumpy in chumpy,
+/// a sparse matrix's parts); a pickle can make an object hold itself.
+const MAX_NESTING: usize = 8;
+/// The largest sparse matrix made dense, in elements (MANO's J_regressor
+/// has 12,448).
+const MAX_DENSE: usize = 1 << 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
@@ -222,6 +228,13 @@ pub fn convert(
 /// A NumPy array, a chumpy object wrapping one, or a SciPy sparse matrix
 /// (made dense), as numbers in C order.
 pub fn to_array(v: &Value) -> Result<NpyArray, PickledArrayError> {
+    to_array_in(v, 0)
+}
+
+fn to_array_in(v: &Value, depth: usize) -> Result<NpyArray, PickledArrayError> {
+    if depth > MAX_NESTING {
+        return Err(format!("arrays nested deeper than {MAX_NESTING} objects").into());
+    }
     let (module, name) = v.class_name().ok_or("not an array")?;
     let Value::Object(obj) = v else {
         return Err(format!("{module}.{name} is not an array").into());
@@ -233,13 +246,14 @@ pub fn to_array(v: &Value) -> Result<NpyArray, PickledArrayError> {
         .ok_or_else(|| format!("{module}.{name} has no state"))?;
     match (module.as_str(), name.as_str()) {
         ("numpy", "ndarray") => ndarray(&state),
-        (m, _) if m == "chumpy" || m.starts_with("chumpy.") => {
-            to_array(&state.get("x").ok_or("chumpy object without `x`")?)
-        }
+        (m, _) if m == "chumpy" || m.starts_with("chumpy.") => to_array_in(
+            &state.get("x").ok_or("chumpy object without `x`")?,
+            depth + 1,
+        ),
         (m, "csc_matrix" | "csr_matrix" | "csc_array" | "csr_array")
             if m.starts_with("scipy.sparse") =>
         {
-            sparse_to_dense(&state, name.starts_with("csc"))
+            sparse_to_dense(&state, name.starts_with("csc"), depth)
         }
         _ => Err(format!("{module}.{name} is not an array type this reader knows").into()),
     }
@@ -260,8 +274,8 @@ fn ndarray(state: &Value) -> Result<NpyArray, PickledArrayError> {
         .map(|d| d.as_int().map(|d| d as usize).ok_or("bad dimension"))
         .collect::<Result<_, _>>()?;
     let descr = dtype_descr(&dtype)?;
-    let raw = match raw {
-        Value::Bytes(b) => b,
+    let raw = match &raw {
+        Value::Bytes(b) => b.to_vec(),
         Value::Str(s) => s.chars().map(|c| c as u32 as u8).collect(),
         _ => return Err("ndarray data is not a byte string (object arrays are not read)".into()),
     };
@@ -293,7 +307,11 @@ fn dtype_descr(dtype: &Value) -> Result<String, PickledArrayError> {
     Ok(format!("{endian}{code}"))
 }
 
-fn sparse_to_dense(state: &Value, column_major: bool) -> Result<NpyArray, PickledArrayError> {
+fn sparse_to_dense(
+    state: &Value,
+    column_major: bool,
+    depth: usize,
+) -> Result<NpyArray, PickledArrayError> {
     let shape = state
         .get("_shape")
         .or_else(|| state.get("shape"))
@@ -304,8 +322,12 @@ fn sparse_to_dense(state: &Value, column_major: bool) -> Result<NpyArray, Pickle
         return Err("sparse matrix shape is not 2-D".into());
     }
     let (rows, cols) = (rows as usize, cols as usize);
+    if rows.checked_mul(cols).is_none_or(|n| n > MAX_DENSE) {
+        return Err(format!("sparse matrix of {rows}x{cols} is too large to make dense").into());
+    }
     let part = |k: &str| -> Result<Vec<f64>, PickledArrayError> {
-        to_array(&state.get(k).ok_or(format!("sparse matrix without `{k}`"))?).map(|a| a.values)
+        let v = state.get(k).ok_or(format!("sparse matrix without `{k}`"))?;
+        to_array_in(&v, depth + 1).map(|a| a.values)
     };
     let (data, indices, indptr) = (part("data")?, part("indices")?, part("indptr")?);
     let (outer, inner) = if column_major {

@@ -66,15 +66,23 @@ impl NpyArray {
 
 /// Reads every `<name>.npy` member of the archive at `path`.
 pub fn read_npz(path: &Path) -> Result<HashMap<String, NpyArray>, NpzError> {
-    let file = std::fs::File::open(path)?;
-    let mut archive = zip::ZipArchive::new(file)?;
+    read_npz_from(std::fs::File::open(path)?)
+}
+
+/// Reads every `<name>.npy` member of the archive `reader` holds.
+pub fn read_npz_from(
+    reader: impl Read + std::io::Seek,
+) -> Result<HashMap<String, NpyArray>, NpzError> {
+    let mut archive = zip::ZipArchive::new(reader)?;
     let mut out = HashMap::new();
     for i in 0..archive.len() {
         let mut member = archive.by_index(i)?;
         let Some(name) = member.name().strip_suffix(".npy").map(str::to_owned) else {
             continue;
         };
-        let mut bytes = Vec::with_capacity(member.size() as usize);
+        // The declared size is the archive's claim: reserve no more than a
+        // little of it up front (reading grows the buffer as data comes).
+        let mut bytes = Vec::with_capacity(member.size().min(1 << 20) as usize);
         member.read_to_end(&mut bytes)?;
         let array = parse_npy(&bytes).map_err(|source| NpzError::Npy {
             name: name.clone(),
@@ -131,23 +139,38 @@ pub fn decode_values(
     shape: &[usize],
     fortran: bool,
 ) -> Result<Vec<f64>, NpyError> {
-    let count: usize = shape.iter().product();
-    let (endian, kind) = descr.split_at(1);
-    let little = match endian {
-        "<" | "|" | "=" => true,
-        ">" => false,
-        _ => return Err(NpyError::Dtype(descr.into())),
+    let bad_dtype = || NpyError::Dtype(descr.into());
+    let little = match descr.as_bytes().first() {
+        Some(b'<' | b'|' | b'=') => true,
+        Some(b'>') => false,
+        _ => return Err(bad_dtype()),
     };
-    let size: usize = kind
-        .get(1..)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| NpyError::Dtype(descr.into()))?;
-    if data.len() < count * size {
+    // The first byte is ASCII, so the rest starts on a character boundary.
+    let kind = &descr[1..];
+    let size: usize = match kind.as_bytes() {
+        [code, ..] if code.is_ascii_alphabetic() => kind[1..].parse().map_err(|_| bad_dtype())?,
+        _ => return Err(bad_dtype()),
+    };
+    let known = matches!(
+        (&kind[..1], size),
+        ("f", 4 | 8) | ("i" | "u", 1 | 2 | 4 | 8) | ("b", 1)
+    );
+    if !known {
+        return Err(bad_dtype());
+    }
+    // The shape is the file's claim: its byte count is checked against the
+    // data, without overflowing, before anything is allocated.
+    let needed = shape
+        .iter()
+        .try_fold(size, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| NpyError::Shape(format!("{shape:?} of {descr} overflows")))?;
+    let count = needed / size;
+    if data.len() < needed {
         return Err(NpyError::ShortData {
             got: data.len(),
             shape: shape.to_vec(),
             descr: descr.into(),
-            needed: count * size,
+            needed,
         });
     }
     let word = |chunk: &[u8]| -> [u8; 8] {

@@ -19,17 +19,18 @@ pub struct PickleError {
 
 pub type Shared<T> = Rc<RefCell<T>>;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub enum Value {
+    #[default]
     None,
     Bool(bool),
     Int(i64),
     Float(f64),
     /// A Python-3 `str` (or Python-2 `unicode`).
-    Str(String),
+    Str(Rc<str>),
     /// A Python-3 `bytes` or a Python-2 `str` (read as Latin-1 by Python 3).
-    Bytes(Vec<u8>),
-    Tuple(Vec<Value>),
+    Bytes(Rc<[u8]>),
+    Tuple(Rc<[Value]>),
     List(Shared<Vec<Value>>),
     Dict(Shared<Vec<(Value, Value)>>),
     /// `module.name`, not resolved.
@@ -40,9 +41,65 @@ pub enum Value {
     Object(Shared<Object>),
     /// A persistent id (BINPERSID): a reference the writer resolves
     /// outside the pickle, like a PyTorch tensor storage.
-    Persistent(Box<Value>),
+    Persistent(Rc<Value>),
     /// The MARK instruction's stack marker; never in a finished value.
     Mark,
+}
+
+// Every variant holding data is reference-counted, as Python's objects are:
+// DUP and memo GET share a value, so a pickle cannot grow exponentially by
+// copying (DUP, TUPLE2, DUP, TUPLE2, ... would otherwise double each time).
+
+/// Drops nested values without recursion: a pickle nests a value one level
+/// deeper per instruction byte, deeper than any thread's stack.
+impl Drop for Value {
+    fn drop(&mut self) {
+        let mut pending = Vec::new();
+        self.take_children(&mut pending);
+        while let Some(mut v) = pending.pop() {
+            v.take_children(&mut pending);
+        }
+    }
+}
+
+impl Value {
+    /// Moves the children this value alone owns into `out`.
+    fn take_children(&mut self, out: &mut Vec<Value>) {
+        match self {
+            Value::Tuple(t) => {
+                if let Some(items) = Rc::get_mut(t) {
+                    out.extend(items.iter_mut().map(std::mem::take));
+                }
+            }
+            Value::List(l) => {
+                if let Some(l) = Rc::get_mut(l) {
+                    out.append(l.get_mut());
+                }
+            }
+            Value::Dict(d) => {
+                if let Some(d) = Rc::get_mut(d) {
+                    for (k, v) in d.get_mut().drain(..) {
+                        out.push(k);
+                        out.push(v);
+                    }
+                }
+            }
+            Value::Object(o) => {
+                if let Some(o) = Rc::get_mut(o) {
+                    let o = o.get_mut();
+                    out.push(std::mem::take(&mut o.callable));
+                    out.append(&mut o.args);
+                    out.extend(o.state.take());
+                }
+            }
+            Value::Persistent(p) => {
+                if let Some(p) = Rc::get_mut(p) {
+                    out.push(std::mem::take(p));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// A recorded call: `callable(*args)`, then `__setstate__(state)`.
@@ -57,7 +114,7 @@ impl Value {
     /// Text of a `str`, or of a Python-2 byte string read as Latin-1.
     pub fn as_text(&self) -> Option<String> {
         match self {
-            Value::Str(s) => Some(s.clone()),
+            Value::Str(s) => Some(s.to_string()),
             Value::Bytes(b) => Some(b.iter().map(|&c| c as char).collect()),
             _ => None,
         }
@@ -74,7 +131,7 @@ impl Value {
     /// The items of a tuple or a list.
     pub fn items(&self) -> Option<Vec<Value>> {
         match self {
-            Value::Tuple(t) => Some(t.clone()),
+            Value::Tuple(t) => Some(t.to_vec()),
             Value::List(l) => Some(l.borrow().clone()),
             _ => None,
         }
@@ -91,21 +148,26 @@ impl Value {
 
     /// The `(module, name)` of a global, or of the class an object was made from.
     pub fn class_name(&self) -> Option<(String, String)> {
-        match self {
-            Value::Global { module, name } => Some((module.clone(), name.clone())),
-            Value::Object(o) => {
-                let o = o.borrow();
-                match &o.callable {
-                    // copyreg.__newobj__ / _reconstruct: the class is the first argument.
-                    Value::Global { name, .. }
-                        if name == "_reconstruct" || name == "_reconstructor" =>
-                    {
-                        o.args.first().and_then(Value::class_name)
+        // A loop, not recursion: calls may nest as deep as the pickle is long.
+        let mut v = self.clone();
+        loop {
+            let next = match &v {
+                Value::Global { module, name } => return Some((module.clone(), name.clone())),
+                Value::Object(o) => {
+                    let o = o.borrow();
+                    match &o.callable {
+                        // copyreg.__newobj__ / _reconstruct: the class is the first argument.
+                        Value::Global { name, .. }
+                            if name == "_reconstruct" || name == "_reconstructor" =>
+                        {
+                            o.args.first()?.clone()
+                        }
+                        c => c.clone(),
                     }
-                    c => c.class_name(),
                 }
-            }
-            _ => None,
+                _ => return None,
+            };
+            v = next;
         }
     }
 }
@@ -184,15 +246,18 @@ impl Machine<'_> {
         Ok(items)
     }
 
-    fn sized(&mut self, len_bytes: usize) -> Result<Vec<u8>, PickleError> {
-        let n = self.uint(len_bytes)? as usize;
-        Ok(self.take(n)?.to_vec())
+    fn sized(&mut self, len_bytes: usize) -> Result<&[u8], PickleError> {
+        let n = usize::try_from(self.uint(len_bytes)?).unwrap_or(usize::MAX);
+        self.take(n)
+    }
+
+    fn bytes(&mut self, len_bytes: usize) -> Result<Value, PickleError> {
+        Ok(Value::Bytes(self.sized(len_bytes)?.into()))
     }
 
     fn text(&mut self, len_bytes: usize) -> Result<Value, PickleError> {
-        let b = self.sized(len_bytes)?;
-        match String::from_utf8(b) {
-            Ok(s) => Ok(Value::Str(s)),
+        match std::str::from_utf8(self.sized(len_bytes)?) {
+            Ok(s) => Ok(Value::Str(s.into())),
             Err(_) => self.fail("invalid UTF-8 in a unicode string"),
         }
     }
@@ -218,8 +283,9 @@ impl Machine<'_> {
         if pairs.len() % 2 != 0 {
             return self.fail("odd number of dict items");
         }
-        let Value::Dict(d) = self.top()?.clone() else {
-            return self.fail("SETITEM(S) on a non-dict");
+        let d = match self.top()? {
+            Value::Dict(d) => Rc::clone(d),
+            _ => return self.fail("SETITEM(S) on a non-dict"),
         };
         let mut d = d.borrow_mut();
         let mut it = pairs.into_iter();
@@ -236,7 +302,7 @@ impl Machine<'_> {
                     // Python 3 writes bytes at protocol < 3 as their Latin-1 text.
                     return Value::Bytes(s.chars().map(|c| c as u32 as u8).collect());
                 }
-                ("builtins" | "__builtin__", "bytes", []) => return Value::Bytes(Vec::new()),
+                ("builtins" | "__builtin__", "bytes", []) => return Value::Bytes(Rc::new([])),
                 // A dict subclass that carries only data (state dicts).
                 ("collections", "OrderedDict", []) => return Value::Dict(Rc::default()),
                 _ => {}
@@ -340,27 +406,23 @@ impl Machine<'_> {
                     let v = unquote(&l)
                         .ok_or(())
                         .or_else(|_| self.fail(format!("bad STRING {l:?}")))?;
-                    self.stack.push(Value::Bytes(v));
+                    self.stack.push(Value::Bytes(v.into()));
                 }
-                b'T' => {
-                    let b = self.sized(4)?;
-                    self.stack.push(Value::Bytes(b));
+                b'T' | b'B' => {
+                    let v = self.bytes(4)?;
+                    self.stack.push(v);
                 }
                 b'U' | b'C' => {
-                    let b = self.sized(1)?;
-                    self.stack.push(Value::Bytes(b));
-                }
-                b'B' => {
-                    let b = self.sized(4)?;
-                    self.stack.push(Value::Bytes(b));
+                    let v = self.bytes(1)?;
+                    self.stack.push(v);
                 }
                 0x8e | 0x96 => {
-                    let b = self.sized(8)?;
-                    self.stack.push(Value::Bytes(b));
+                    let v = self.bytes(8)?;
+                    self.stack.push(v);
                 }
                 b'V' => {
                     let l = self.line()?;
-                    self.stack.push(Value::Str(l));
+                    self.stack.push(Value::Str(l.into()));
                 }
                 b'X' => {
                     let v = self.text(4)?;
@@ -374,10 +436,10 @@ impl Machine<'_> {
                     let v = self.text(8)?;
                     self.stack.push(v);
                 }
-                b')' => self.stack.push(Value::Tuple(Vec::new())),
+                b')' => self.stack.push(Value::Tuple(Rc::new([]))),
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(items));
+                    self.stack.push(Value::Tuple(items.into()));
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -388,7 +450,7 @@ impl Machine<'_> {
                     if items.iter().any(|v| matches!(v, Value::Mark)) {
                         return self.fail("MARK inside a tuple");
                     }
-                    self.stack.push(Value::Tuple(items));
+                    self.stack.push(Value::Tuple(items.into()));
                 }
                 b']' => self.stack.push(Value::List(Rc::default())),
                 b'l' => {
@@ -401,8 +463,9 @@ impl Machine<'_> {
                     } else {
                         self.pop_mark()?
                     };
-                    let Value::List(l) = self.top()?.clone() else {
-                        return self.fail("APPEND(S) on a non-list");
+                    let l = match self.top()? {
+                        Value::List(l) => Rc::clone(l),
+                        _ => return self.fail("APPEND(S) on a non-list"),
                     };
                     l.borrow_mut().extend(items);
                 }
@@ -424,14 +487,15 @@ impl Machine<'_> {
                 0x8f => self.stack.push(Value::List(Rc::default())),
                 0x90 => {
                     let items = self.pop_mark()?;
-                    let Value::List(l) = self.top()?.clone() else {
-                        return self.fail("ADDITEMS on a non-set");
+                    let l = match self.top()? {
+                        Value::List(l) => Rc::clone(l),
+                        _ => return self.fail("ADDITEMS on a non-set"),
                     };
                     l.borrow_mut().extend(items);
                 }
                 0x91 => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(items));
+                    self.stack.push(Value::Tuple(items.into()));
                 }
                 b'c' => {
                     let module = self.line()?;
@@ -490,7 +554,7 @@ impl Machine<'_> {
                 }
                 b'b' => {
                     let state = self.pop()?;
-                    match self.top()?.clone() {
+                    match self.top()? {
                         Value::Object(o) => o.borrow_mut().state = Some(state),
                         // An OrderedDict's attributes (a state dict's
                         // `_metadata`): not part of its items.
@@ -535,7 +599,7 @@ impl Machine<'_> {
                 0x98 => {} // READONLY_BUFFER
                 b'Q' => {
                     let pid = self.pop()?;
-                    self.stack.push(Value::Persistent(Box::new(pid)));
+                    self.stack.push(Value::Persistent(Rc::new(pid)));
                 }
                 b'P' | 0x82..=0x84 | 0x97 => {
                     return self.fail(format!(
@@ -626,13 +690,13 @@ mod tests {
         p.extend_from_slice(b"latin1");
         p.extend_from_slice(&[0x86, b'R', b'.']);
         let v = load(&p).unwrap();
-        assert!(matches!(v, Value::Bytes(ref b) if b == &[0xff]));
+        assert!(matches!(v, Value::Bytes(ref b) if **b == [0xff]));
 
         let mut p = b"cos\nsystem\n(S'echo hi'\ntR.".to_vec();
         p.insert(0, b'(');
         p.insert(1, b'1');
         let v = load(&p).unwrap();
-        let Value::Object(o) = v else { panic!() };
+        let Value::Object(ref o) = v else { panic!() };
         assert_eq!(o.borrow().callable.class_name().unwrap().1, "system");
     }
 

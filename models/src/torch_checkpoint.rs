@@ -24,6 +24,15 @@ pub struct CheckpointError {
 enum TensorError {
     #[error("the tensor reaches past its storage")]
     PastStorage,
+    #[error("size {size:?} and stride {stride:?} do not match")]
+    Layout {
+        size: Vec<usize>,
+        stride: Vec<usize>,
+    },
+    #[error("size {0:?} has more elements than its storage holds (broadcast views are not read)")]
+    Broadcast(Vec<usize>),
+    #[error("size {0:?} has a dimension of 2^31 or more")]
+    TooLarge(Vec<usize>),
     #[error("dtype {0:?} is not read")]
     Dtype(Dtype),
     #[error(transparent)]
@@ -49,12 +58,23 @@ fn storage_dtype(class: &str) -> Option<(Dtype, usize)> {
 /// file wraps it, as mmdet's do), by name, in its stored dtype; float64
 /// becomes float32 (MLX has no f64 on every device).
 pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Array>, CheckpointError> {
-    let fail = |reason: String| CheckpointError {
+    let file = std::fs::File::open(path).map_err(|e| CheckpointError {
         path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    read_state_dict_from(file, &path.display().to_string())
+}
+
+/// [`read_state_dict`] of the archive `reader` holds; errors name `name`.
+pub fn read_state_dict_from(
+    reader: impl Read + std::io::Seek,
+    name: &str,
+) -> Result<HashMap<String, Array>, CheckpointError> {
+    let fail = |reason: String| CheckpointError {
+        path: name.to_owned(),
         reason,
     };
-    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
-    let mut zip = zip::ZipArchive::new(file)
+    let mut zip = zip::ZipArchive::new(reader)
         .map_err(|e| fail(format!("not a torch.save zip archive: {e}")))?;
     let pkl_name = zip
         .file_names()
@@ -140,7 +160,38 @@ impl TensorRef {
 
     /// Gathers the elements in row-major order (any strides).
     fn build(&self, storage: &[u8]) -> Result<Array, TensorError> {
-        let n: usize = self.size.iter().product();
+        // The pickle may claim any view: check where it reaches, without
+        // overflowing, before anything is allocated for it.
+        if self.size.len() != self.stride.len() {
+            return Err(TensorError::Layout {
+                size: self.size.clone(),
+                stride: self.stride.clone(),
+            });
+        }
+        if self.size.iter().any(|&d| d > i32::MAX as usize) {
+            return Err(TensorError::TooLarge(self.size.clone()));
+        }
+        let elements = storage.len() / self.item;
+        let mut n: usize = 1;
+        let mut last = self.offset;
+        for (&d, &s) in self.size.iter().zip(&self.stride) {
+            n = n.checked_mul(d).ok_or(TensorError::PastStorage)?;
+            if d > 0 {
+                last = (d - 1)
+                    .checked_mul(s)
+                    .and_then(|reach| last.checked_add(reach))
+                    .ok_or(TensorError::PastStorage)?;
+            }
+        }
+        if n == 0 {
+            return Ok(Array::from_slice::<f32>(&[], &self.shape()).as_dtype(self.dtype)?);
+        }
+        if last >= elements {
+            return Err(TensorError::PastStorage);
+        }
+        if n > elements {
+            return Err(TensorError::Broadcast(self.size.clone()));
+        }
         let mut bytes = Vec::with_capacity(n * self.item);
         let mut index = vec![0usize; self.size.len()];
         for _ in 0..n {
@@ -160,7 +211,7 @@ impl TensorRef {
                 index[d] = 0;
             }
         }
-        let shape: Vec<i32> = self.size.iter().map(|&d| d as i32).collect();
+        let shape = self.shape();
         let le = |c: &[u8]| -> [u8; 8] {
             let mut b = [0u8; 8];
             b[..c.len()].copy_from_slice(c);
@@ -216,6 +267,11 @@ impl TensorRef {
             }
             other => return Err(TensorError::Dtype(other)),
         })
+    }
+
+    /// The size as MLX's dimensions (checked to fit by `build`).
+    fn shape(&self) -> Vec<i32> {
+        self.size.iter().map(|&d| d as i32).collect()
     }
 }
 
