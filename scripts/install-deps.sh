@@ -33,7 +33,7 @@ if command -v rustup >/dev/null 2>&1; then
   fi
 fi
 
-packages=(cmake clang llvm libclang-dev libopenblas-dev pkg-config patch)
+packages=(cmake clang llvm libclang-dev libopenblas-dev pkg-config patch python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

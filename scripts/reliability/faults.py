@@ -101,6 +101,24 @@ class Ctx:
             st = self.s.rpc.PoseServiceStub(ch).GetStatus(self.s.pb.GetStatusRequest(), timeout=5)
         return st.subscribers
 
+    def stalled(self, d, n, **req):
+        """`n` Subscribe calls that are never read (raw HTTP/2, see
+        harness.StalledStream)."""
+        body = self.s.pb.SubscribeRequest(**req).SerializeToString()
+        return [harness.StalledStream("127.0.0.1", d.port, body) for _ in range(n)]
+
+    def fanout_dropped(self, d):
+        """Events the daemon dropped for slow subscribers (telemetry)."""
+        with harness.channel(d.tcp) as ch:
+            t = self.s.rpc.PoseServiceStub(ch).GetTelemetry(self.s.pb.GetTelemetryRequest(), timeout=5)
+        return sum(st.dropped for st in t.stages if st.name.endswith(".fanout"))
+
+    def push_frames(self, d, target=None, opts=None):
+        """Frames the daemon's "push" source counted (tells two daemons apart)."""
+        with harness.channel(target or d.tcp, opts) as ch:
+            st = self.s.rpc.PoseServiceStub(ch).GetStatus(self.s.pb.GetStatusRequest(), timeout=5)
+        return sum(src.frames for src in st.sources if src.id == "push")
+
     def wait_subscribers(self, d, want, within):
         """Seconds until GetStatus reports `want` subscribers, or None."""
         t0 = time.monotonic()
@@ -204,12 +222,18 @@ def scenario_a(ctx):
     d = ctx.daemon("a")
     n_stalled = 8 if a.short else 16
     n_vanish = 4 if a.short else 16
-    pusher = ctx.pusher(d)
     _, _, good = ctx.subscriber(d.tcp, include_vertices=True)
-    stalled = [ctx.subscriber(d.tcp, read=False, include_vertices=True) for _ in range(n_stalled)]
+    stalled = ctx.stalled(d, n_stalled, include_vertices=True)
+    # Fast pushes (~10 kB events with vertices) so the stalled streams fill
+    # their HTTP/2 windows and the daemon's queues for them overflow.
+    pusher = ctx.pusher(d, rate=20)
     t0 = time.monotonic()
-    time.sleep(4 if a.short else 15)
-    ctx.served_ok(f"a1 {n_stalled} stalled subscribers", d, pusher, t0, good, 0)
+    time.sleep(5 if a.short else 15)
+    ctx.served_ok(f"a1 {n_stalled} stalled subscribers", d, pusher, t0, good, 0,
+                  extra=f", {sum(x.unread() for x in stalled)} bytes wait unread at the stalled clients, "
+                  f"subscribers {ctx.subscribers(d)}")
+    pusher.stop()
+    pusher = ctx.pusher(d)
 
     base_subs = ctx.subscribers(d)
     fds_before = d.fds()
@@ -238,9 +262,8 @@ def scenario_a(ctx):
     )
     pusher.stop()
     good.cancel()
-    for ch, call, _ in stalled:
-        call.cancel()
-        ch.close()
+    for x in stalled:
+        x.close()
     d.stop()
 
 
@@ -361,24 +384,20 @@ def scenario_c(ctx):
             break
         except Exception:
             pass
-    second_state = "still running (took the socket?)" if second.alive() else f"exited rc={second.proc.returncode}"
+    second_state = "still running" if second.alive() else f"exited rc={second.proc.returncode}"
     try:
-        with harness.channel(d.uds, uds_opts) as uch:
-            st = s.rpc.PoseServiceStub(uch).GetStatus(s.pb.GetStatusRequest(), timeout=5)
-        first_pid_answers = "answers"
+        # The first daemon has counted pushes; a fresh second one has not.
+        first_pid_answers = "first answers" if ctx.push_frames(d, d.uds, uds_opts) > 0 else "SECOND answers"
     except Exception as e:
         first_pid_answers = code_of(e)
     second_alive = second.alive()
     second.stop(5)
-    after = "-"
     try:
-        with harness.channel(d.uds, uds_opts) as uch:
-            s.rpc.PoseServiceStub(uch).GetStatus(s.pb.GetStatusRequest(), timeout=5)
-        after = "answers"
+        after = "first answers" if ctx.push_frames(d, d.uds, uds_opts) > 0 else "SECOND answers"
     except Exception as e:
         after = code_of(e)
     report(
-        not second_alive and second.proc.returncode != 0 and first_pid_answers == "answers" and after == "answers",
+        not second_alive and second.proc.returncode != 0 and first_pid_answers == after == "first answers",
         "c2 second daemon on a live socket refuses",
         f"second daemon {second_state}; unix socket while both ran: {first_pid_answers}; "
         f"after the second stopped: {after}; second's log: {second.log_tail(2)!r}",
@@ -393,7 +412,7 @@ def scenario_d(ctx):
     d = ctx.daemon("d")
     rss0, fds0 = d.rss_mb(), d.fds()
     readers = [ctx.subscriber(d.tcp, include_vertices=True) for _ in range(32)]
-    stalled = [ctx.subscriber(d.tcp, read=False, include_vertices=True) for _ in range(32)]
+    stalled = ctx.stalled(d, 32, include_vertices=True)
     pusher = ctx.pusher(d, rate=10)
     t0 = time.monotonic()
     duration = 15 if a.short else 60
@@ -424,7 +443,7 @@ def scenario_d(ctx):
     rss_end = d.rss_mb()
     ctx.served_ok(
         "d1 flood: 32 readers + 32 stalled subscribers", d, pusher, t0,
-        extra=f", subscribers seen {subs_seen}",
+        extra=f", subscribers seen {subs_seen}, {sum(x.unread() for x in stalled)} bytes wait unread at the stalled",
     )
     report(
         counts[0] > 0,
@@ -445,9 +464,11 @@ def scenario_d(ctx):
         f"{(rss_end or 0):.0f} MB at end; fds {fds0} -> max {fds_max}",
     )
     pusher.stop()
-    for ch, call, _ in readers + stalled:
+    for ch, call, _ in readers:
         call.cancel()
         ch.close()
+    for x in stalled:
+        x.close()
     back = ctx.wait_subscribers(d, 0, 10)
     time.sleep(0.5)
     report(

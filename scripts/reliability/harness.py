@@ -620,3 +620,55 @@ def latency_summary(records):
         "p99_ms": ms(percentile(ok, 0.99)),
         "max_ms": ms(ok[-1] if ok else None),
     }
+
+
+class StalledStream:
+    """A server-streaming call (Subscribe by default) opened over a raw
+    HTTP/2 connection that is then never read: the stream's flow-control
+    window (64 KiB) and the small TCP receive buffer fill and the daemon's
+    writes to it stop, as with a client that hangs without exiting.
+
+    (A grpcio call that is never iterated does not stall: grpcio keeps
+    reading the socket and buffers the messages itself.) `request` is the
+    serialized request message. The connection never answers the
+    daemon's SETTINGS or PINGs."""
+
+    def __init__(self, host, port, request: bytes, path="/posed.v1.PoseService/Subscribe"):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.connect((host, port))
+
+        def frame(kind, flags, stream, payload):
+            return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+        def literal(name, value):  # HPACK literal without indexing, new name, no Huffman
+            out = b"\x00"
+            for s in (name.encode(), value.encode()):
+                if len(s) >= 127:
+                    raise ValueError("header too long for this encoder")
+                out += bytes([len(s)]) + s
+            return out
+
+        headers = b"".join(literal(n, v) for n, v in (
+            (":method", "POST"), (":scheme", "http"), (":path", path), (":authority", f"{host}:{port}"),
+            ("content-type", "application/grpc"), ("te", "trailers"),
+        ))
+        settings = struct.pack(">HI", 0x2, 0) + struct.pack(">HI", 0x4, 65535)  # no push; 64 KiB window
+        message = b"\x00" + struct.pack(">I", len(request)) + request
+        self.sock.sendall(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+            + frame(0x4, 0, 0, settings)
+            + frame(0x1, 0x4, 1, headers)  # END_HEADERS
+            + frame(0x0, 0x1, 1, message)  # END_STREAM
+        )
+
+    def unread(self) -> int:
+        """Bytes the daemon sent that wait unread in the receive buffer."""
+        import fcntl
+        import termios
+
+        buf = fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        return struct.unpack("i", buf)[0]
+
+    def close(self):
+        self.sock.close()
