@@ -33,6 +33,10 @@ pub enum MjpegError {
     BadLength { marker: u8, at: usize },
     #[error("no frame header before the scan")]
     NoFrameHeader,
+    #[error(
+        "component sampling {0:02x?} is not one cameras send (Y 1 or 2 each way, Cb and Cr 1x1)"
+    )]
+    Sampling(Vec<u8>),
     #[error("image ends before its first scan")]
     NoScan,
     #[error("JPEG is {found_width}x{found_height}, not the frame's size")]
@@ -76,8 +80,10 @@ fn zune(jpeg: &[u8], w: usize, h: usize) -> Result<Vec<u8>, MjpegError> {
         .set_max_width(w)
         .set_max_height(h);
     let mut decoder = JpegDecoder::new_with_options(ZCursor::new(jpeg), options);
-    let data = decoder
-        .decode()
+    // zune-jpeg asserts on some inputs the header checks do not foresee: a
+    // bad frame must not take the capture thread down.
+    let data = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decoder.decode()))
+        .map_err(|_| MjpegError::Decode("zune-jpeg panicked".into()))?
         .map_err(|e| MjpegError::Decode(e.to_string()))?;
     if decoder.dimensions() != Some((w, h)) || Some(data.len()) != w.checked_mul(h * 3) {
         return Err(MjpegError::Decode(format!(
@@ -166,6 +172,7 @@ impl Headers {
             let [_, h0, h1, w0, w1, ..] = *body else {
                 return Err(MjpegError::BadLength { marker, at });
             };
+            check_sampling(body).ok_or(MjpegError::BadLength { marker, at })??;
             self.size = Some((u16::from_be_bytes([w0, w1]), u16::from_be_bytes([h0, h1])));
         }
         Ok(())
@@ -195,6 +202,27 @@ fn segment(jpeg: &[u8], pos: usize, marker: u8, at: usize) -> Result<&[u8], Mjpe
         .ok_or(MjpegError::BadLength { marker, at })?;
     rest.get(2..2 + body_len)
         .ok_or(MjpegError::Truncated(jpeg.len()))
+}
+
+/// Refuses a frame header's component sampling unless it is what cameras
+/// send: grey, or Y sampled 1 or 2 each way over 1x1 Cb and Cr (4:4:4,
+/// 4:2:2, 4:4:0, 4:2:0). zune-jpeg's upsamplers panic on some others (a
+/// chroma component sampled above luma). `None` when the header is short.
+fn check_sampling(body: &[u8]) -> Option<Result<(), MjpegError>> {
+    let count = usize::from(*body.get(5)?);
+    let components = body.get(6..6 + 3 * count)?;
+    let sampling: Vec<u8> = components.chunks_exact(3).map(|c| c[1]).collect();
+    let luma_ok = |s: u8| matches!(s >> 4, 1 | 2) && matches!(s & 0xf, 1 | 2);
+    let ok = match sampling[..] {
+        [y] => luma_ok(y),
+        [y, 0x11, 0x11] => luma_ok(y),
+        _ => false,
+    };
+    Some(if ok {
+        Ok(())
+    } else {
+        Err(MjpegError::Sampling(sampling))
+    })
 }
 
 /// SOF0..SOF15, less DHT, JPG and DAC which share the range.
