@@ -125,6 +125,10 @@ impl Weights {
                 reason: "no such file".into(),
             });
         }
+        check_header(path).map_err(|reason| WeightError::Read {
+            path: path.into(),
+            reason,
+        })?;
         let (tensors, metadata) = mlx_rs::with_stream(&mlx_rs::Stream::new(), || {
             Array::load_safetensors_with_metadata(path)
         })
@@ -324,6 +328,50 @@ impl Weights {
             })
         }
     }
+}
+
+/// Checks a safetensors file's header before MLX reads the file: the JSON,
+/// every dtype, and that each tensor's shape fills exactly its byte range
+/// inside the data. MLX's C API hands its exception messages to printf as
+/// the format string, so an error quoting the file (a `%` in a dtype or a
+/// name) is undefined behaviour there; MLX gets only files it will accept.
+fn check_header(path: &Path) -> Result<(), String> {
+    use std::io::Read;
+    const MAX_HEADER: u64 = 100_000_000;
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let file_len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|_| "shorter than a safetensors header".to_string())?;
+    let n = u64::from_le_bytes(len);
+    if n > MAX_HEADER || n > file_len - 8 {
+        return Err(format!(
+            "header of {n} bytes does not fit the file of {file_len}"
+        ));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(|e| e.to_string())?;
+    let metadata: safetensors::tensor::Metadata =
+        serde_json::from_slice(&header).map_err(|e| format!("bad safetensors header: {e}"))?;
+    let data_len = file_len - 8 - n;
+    for (name, info) in metadata.tensors() {
+        let (start, end) = info.data_offsets;
+        let bits = info
+            .shape
+            .iter()
+            .try_fold(info.dtype.bitsize() as u128, |acc, &d| {
+                acc.checked_mul(d as u128)
+            });
+        let fits =
+            start <= end && end as u64 <= data_len && bits == Some(8 * (end - start) as u128);
+        if !fits {
+            return Err(format!(
+                "tensor {name:?} ({:?} {:?}) does not fill its bytes {start}..{end} of {data_len}",
+                info.dtype, info.shape
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn is_float(d: Dtype) -> bool {

@@ -372,6 +372,24 @@ fn seeds_are_valid() {
     for s in checkpoint_seeds() {
         torch_checkpoint::read_state_dict_from(Cursor::new(s), "seed").unwrap();
     }
+    // The header check passes the hand-written seeds and a file MLX wrote.
+    let dir = tempfile::tempdir().unwrap();
+    for (i, s) in safetensors_seeds().into_iter().enumerate() {
+        let path = dir.path().join(format!("{i}.safetensors"));
+        std::fs::write(&path, s).unwrap();
+        Weights::from_file(&path).unwrap();
+    }
+    let path = dir.path().join("mlx.safetensors");
+    let a = Array::from_slice(&[1.0f32, 2.0, 3.0], &[3]);
+    let b = Array::from_slice(&[1u8, 0], &[2, 1])
+        .as_dtype(mlx_rs::Dtype::Bool)
+        .unwrap();
+    let c = Array::from_slice(&[0.5f32; 4], &[2, 2])
+        .as_dtype(mlx_rs::Dtype::Bfloat16)
+        .unwrap();
+    Array::save_safetensors([("a", &a), ("b", &b), ("c", &c)], None, &path).unwrap();
+    let w = Weights::from_file(&path).unwrap();
+    assert_eq!(w.shape_of("c"), Some(vec![2, 2]));
 }
 
 #[test]
@@ -700,4 +718,42 @@ fn deeply_nested_pickles_load_and_drop_on_a_small_stack() {
         .unwrap()
         .join()
         .unwrap();
+}
+
+/// Found by the `safetensors` fuzz target: a header that is not valid JSON
+/// with `%6` in it. MLX's C API passes its exception messages to printf as
+/// the format (mlx-c `mlx_error(e.what())`), so the parse error quoting
+/// the file crashed in vsnprintf. The header is now checked before MLX
+/// reads the file.
+#[test]
+fn a_safetensors_header_with_printf_directives_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut header = br#"{"a.weight":{"dtype":"F%6"#.to_vec();
+    header.extend([0xff; 48]);
+    for (i, bytes) in [
+        safetensors_bytes(std::str::from_utf8(&header[..24]).unwrap(), &[]),
+        {
+            let mut b = (header.len() as u64).to_le_bytes().to_vec();
+            b.extend(&header);
+            b
+        },
+        safetensors_bytes(
+            r#"{"%s%s%s%n":{"dtype":"F%s%s","shape":[2],"data_offsets":[0,8]}}"#,
+            &[0; 8],
+        ),
+        safetensors_bytes(
+            r#"{"%s%s%s%n":{"dtype":"F32","shape":[2],"data_offsets":[0,9]}}"#,
+            &[0; 9],
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = dir.path().join(format!("{i}.safetensors"));
+        std::fs::write(&path, bytes).unwrap();
+        let Err(e) = Weights::from_file(&path) else {
+            panic!("file {i} loaded");
+        };
+        assert!(e.to_string().contains("cannot read weights"), "{e}");
+    }
 }
