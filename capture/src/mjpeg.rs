@@ -388,10 +388,11 @@ const fn standard_dht() -> [u8; DHT_LEN] {
 mod tests {
     use super::*;
 
-    /// A minimal header run: SOI, an APP0, a SOF0 of 16x8, then SOS.
+    /// A minimal header run: SOI, an APP0, a grey SOF0 of 16x8, then SOS.
     fn headers(with_dht: bool) -> Vec<u8> {
         let mut j = vec![0xff, SOI, 0xff, 0xe0, 0x00, 0x04, b'h', b'i'];
-        j.extend_from_slice(&[0xff, 0xc0, 0x00, 0x08, 8, 0, 8, 0, 16, 1]);
+        // One grey component: id 1, sampled 1x1, quantisation table 0.
+        j.extend_from_slice(&[0xff, 0xc0, 0x00, 0x0b, 8, 0, 8, 0, 16, 1, 1, 0x11, 0]);
         if with_dht {
             j.extend_from_slice(&STANDARD_DHT);
         }
@@ -406,15 +407,15 @@ mod tests {
         assert_eq!(
             h,
             Headers {
-                scan_at: 18,
+                scan_at: 21,
                 has_dht: false,
                 size: Some((16, 8))
             }
         );
         let with = insert_huffman_tables(&j).unwrap();
-        assert_eq!(&with[..18], &j[..18]);
-        assert_eq!(&with[18..18 + DHT_LEN], &STANDARD_DHT);
-        assert_eq!(&with[18 + DHT_LEN..], &j[18..]);
+        assert_eq!(&with[..21], &j[..21]);
+        assert_eq!(&with[21..21 + DHT_LEN], &STANDARD_DHT);
+        assert_eq!(&with[21 + DHT_LEN..], &j[21..]);
         assert!(Headers::read(&with).unwrap().has_dht);
 
         let j = headers(true);
