@@ -21,9 +21,12 @@ use prost::Message;
 fn decode_and_warps(c: &mut Criterion) {
     let jpeg = Image::Encoded(posed::bench::test_jpeg());
     c.bench_function("decode 640x480 jpeg", |b| {
-        b.iter(|| posed::decode::decode(Some(black_box(&jpeg)), u64::MAX).unwrap())
+        b.iter(|| {
+            posed::decode::decode(Some(black_box(&jpeg)), &posed::decode::ImageLimits::NONE)
+                .unwrap()
+        })
     });
-    let rgb = posed::decode::decode(Some(&jpeg), u64::MAX).unwrap();
+    let rgb = posed::decode::decode(Some(&jpeg), &posed::decode::ImageLimits::NONE).unwrap();
     let img = RgbImage::new(rgb.width, rgb.height, &rgb.data).unwrap();
     let size = DetectorConfig::yolov8m().input_size as usize;
     c.bench_function(&format!("letterbox to {size}"), |b| {

@@ -489,7 +489,7 @@ pub fn run_matte(files: &MatteModelFiles, options: &BenchOptions) -> Result<Repo
 /// CorridorKey part by part, twice (the first run pays first-use costs),
 /// each part printed as it finishes.
 fn profile_matte(p: &MattePipeline, push: &proto::PushImageRequest, label: &str) -> Result<()> {
-    let rgb = crate::decode::decode(push.image.as_ref(), u64::MAX)
+    let rgb = crate::decode::decode(push.image.as_ref(), &crate::decode::ImageLimits::NONE)
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     let img = RgbImage::new(rgb.width, rgb.height, &rgb.data).context("decoded frame")?;
     let x = p.prepare(
@@ -577,14 +577,14 @@ fn time_case<R: Route>(
         let start = Instant::now();
         let (frame, mut request) = decoded_frame::<R>(push, i, start, stream)?;
         adjust(&mut request);
-        clock.mark(stage::DECODE);
+        clock.mark(stage::DECODE)?;
         let output = route.run(&frame, &request, None, clock)?;
         let output = RouteOutput::new::<R>(output, Vec::new());
         let event = post.event(&frame, &output, 0, Instant::now()).finish();
         std::hint::black_box(event.encode_to_vec());
-        clock.mark(stage::POST);
-        fanout.publish(event);
-        clock.mark(stage::FANOUT);
+        clock.mark(stage::POST)?;
+        fanout.publish(event, 0);
+        clock.mark(stage::FANOUT)?;
         Ok(start)
     })
 }
@@ -596,8 +596,13 @@ fn decoded_frame<R: Route>(
     received: Instant,
     stream: Option<StreamId>,
 ) -> Result<(Arc<Frame>, R::Request)> {
-    let (rgb, mut requests) =
-        decode_push(push, u64::MAX, &[R::ID]).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    let (rgb, mut requests) = decode_push(
+        push,
+        &crate::decode::ImageLimits::NONE,
+        &crate::routes::RequestLimits::NONE,
+        &[R::ID],
+    )
+    .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     let request = requests
         .pop()
         .and_then(|r| r.into_inner::<R>())

@@ -34,8 +34,15 @@ pub async fn run(config: Config) -> Result<()> {
     let hub = Hub::new(HubOptions::from_env())?;
     let device = device_name();
     tracing::info!(device = %device, mlx = %posed_models::runtime::mlx_version(), "starting");
-    let listeners =
-        server::bind(config.listen(), config.socket(), config.server.allow_remote).await?;
+    // Checked when the config was loaded.
+    let socket_mode = config.socket_mode().map_err(anyhow::Error::msg)?;
+    let listeners = server::bind(
+        config.listen(),
+        config.socket(),
+        socket_mode,
+        config.server.allow_remote,
+    )
+    .await?;
 
     // The server answers (health NOT_SERVING) while the files are found,
     // maybe downloaded, and the routes load and warm on the MLX thread.
@@ -81,7 +88,7 @@ pub async fn run(config: Config) -> Result<()> {
         listeners,
         backend,
         source_specs(&config),
-        serve_options(&config),
+        serve_options(&config)?,
         signal,
     )
     .await?;
@@ -180,7 +187,12 @@ fn start_engine(
         Ok(routes)
     };
     let (tx, rx) = mpsc::unbounded_channel();
-    let engine = DaemonEngine::start(routes.to_vec(), load, tx, config.server.max_waiting_pushes);
+    let engine = DaemonEngine::start(
+        routes.to_vec(),
+        load,
+        tx,
+        crate::engine::EngineLimits::of(config),
+    );
     (engine, rx)
 }
 
@@ -227,18 +239,31 @@ fn telemetry_logger(
     })
 }
 
-fn serve_options(config: &Config) -> ServeOptions {
-    ServeOptions {
-        max_pixels: config.server.max_image_pixels,
+fn serve_options(config: &Config) -> Result<ServeOptions> {
+    let s = &config.server;
+    let tcp_token = match s.token_file.as_str() {
+        "" => None,
+        path => Some(server::BearerToken::from_file(path.as_ref())?),
+    };
+    Ok(ServeOptions {
+        image_limits: crate::decode::ImageLimits {
+            max_pixels: config.server.max_image_pixels,
+            max_aspect_ratio: config.server.max_image_aspect_ratio,
+        },
+        request_limits: crate::routes::RequestLimits::of(config),
         mirror: config.hands.mirror,
         subscriber_queue: config.server.subscriber_queue,
-        max_waiting: config.server.max_waiting_pushes,
         shutdown_deadline: config.shutdown_deadline(),
         smoothing: config.smoothing(),
         smoothing_by_default: config.hands.smoothing,
         record_dir: (!config.recording.dir.is_empty()).then(|| config.recording.dir.clone().into()),
         matte_encoding: config.matte.encoding,
-    }
+        keepalive: (s.keepalive_interval_ms > 0).then(|| server::Keepalive {
+            interval: Duration::from_millis(s.keepalive_interval_ms),
+            timeout: Duration::from_millis(s.keepalive_timeout_ms),
+        }),
+        tcp_token,
+    })
 }
 
 /// The replay and camera sources the config turns on.
@@ -256,6 +281,7 @@ fn source_specs(config: &Config) -> Vec<server::SourceSpec> {
                     },
                 },
                 repeat: config.replay.repeat,
+                max_gap: Duration::from_millis(config.replay.max_gap_ms),
             },
         });
     }

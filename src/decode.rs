@@ -12,6 +12,68 @@ use crate::proto::{push_image_request, RawImage};
 /// The largest image the daemon decodes, in pixels (configurable).
 pub const DEFAULT_MAX_PIXELS: u64 = 4096 * 4096;
 
+/// The most elongated image the daemon takes, long side over short side
+/// (configurable): a 32:9 panorama is 3.6; a 65535×1 strip would be
+/// letterboxed to a line no detector can read.
+pub const DEFAULT_MAX_ASPECT_RATIO: f64 = 8.0;
+
+/// What an image may be before the daemon spends work on it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ImageLimits {
+    pub max_pixels: u64,
+    /// Long side over short side.
+    pub max_aspect_ratio: f64,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        ImageLimits {
+            max_pixels: DEFAULT_MAX_PIXELS,
+            max_aspect_ratio: DEFAULT_MAX_ASPECT_RATIO,
+        }
+    }
+}
+
+impl ImageLimits {
+    /// No limit but memory (benches and tools on trusted files).
+    pub const NONE: ImageLimits = ImageLimits {
+        max_pixels: u64::MAX,
+        max_aspect_ratio: f64::INFINITY,
+    };
+
+    /// The largest gRPC message a push of an image at the limit needs: raw
+    /// RGB (3 bytes a pixel) and a raw grey matte hint (1 byte), plus room
+    /// for the other fields. Never below gRPC's usual 4 MiB.
+    pub fn max_message_bytes(&self) -> usize {
+        let bytes = self.max_pixels.saturating_mul(4).saturating_add(1 << 20);
+        usize::try_from(bytes).unwrap_or(usize::MAX).max(4 << 20)
+    }
+
+    fn check(&self, width: u64, height: u64) -> Result<(), Status> {
+        if width == 0 || height == 0 {
+            return Err(Status::invalid_argument(format!(
+                "image is {width}x{height}: both sides must be at least 1 pixel"
+            )));
+        }
+        let pixels = width.saturating_mul(height);
+        if pixels > self.max_pixels {
+            return Err(Status::resource_exhausted(format!(
+                "image is {width}x{height} = {pixels} pixels, over the limit of {}",
+                self.max_pixels
+            )));
+        }
+        // Sides are below 2^32: exact in f64.
+        let aspect = width.max(height) as f64 / width.min(height) as f64;
+        if aspect > self.max_aspect_ratio {
+            return Err(Status::invalid_argument(format!(
+                "image is {width}x{height}: its aspect ratio {aspect:.1}:1 is over the limit of {}:1 (server.max_image_aspect_ratio)",
+                self.max_aspect_ratio
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A decoded image: width × height × 3 bytes, rows top to bottom.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rgb8 {
@@ -20,49 +82,49 @@ pub struct Rgb8 {
     pub data: Vec<u8>,
 }
 
-pub fn decode(image: Option<&push_image_request::Image>, max_pixels: u64) -> Result<Rgb8, Status> {
+pub fn decode(
+    image: Option<&push_image_request::Image>,
+    limits: &ImageLimits,
+) -> Result<Rgb8, Status> {
     match image {
         None => Err(Status::invalid_argument(
             "no image: set `encoded` (JPEG/PNG bytes) or `raw_rgb`",
         )),
-        Some(push_image_request::Image::Encoded(bytes)) => decode_encoded(bytes, max_pixels),
-        Some(push_image_request::Image::RawRgb(raw)) => decode_raw(raw, max_pixels),
+        Some(push_image_request::Image::Encoded(bytes)) => decode_encoded(bytes, limits),
+        Some(push_image_request::Image::RawRgb(raw)) => decode_raw(raw, limits),
     }
 }
 
-fn check_size(width: u64, height: u64, max_pixels: u64) -> Result<(), Status> {
-    if width == 0 || height == 0 {
-        return Err(Status::invalid_argument(format!(
-            "image is {width}x{height}: both sides must be at least 1 pixel"
-        )));
-    }
-    if width * height > max_pixels {
-        return Err(Status::resource_exhausted(format!(
-            "image is {width}x{height} = {} pixels, over the limit of {max_pixels}",
-            width * height
-        )));
-    }
-    Ok(())
-}
-
-fn decode_raw(raw: &RawImage, max_pixels: u64) -> Result<Rgb8, Status> {
-    let (w, h) = (raw.width as u64, raw.height as u64);
-    check_size(w, h, max_pixels)?;
-    let want = w * h * 3;
-    if raw.data.len() as u64 != want {
+fn decode_raw(raw: &RawImage, limits: &ImageLimits) -> Result<Rgb8, Status> {
+    let (w, h) = (u64::from(raw.width), u64::from(raw.height));
+    limits.check(w, h)?;
+    let want = w.saturating_mul(h).saturating_mul(3);
+    if u64::try_from(raw.data.len()).ok() != Some(want) {
         return Err(Status::invalid_argument(format!(
             "raw_rgb holds {} bytes; {w}x{h} RGB8 needs {want}",
             raw.data.len()
         )));
     }
     Ok(Rgb8 {
-        width: w as usize,
-        height: h as usize,
+        width: raw.width as usize,
+        height: raw.height as usize,
         data: raw.data.clone(),
     })
 }
 
-fn decode_encoded(bytes: &[u8], max_pixels: u64) -> Result<Rgb8, Status> {
+/// True when a JPEG's last scan is followed by its end-of-image marker.
+/// Decoders fill a file cut short with grey and call it a success; a
+/// truncated upload must be the client's error instead. Inside a scan,
+/// 0xFF is always followed by 0x00 or a restart marker, so an EOI after
+/// the first start-of-scan can only be the real end.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let Some(sos) = bytes.windows(2).position(|w| w == [0xFF, 0xDA]) else {
+        return false;
+    };
+    bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
+fn decode_encoded(bytes: &[u8], limits: &ImageLimits) -> Result<Rgb8, Status> {
     if bytes.is_empty() {
         return Err(Status::invalid_argument("encoded image is empty"));
     }
@@ -73,18 +135,23 @@ fn decode_encoded(bytes: &[u8], max_pixels: u64) -> Result<Rgb8, Status> {
     let corrupt = |e: image::ImageError| {
         Status::invalid_argument(format!("cannot decode {format:?} image: {e}"))
     };
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(Status::invalid_argument(
+            "cannot decode Jpeg image: the data ends before the image does (truncated upload?)",
+        ));
+    }
     // Read the header first so an oversized image is refused before its
     // pixels are allocated.
     let (w, h) = ImageReader::with_format(Cursor::new(bytes), format)
         .into_dimensions()
         .map_err(corrupt)?;
-    check_size(w as u64, h as u64, max_pixels)?;
+    limits.check(u64::from(w), u64::from(h))?;
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(w);
-    limits.max_image_height = Some(h);
-    limits.max_alloc = Some(max_pixels.saturating_mul(16));
-    reader.limits(limits);
+    let mut decoder_limits = Limits::default();
+    decoder_limits.max_image_width = Some(w);
+    decoder_limits.max_image_height = Some(h);
+    decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(16));
+    reader.limits(decoder_limits);
     let rgb = reader.decode().map_err(corrupt)?.into_rgb8();
     Ok(Rgb8 {
         width: rgb.width() as usize,
@@ -118,6 +185,11 @@ pub fn decode_hint(bytes: &[u8], width: usize, height: usize) -> Result<Vec<u8>,
         return Err(Status::invalid_argument(format!(
             "matte_hint is {w}x{h}; the image is {width}x{height}"
         )));
+    }
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(Status::invalid_argument(
+            "cannot decode matte_hint: the JPEG data ends before the image does",
+        ));
     }
     let grey = ImageReader::with_format(Cursor::new(bytes), format)
         .decode()
@@ -170,11 +242,11 @@ mod tests {
 
     #[test]
     fn decodes_png_jpeg_and_raw() {
-        let p = decode(Some(&Image::Encoded(png(5, 3))), DEFAULT_MAX_PIXELS).unwrap();
+        let p = decode(Some(&Image::Encoded(png(5, 3))), &ImageLimits::default()).unwrap();
         assert_eq!((p.width, p.height), (5, 3));
         assert_eq!(&p.data[..3], &[0, 0, 7]);
         assert_eq!(&p.data[(2 * 5 + 4) * 3..][..3], &[4, 2, 7]);
-        let j = decode(Some(&Image::Encoded(jpeg(16, 8))), DEFAULT_MAX_PIXELS).unwrap();
+        let j = decode(Some(&Image::Encoded(jpeg(16, 8))), &ImageLimits::default()).unwrap();
         assert_eq!((j.width, j.height, j.data.len()), (16, 8, 16 * 8 * 3));
         let raw = RawImage {
             width: 2,
@@ -182,7 +254,15 @@ mod tests {
             data: vec![1, 2, 3, 4, 5, 6],
         };
         assert_eq!(
-            decode(Some(&Image::RawRgb(raw)), 10).unwrap().data,
+            decode(
+                Some(&Image::RawRgb(raw)),
+                &ImageLimits {
+                    max_pixels: 10,
+                    ..Default::default()
+                }
+            )
+            .unwrap()
+            .data,
             [1, 2, 3, 4, 5, 6]
         );
     }
@@ -190,11 +270,12 @@ mod tests {
     #[test]
     fn bad_images_get_clear_statuses() {
         use tonic::Code;
-        let status = |img: Option<Image>, max| decode(img.as_ref(), max).unwrap_err();
+        let status =
+            |img: Option<Image>, limits: &ImageLimits| decode(img.as_ref(), limits).unwrap_err();
 
         let mut truncated = jpeg(64, 64);
         truncated.truncate(truncated.len() / 3);
-        let s = status(Some(Image::Encoded(truncated)), DEFAULT_MAX_PIXELS);
+        let s = status(Some(Image::Encoded(truncated)), &ImageLimits::default());
         assert_eq!(s.code(), Code::InvalidArgument);
         assert!(
             s.message().contains("cannot decode Jpeg"),
@@ -206,17 +287,21 @@ mod tests {
         let n = corrupt.len();
         corrupt[n / 2..].fill(0);
         assert_eq!(
-            status(Some(Image::Encoded(corrupt)), DEFAULT_MAX_PIXELS).code(),
+            status(Some(Image::Encoded(corrupt)), &ImageLimits::default()).code(),
             Code::InvalidArgument
         );
 
         let s = status(
             Some(Image::Encoded(b"GIF89a....".to_vec())),
-            DEFAULT_MAX_PIXELS,
+            &ImageLimits::default(),
         );
         assert!(s.message().contains("neither JPEG nor PNG"));
 
-        let s = status(Some(Image::Encoded(png(100, 100))), 5000);
+        let small = ImageLimits {
+            max_pixels: 5000,
+            ..Default::default()
+        };
+        let s = status(Some(Image::Encoded(png(100, 100))), &small);
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert!(
             s.message().contains("100x100 = 10000 pixels"),
@@ -229,7 +314,7 @@ mod tests {
             height: 4,
             data: vec![0; 47],
         };
-        let s = status(Some(Image::RawRgb(raw)), DEFAULT_MAX_PIXELS);
+        let s = status(Some(Image::RawRgb(raw)), &ImageLimits::default());
         assert_eq!(s.message(), "raw_rgb holds 47 bytes; 4x4 RGB8 needs 48");
 
         let raw = RawImage {
@@ -238,13 +323,87 @@ mod tests {
             data: vec![],
         };
         assert_eq!(
-            status(Some(Image::RawRgb(raw)), DEFAULT_MAX_PIXELS).code(),
+            status(Some(Image::RawRgb(raw)), &ImageLimits::default()).code(),
             Code::InvalidArgument
         );
         assert_eq!(
-            status(None, DEFAULT_MAX_PIXELS).code(),
+            status(None, &ImageLimits::default()).code(),
             Code::InvalidArgument
         );
+    }
+
+    /// A JPEG cut anywhere before its end-of-image marker is refused: the
+    /// decoder alone returns a grey image for the missing part.
+    #[test]
+    fn a_jpeg_cut_short_is_refused() {
+        use tonic::Code;
+        let whole = jpeg(64, 64);
+        assert!(decode(
+            Some(&Image::Encoded(whole.clone())),
+            &ImageLimits::default()
+        )
+        .is_ok());
+        for keep in [whole.len() / 2, whole.len() - 2, whole.len() - 1] {
+            let cut = whole[..keep].to_vec();
+            let s = decode(Some(&Image::Encoded(cut)), &ImageLimits::default()).unwrap_err();
+            assert_eq!(s.code(), Code::InvalidArgument, "{keep}: {}", s.message());
+            assert!(
+                s.message().contains("ends before the image"),
+                "{}",
+                s.message()
+            );
+        }
+        // Bytes after the end marker (some cameras pad files) are fine.
+        let mut padded = whole;
+        padded.extend_from_slice(&[0; 16]);
+        assert!(decode(Some(&Image::Encoded(padded)), &ImageLimits::default()).is_ok());
+    }
+
+    /// An image elongated past the limit is refused from its header, before
+    /// its pixels are decoded; the message names the setting.
+    #[test]
+    fn images_too_elongated_for_any_route_are_refused() {
+        use tonic::Code;
+        let limits = ImageLimits::default();
+        let s = decode(Some(&Image::Encoded(png(4000, 1))), &limits).unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(
+            s.message(),
+            "image is 4000x1: its aspect ratio 4000.0:1 is over the limit of 8:1 (server.max_image_aspect_ratio)"
+        );
+        let raw = RawImage {
+            width: 1,
+            height: 9,
+            data: vec![0; 27],
+        };
+        assert_eq!(
+            decode(Some(&Image::RawRgb(raw)), &limits)
+                .unwrap_err()
+                .code(),
+            Code::InvalidArgument
+        );
+        assert!(decode(Some(&Image::Encoded(png(80, 10))), &limits).is_ok());
+        let wide = ImageLimits {
+            max_aspect_ratio: 5000.0,
+            ..limits
+        };
+        assert!(decode(Some(&Image::Encoded(png(4000, 1))), &wide).is_ok());
+    }
+
+    /// A raw frame at the pixel limit fits the message limit derived from
+    /// it: raw 4K RGB with a raw hint under the default.
+    #[test]
+    fn the_message_limit_holds_a_raw_image_at_the_pixel_limit() {
+        let limits = ImageLimits::default();
+        let raw_4k = 3840 * 2160 * 3 + 3840 * 2160;
+        assert!(limits.max_message_bytes() > raw_4k);
+        assert!(limits.max_message_bytes() >= 4096 * 4096 * 4);
+        let tiny = ImageLimits {
+            max_pixels: 10,
+            ..limits
+        };
+        assert_eq!(tiny.max_message_bytes(), 4 << 20);
+        assert_eq!(ImageLimits::NONE.max_message_bytes(), usize::MAX);
     }
 
     #[test]

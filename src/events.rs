@@ -91,7 +91,9 @@ pub fn is_error(e: &proto::Event) -> bool {
     matches!(e.payload, Some(proto::event::Payload::Error(_)))
 }
 
-/// A client box: finite, not empty or inverted, touching the image.
+/// A client box: finite, not empty or inverted, touching the image, and
+/// reaching at most one image size beyond any edge (a hand at the border is
+/// partly outside; a box of 1e38 pixels is not a hand).
 pub fn checked_box(
     field: &str,
     i: usize,
@@ -112,9 +114,15 @@ pub fn checked_box(
             "{field}[{i}] is empty or inverted: {v:?} (want x1 < x2, y1 < y2)"
         )));
     }
-    if r.x2 <= 0.0 || r.y2 <= 0.0 || r.x1 >= width as f32 || r.y1 >= height as f32 {
+    let (w, h) = (width as f32, height as f32);
+    if r.x2 <= 0.0 || r.y2 <= 0.0 || r.x1 >= w || r.y1 >= h {
         return Err(Status::invalid_argument(format!(
             "{field}[{i}] {v:?} lies outside the {width}x{height} image"
+        )));
+    }
+    if r.x1 < -w || r.y1 < -h || r.x2 > 2.0 * w || r.y2 > 2.0 * h {
+        return Err(Status::invalid_argument(format!(
+            "{field}[{i}] {v:?} reaches more than the image's size beyond its {width}x{height} edges"
         )));
     }
     Ok(v)

@@ -291,7 +291,7 @@ enum FixtureCommand {
 }
 
 fn cameras(file: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = Config::load(file.as_deref(), |k| std::env::var(k).ok(), &[])?;
+    let config = Config::load_from_env(file.as_deref(), &[])?;
     posed::cameras::run(&posed::daemon::camera_config(&config))
 }
 
@@ -314,11 +314,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.json_logs {
         overrides.push(("log.format", "json".into()));
     }
-    let config = Config::load(
-        args.config.as_deref(),
-        |k| std::env::var(k).ok(),
-        &overrides,
-    )?;
+    let config = Config::load_from_env(args.config.as_deref(), &overrides)?;
     posed::daemon::init_logging(config.log.format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

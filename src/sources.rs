@@ -128,6 +128,35 @@ pub struct ReplayConfig {
     pub dir: PathBuf,
     pub pace: Pace,
     pub repeat: bool,
+    /// The longest wait between two frames (pace `Original`).
+    pub max_gap: Duration,
+}
+
+/// When each frame of a pass is due, from the start of the pass: recorded
+/// capture times where the names carry them, else every `1/fps`; each step
+/// at most `max_gap`, and never backwards (a recording's clock may jump, a
+/// name may be corrupt).
+fn replay_schedule(times: &[Option<u64>], fps: f64, max_gap: Duration) -> Vec<Duration> {
+    let period = Duration::try_from_secs_f64(1.0 / fps).unwrap_or(max_gap);
+    let mut due = Duration::ZERO;
+    let mut previous: Option<u64> = None;
+    times
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            if i > 0 {
+                let step = match (previous, ns) {
+                    (Some(a), Some(b)) => Duration::from_nanos(b.saturating_sub(a)),
+                    _ => period,
+                };
+                due = due.saturating_add(step.min(max_gap));
+            }
+            if ns.is_some() {
+                previous = *ns;
+            }
+            due
+        })
+        .collect()
 }
 
 /// Images of a folder in name order, with their recorded capture time if the
@@ -160,7 +189,7 @@ pub async fn run_replay(
     state: Arc<SourceState>,
     submit: FrameSubmitter,
     shutdown: Shutdown,
-    max_pixels: u64,
+    image_limits: crate::decode::ImageLimits,
 ) {
     let files = match replay_files(&cfg.dir) {
         Ok(f) if !f.is_empty() => f,
@@ -173,18 +202,21 @@ pub async fn run_replay(
         Err(e) => return state.set("stopped", format!("{}: {e}", cfg.dir.display())),
     };
     state.set("running", cfg.dir.display().to_string());
+    let schedule = match cfg.pace {
+        Pace::Original { fps } => {
+            let times: Vec<Option<u64>> = files.iter().map(|(_, ns)| *ns).collect();
+            replay_schedule(&times, fps, cfg.max_gap)
+        }
+        Pace::Fast => Vec::new(),
+    };
+    let mut unreadable = 0u64;
     loop {
         // Each pass is a stream of its own: the jump from the last image
         // back to the first is not motion.
         let stream = StreamId::new();
         let start = Instant::now();
-        let first_ns = files.iter().find_map(|(_, ns)| *ns);
-        for (i, (path, ns)) in files.iter().enumerate() {
-            if let Pace::Original { fps } = cfg.pace {
-                let due = match (ns, first_ns) {
-                    (Some(ns), Some(first)) => Duration::from_nanos(ns.saturating_sub(first)),
-                    _ => Duration::from_secs_f64(i as f64 / fps.max(0.001)),
-                };
+        for (i, (path, _)) in files.iter().enumerate() {
+            if let Some(due) = schedule.get(i) {
                 let wait = due.saturating_sub(start.elapsed());
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -199,14 +231,27 @@ pub async fn run_replay(
             let decoded = tokio::task::spawn_blocking(move || {
                 let bytes = std::fs::read(&path_for_decode).map_err(|e| e.to_string())?;
                 let image = proto::push_image_request::Image::Encoded(bytes);
-                crate::decode::decode(Some(&image), max_pixels).map_err(|s| s.message().to_owned())
+                crate::decode::decode(Some(&image), &image_limits)
+                    .map_err(|s| s.message().to_owned())
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
             let image = match decoded {
                 Ok(i) => i,
                 Err(e) => {
+                    // A corrupt record is skipped, counted and named; the
+                    // rest of the recording plays on.
                     tracing::warn!("replay: skipping {}: {e}", path.display());
+                    unreadable += 1;
+                    state.dropped.fetch_add(1, Ordering::Relaxed);
+                    state.set(
+                        "running",
+                        format!(
+                            "{}; {unreadable} unreadable, the last {}: {e}",
+                            cfg.dir.display(),
+                            path.display()
+                        ),
+                    );
                     continue;
                 }
             };
@@ -226,6 +271,31 @@ pub async fn run_replay(
         if !cfg.repeat {
             return state.set("finished", format!("{} images", files.len()));
         }
+    }
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::*;
+
+    /// A recording's timestamps set the pace, but a pause or a corrupt
+    /// timestamp (2^63 ns) waits at most `max_gap`, a clock that runs
+    /// backwards does not wait, and names without a time fall back to fps.
+    #[test]
+    fn the_replay_pace_follows_recorded_times_with_gaps_capped() {
+        let ms = Duration::from_millis;
+        let t0 = 1_700_000_000_000_000_000u64;
+        let times = [
+            Some(t0),
+            Some(t0 + 33_000_000),
+            Some(i64::MAX as u64),
+            Some(t0 + 66_000_000),
+            None,
+            Some(t0 + 5_000_000_000),
+        ];
+        let due = replay_schedule(&times, 10.0, ms(2000));
+        assert_eq!(due, [ms(0), ms(33), ms(2033), ms(2033), ms(2133), ms(4133)]);
+        assert!(replay_schedule(&[], 30.0, ms(1)).is_empty());
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use posed::engine::{Engine, EngineError, Frame, FrameJob, Readiness};
+use posed::engine::{Engine, EngineError, EngineLimits, Frame, FrameJob, Readiness};
 use posed::routes::body::{BodyRequest, BodyRoute};
 use posed::routes::hands::{HandsRequest, HandsRoute};
 use posed::routes::{RouteId, RouteRequest, RouteSet};
@@ -33,7 +33,10 @@ fn hand_engine(
             )))
         },
         tx,
-        4,
+        EngineLimits {
+            max_waiting: 4,
+            ..Default::default()
+        },
     )
 }
 
@@ -228,7 +231,10 @@ async fn the_body_route_runs_beside_the_hand_route() {
                 .with(BodyRoute::new(BodyPipeline::load(&body_files, None)?.0)))
         },
         tx,
-        4,
+        EngineLimits {
+            max_waiting: 4,
+            ..Default::default()
+        },
     );
     assert_eq!(wait_ready(&engine).await, Readiness::Serving);
 

@@ -1,234 +1,22 @@
 //! The daemon over real gRPC: a tonic client on loopback TCP and on a Unix
 //! socket, the real hand models on the fixture weights.
 
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::ImageEncoder;
 use posed::proto::pose_service_client::PoseServiceClient;
 use posed::proto::{self, push_image_request::Image};
-use posed::routes::body::BodyRoute;
-use posed::routes::hands::HandsRoute;
-use posed::routes::matte::MatteRoute;
-use posed::routes::{RouteId, RouteSet};
-use posed::server::{self, DaemonEngine, DaemonFacts, ServeOptions};
-use posed::telemetry::Telemetry;
-use posed_models::body_pipeline::{BodyModelFiles, BodyPipeline};
-use posed_models::hand_pipeline::{HandModelFiles, HandPipeline};
-use tokio::sync::{mpsc, oneshot};
+use posed::routes::RouteId;
+use posed::server::{self, ServeOptions};
+use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-fn files() -> HandModelFiles {
-    HandModelFiles::from_dir(&posed_models::parity::fixtures_dir().join("hands")).unwrap()
-}
-
-/// CorridorKey's fixture network (run at its 128² size), hints from pushes,
-/// previous alphas or a green-screen key.
-fn matte_route() -> anyhow::Result<MatteRoute> {
-    use posed::config::{FallbackHint, FloatType, MatteConfig, MatteFit};
-    use posed_models::matte_pipeline::MatteModelFiles;
-    let dir = posed_models::parity::fixtures_dir().join("matte");
-    let files = MatteModelFiles::from_dir(&dir, 128).map_err(anyhow::Error::msg)?;
-    let config = MatteConfig {
-        img_size: 128,
-        head_dtype: FloatType::Float32,
-        fit: MatteFit::Resize,
-        hint_from_previous: true,
-        fallback_hint: FallbackHint::Chroma,
-        ..MatteConfig::default()
-    };
-    Ok(posed::routes::matte::load(&files, &config)?.0)
-}
-
-struct Daemon {
-    addr: std::net::SocketAddr,
-    socket: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    /// Starts a daemon; the models load once `release` fires.
-    async fn start(
-        options: ServeOptions,
-        release: Option<std::sync::mpsc::Receiver<()>>,
-    ) -> Daemon {
-        Self::start_with(options, release, vec![]).await
-    }
-
-    async fn start_with(
-        options: ServeOptions,
-        release: Option<std::sync::mpsc::Receiver<()>>,
-        sources: Vec<server::SourceSpec>,
-    ) -> Daemon {
-        Self::start_routes(options, release, sources, &[]).await
-    }
-
-    /// With `extra` routes (body, matte), their fixture-size networks load
-    /// beside the hand route's.
-    async fn start_routes(
-        options: ServeOptions,
-        release: Option<std::sync::mpsc::Receiver<()>>,
-        sources: Vec<server::SourceSpec>,
-        extra: &[proto::Route],
-    ) -> Daemon {
-        let (body, matte) = (
-            extra.contains(&proto::Route::Body),
-            extra.contains(&proto::Route::Matte),
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("posed.sock");
-        let listeners = server::bind(
-            Some("127.0.0.1:0".parse().unwrap()),
-            Some(socket.clone()),
-            false,
-        )
-        .await
-        .unwrap();
-        let addr = listeners.tcp.as_ref().unwrap().local_addr().unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let files = files();
-        let mut routes = vec![RouteId::Hands];
-        routes.extend(extra.iter().filter_map(|r| RouteId::from_proto(*r as i32)));
-        let engine = DaemonEngine::start(
-            routes.clone(),
-            move || {
-                if let Some(r) = release {
-                    let _ = r.recv();
-                }
-                let mut set = RouteSet::default().with(HandsRoute::new(
-                    HandPipeline::load(&files)?.0,
-                    posed::routes::hands::HandSettings::from_config(&Default::default()),
-                    // A loaded test machine can take seconds between two
-                    // frames of a stream: that must not end its tracks.
-                    posed::tracking::hands::TrackSettings {
-                        stale_after: Duration::from_secs(60),
-                        ..Default::default()
-                    },
-                ));
-                if body {
-                    let dir = posed_models::parity::fixtures_dir().join("body");
-                    let files = BodyModelFiles::from_dir(&dir).map_err(anyhow::Error::msg)?;
-                    set.push(BodyRoute::new(BodyPipeline::load(&files, None)?.0));
-                }
-                if matte {
-                    set.push(matte_route()?);
-                }
-                Ok(set)
-            },
-            tx,
-            options.max_waiting,
-        );
-        let (stop, stopped) = oneshot::channel::<()>();
-        let backend = server::Backend {
-            engine,
-            results: rx,
-            telemetry: Arc::new(Telemetry::new()),
-            facts: DaemonFacts::new("cpu", "test", routes),
-        };
-        let done = tokio::spawn(server::run(listeners, backend, sources, options, async {
-            let _ = stopped.await;
-        }));
-        Daemon {
-            addr,
-            socket,
-            stop: Some(stop),
-            done,
-            _dir: dir,
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    async fn client(&self) -> PoseServiceClient<Channel> {
-        PoseServiceClient::new(self.channel().await)
-    }
-
-    /// Over the Unix socket, through the same client code `posed subscribe` uses.
-    async fn unix_client(&self) -> PoseServiceClient<Channel> {
-        posed::client::connect(&posed::client::Target::Unix(self.socket.clone()))
-            .await
-            .unwrap()
-    }
-
-    async fn wait_serving(&self) {
-        let mut health = HealthClient::new(self.channel().await);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let s = health
-                .check(HealthCheckRequest {
-                    service: server::SERVICE_NAME.into(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .status;
-            if s == ServingStatus::Serving as i32 {
-                return;
-            }
-            assert!(Instant::now() < deadline, "never became SERVING");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Stops the daemon; returns how long the shutdown took.
-    async fn stop(mut self) -> Duration {
-        let t = Instant::now();
-        let _ = self.stop.take().unwrap().send(());
-        self.done.await.unwrap().unwrap();
-        t.elapsed()
-    }
-}
-
-fn jpeg(w: u32, h: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(w, h, |x, y| {
-        image::Rgb([(x * 3) as u8, (y * 5) as u8, ((x + y) * 7) as u8])
-    });
-    let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
-        .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
-        .unwrap();
-    out
-}
-
-fn hand_box(x1: f32, y1: f32, x2: f32, y2: f32, right: bool) -> proto::HandBox {
-    proto::HandBox {
-        r#box: Some(proto::Box2D { x1, y1, x2, y2 }),
-        side: if right {
-            proto::HandSide::Right
-        } else {
-            proto::HandSide::Left
-        } as i32,
-    }
-}
-
-fn push(image: Vec<u8>, boxes: Vec<proto::HandBox>, wait: bool) -> proto::PushImageRequest {
-    proto::PushImageRequest {
-        image: Some(Image::Encoded(image)),
-        hand_boxes: boxes,
-        wait,
-        ..Default::default()
-    }
-}
-
-fn hands_of(e: &proto::Event) -> &[proto::HandPose] {
-    match &e.payload {
-        Some(proto::event::Payload::Hands(h)) => &h.hands,
-        other => panic!("not a hands event: {other:?}"),
-    }
-}
+mod common;
+use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_turns_serving_after_warm_up_and_pushes_return_real_hands() {
@@ -372,7 +160,10 @@ async fn health_turns_serving_after_warm_up_and_pushes_return_real_hands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_status_and_the_daemon_keeps_serving() {
     let options = ServeOptions {
-        max_pixels: 1000 * 1000,
+        image_limits: posed::decode::ImageLimits {
+            max_pixels: 1000 * 1000,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let d = Daemon::start(options, None).await;
@@ -699,6 +490,7 @@ async fn replay_feeds_subscribers_and_a_missing_camera_is_retried() {
             dir: dir.path().into(),
             pace: posed::sources::Pace::Original { fps: 40.0 },
             repeat: true,
+            max_gap: Duration::from_secs(2),
         },
     }];
     sources.push(server::SourceSpec::Camera {
@@ -974,6 +766,15 @@ async fn pushed_frames_are_recorded_in_the_replay_layout() {
     d.wait_serving().await;
     let mut c = d.client().await;
     let mut pushed = Vec::new();
+    // Capture times a second apart, starting a minute ago (pushed times
+    // must be near the daemon's clock).
+    let base_ns = u64::try_from(
+        (std::time::SystemTime::now() - Duration::from_secs(60))
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    )
+    .unwrap();
     for i in 0..3u8 {
         let data: Vec<u8> = (0..40 * 30 * 3)
             .map(|k| (k as u8).wrapping_mul(i + 1))
@@ -985,7 +786,7 @@ async fn pushed_frames_are_recorded_in_the_replay_layout() {
                 height: 30,
                 data,
             })),
-            capture_unix_ns: 1_000_000_000 * (i as i64 + 1),
+            capture_unix_ns: i64::try_from(base_ns + 1_000_000_000 * (u64::from(i) + 1)).unwrap(),
             wait: true,
             ..Default::default()
         };
@@ -1001,7 +802,11 @@ async fn pushed_frames_are_recorded_in_the_replay_layout() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let times: Vec<_> = files.iter().map(|(_, t)| t.unwrap()).collect();
-    assert_eq!(times, [1_000_000_000, 2_000_000_000, 3_000_000_000]);
+    let second = 1_000_000_000;
+    assert_eq!(
+        times,
+        [base_ns + second, base_ns + 2 * second, base_ns + 3 * second]
+    );
     for ((path, _), want) in files.iter().zip(&pushed) {
         assert_eq!(&image::open(path).unwrap().into_rgb8().into_raw(), want);
     }
@@ -1158,14 +963,6 @@ async fn pushes_with_person_boxes_get_body_pose_events() {
     assert_eq!(next.route, proto::Route::Body as i32);
     assert_eq!(next.frame_id, reply.events[1].frame_id);
     d.stop().await;
-}
-
-async fn next(s: &mut tonic::Streaming<proto::Event>) -> proto::Event {
-    tokio::time::timeout(Duration::from_secs(60), s.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
 }
 
 /// The matte route over gRPC: a push of RGB and a grey hint that waits gets

@@ -107,7 +107,7 @@ impl HandStages for Scene {
         clock: &mut StageClock,
     ) -> Result<Vec<HandBox>, RouteError> {
         self.detector_runs += 1;
-        clock.mark(stage::DETECT);
+        clock.mark(stage::DETECT)?;
         let now = self.now;
         Ok(self.frames[now]
             .iter()
@@ -128,7 +128,7 @@ impl HandStages for Scene {
         hands: &[HandBox],
         clock: &mut StageClock,
     ) -> Result<Vec<HandEstimate>, RouteError> {
-        clock.mark(stage::POSE);
+        clock.mark(stage::POSE)?;
         Ok(hands
             .iter()
             .map(|h| {

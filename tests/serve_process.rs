@@ -427,3 +427,81 @@ async fn a_matte_only_daemon_writes_pngs_from_the_cli() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }
+
+/// A second daemon on a live daemon's socket names it and exits, leaving
+/// the socket to it; a file that is not a socket is never removed; and the
+/// socket is the owner's only (0600) unless configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_names_the_first_and_leaves_its_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let models = models_dir(dir.path());
+    let socket = dir.path().join("posed.sock");
+    let serve = |grpc: &str, socket: &std::path::Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_posed"));
+        cmd.arg("serve")
+            .env("POSED_HANDS_MODELS_DIR", &models)
+            .env("POSED_SERVER_LISTEN", grpc)
+            .env("POSED_SERVER_SOCKET", socket)
+            .env("POSED_SERVER_METRICS", "")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let mut first = serve(&grpc, &socket).spawn().unwrap();
+    serving_channel(&grpc, "posed.v1.PoseService").await;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let second = serve(&format!("127.0.0.1:{}", free_port()), &socket)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    let expected = format!(
+        "another posed is serving on {} (pid {})",
+        socket.display(),
+        first.id()
+    );
+    assert!(said.contains(&expected), "{said}");
+    // The first still answers on its socket.
+    let mut over_socket = posed::client::connect(&posed::client::Target::Unix(socket.clone()))
+        .await
+        .unwrap();
+    over_socket
+        .get_status(proto::GetStatusRequest {})
+        .await
+        .unwrap();
+
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "keep me").unwrap();
+    let third = serve(&format!("127.0.0.1:{}", free_port()), &notes)
+        .output()
+        .unwrap();
+    assert!(!third.status.success());
+    let said = String::from_utf8_lossy(&third.stderr);
+    assert!(said.contains("is not a socket; not removing it"), "{said}");
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "keep me");
+
+    unsafe { libc::kill(i32::try_from(first.id()).unwrap(), libc::SIGTERM) };
+    assert!(first.wait().unwrap().success());
+    assert!(!socket.exists(), "the socket is removed on exit");
+}
+
+/// A misspelt `POSED_*` variable stops the daemon with one line naming the
+/// closest real one, as a misspelt key in the config file does.
+#[test]
+fn a_misspelt_environment_variable_is_named_with_its_closest_key() {
+    let out = Command::new(env!("CARGO_BIN_EXE_posed"))
+        .arg("serve")
+        .env("POSED_SERVER_LISTN", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        said.trim_end(),
+        "posed: environment POSED_SERVER_LISTN: not a posed variable (did you mean POSED_SERVER_LISTEN?)"
+    );
+}

@@ -27,6 +27,9 @@ impl Intrinsics {
     }
 }
 
+/// The longest focal length accepted, in multiples of the image's longer side.
+pub const MAX_FOCAL_PER_SIDE: f32 = 1000.0;
+
 /// Intrinsics from outside that cannot describe a camera for the image.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum InvalidIntrinsics {
@@ -34,6 +37,8 @@ pub enum InvalidIntrinsics {
     NotFinite([f32; 4]),
     #[error("needs positive focal lengths, got fx={fx} fy={fy}")]
     FocalNotPositive { fx: f32, fy: f32 },
+    #[error("focal lengths fx={fx} fy={fy} are not from 1 to {max} px (1000 times the image's longer side)")]
+    FocalOutOfRange { fx: f32, fy: f32, max: f32 },
     #[error("principal point ({cx}, {cy}) lies outside the {width}x{height} image")]
     PrincipalPointOutside {
         cx: f32,
@@ -62,6 +67,12 @@ impl Intrinsics {
             return Err(InvalidIntrinsics::FocalNotPositive { fx, fy });
         }
         let (w, h) = (width as f32, height as f32);
+        // The pseudo camera's focal is ~20 times the longer side; 1000
+        // times is a field of view of under a tenth of a degree.
+        let max = MAX_FOCAL_PER_SIDE * w.max(h);
+        if !(1.0..=max).contains(&fx) || !(1.0..=max).contains(&fy) {
+            return Err(InvalidIntrinsics::FocalOutOfRange { fx, fy, max });
+        }
         if !(0.0..=w).contains(&cx) || !(0.0..=h).contains(&cy) {
             return Err(InvalidIntrinsics::PrincipalPointOutside {
                 cx,

@@ -43,6 +43,9 @@ pub struct ReplayConfig {
     pub fps: f64,
     /// Start over at the end.
     pub repeat: bool,
+    /// Longest wait between two recorded frames (pace "original"): a gap
+    /// in a recording, or a corrupt timestamp, is cut to this.
+    pub max_gap_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -90,9 +93,14 @@ impl Default for ReplayConfig {
             pace: ReplayPace::Original,
             fps: 30.0,
             repeat: false,
+            max_gap_ms: 2000,
         }
     }
 }
+
+/// The longest time setting: a day, far beyond any sensible value, small
+/// enough that no deadline arithmetic overflows.
+const MAX_MILLIS: u64 = 86_400_000;
 
 /// Limits of `[camera]`: larger than any camera offers, small enough that a
 /// typo cannot ask the converters for gigabytes.
@@ -129,6 +137,20 @@ pub struct ServerConfig {
     /// Prometheus `/metrics` over HTTP; empty to disable.
     pub metrics: String,
     pub max_image_pixels: u64,
+    /// Images more elongated than this (long side / short side) are refused.
+    pub max_image_aspect_ratio: f64,
+    /// A frame still running after this long is abandoned between two
+    /// stages with DEADLINE_EXCEEDED (0 = no limit).
+    pub max_frame_ms: u64,
+    /// Permissions of the Unix socket, octal ("0600": the owner only).
+    pub socket_mode: String,
+    /// HTTP/2 pings to idle clients every this often; a client that does
+    /// not answer within `keepalive_timeout_ms` is dropped (0 = off).
+    pub keepalive_interval_ms: u64,
+    pub keepalive_timeout_ms: u64,
+    /// A file holding the bearer token that clients on a non-loopback
+    /// `listen` address must send (`authorization: Bearer <token>`).
+    pub token_file: String,
     pub subscriber_queue: usize,
     pub max_waiting_pushes: usize,
     pub shutdown_deadline_ms: u64,
@@ -310,6 +332,12 @@ impl Default for ServerConfig {
             allow_remote: false,
             metrics: "127.0.0.1:9464".into(),
             max_image_pixels: crate::decode::DEFAULT_MAX_PIXELS,
+            max_image_aspect_ratio: crate::decode::DEFAULT_MAX_ASPECT_RATIO,
+            max_frame_ms: 15_000,
+            socket_mode: "0600".into(),
+            keepalive_interval_ms: 10_000,
+            keepalive_timeout_ms: 20_000,
+            token_file: String::new(),
             subscriber_queue: 64,
             max_waiting_pushes: 8,
             shutdown_deadline_ms: 1500,
@@ -349,6 +377,24 @@ const KEYS: &[(&str, Setter)] = &[
     }),
     ("server.max_image_pixels", |c, v| {
         set_num(&mut c.server.max_image_pixels, v)
+    }),
+    ("server.max_image_aspect_ratio", |c, v| {
+        set_float(&mut c.server.max_image_aspect_ratio, v)
+    }),
+    ("server.max_frame_ms", |c, v| {
+        set_num(&mut c.server.max_frame_ms, v)
+    }),
+    ("server.socket_mode", |c, v| {
+        set_string(&mut c.server.socket_mode, v)
+    }),
+    ("server.keepalive_interval_ms", |c, v| {
+        set_num(&mut c.server.keepalive_interval_ms, v)
+    }),
+    ("server.keepalive_timeout_ms", |c, v| {
+        set_num(&mut c.server.keepalive_timeout_ms, v)
+    }),
+    ("server.token_file", |c, v| {
+        set_string(&mut c.server.token_file, v)
     }),
     ("server.subscriber_queue", |c, v| {
         set_num(&mut c.server.subscriber_queue, v)
@@ -441,6 +487,9 @@ const KEYS: &[(&str, Setter)] = &[
     ("replay.pace", |c, v| set_choice(&mut c.replay.pace, v)),
     ("replay.fps", |c, v| set_float(&mut c.replay.fps, v)),
     ("replay.repeat", |c, v| set_bool(&mut c.replay.repeat, v)),
+    ("replay.max_gap_ms", |c, v| {
+        set_num(&mut c.replay.max_gap_ms, v)
+    }),
     ("camera.enabled", |c, v| set_bool(&mut c.camera.enabled, v)),
     ("camera.device", |c, v| set_string(&mut c.camera.device, v)),
     ("camera.width", |c, v| set_num(&mut c.camera.width, v)),
@@ -520,7 +569,87 @@ pub fn env_name(key: &str) -> String {
     format!("POSED_{}", key.replace('.', "_").to_uppercase())
 }
 
+/// `POSED_*` variables that are not config keys: paths and switches read by
+/// the scripts, the model hub and the tests.
+const OTHER_VARIABLES: &[&str] = &[
+    "POSED_CONFIG",
+    "POSED_ADDR",
+    "POSED_BIN",
+    "POSED_CACHE_DIR",
+    "POSED_DEMO_PORT",
+    "POSED_FIXTURES",
+    "POSED_GITHUB_ENDPOINT",
+    "POSED_LOG_DIR",
+    "POSED_MLX_FROM_SOURCE",
+    "POSED_MLX_LIB_DIR",
+    "POSED_RELIABILITY_CACHE",
+    // Set by build.rs at compile time; cargo also exports it to `cargo run`/`cargo test`.
+    "POSED_RUSTC_VERSION",
+    "POSED_SETUP_PLATFORM",
+];
+
+/// Every `POSED_*` name among `names` must be a key's variable, one of the
+/// documented other variables, or a test's (`POSED_TEST_*`): a misspelt
+/// one would otherwise be ignored without a word, as a misspelt key in the
+/// file is not.
+pub fn check_environment<S: AsRef<str>>(
+    names: impl IntoIterator<Item = S>,
+) -> Result<(), ConfigError> {
+    let known: Vec<String> = KEYS
+        .iter()
+        .map(|(k, _)| env_name(k))
+        .chain(OTHER_VARIABLES.iter().map(|s| s.to_string()))
+        .collect();
+    for name in names {
+        let name = name.as_ref();
+        if !name.starts_with("POSED_")
+            || name.starts_with("POSED_TEST_")
+            || known.iter().any(|k| k == name)
+        {
+            continue;
+        }
+        let closest = known
+            .iter()
+            .min_by_key(|k| edit_distance(k, name))
+            .expect("there are keys");
+        return Err(ConfigError {
+            origin: format!("environment {name}"),
+            key: String::new(),
+            reason: format!("not a posed variable (did you mean {closest}?)"),
+        });
+    }
+    Ok(())
+}
+
+/// Levenshtein distance, for suggesting the closest name.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
 impl Config {
+    /// [`Config::load`] from this process's environment, whose `POSED_*`
+    /// names are checked first ([`check_environment`]).
+    pub fn load_from_env(
+        file: Option<&Path>,
+        overrides: &[(&str, String)],
+    ) -> Result<Config, ConfigError> {
+        check_environment(std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()))?;
+        Self::load(file, |k| std::env::var(k).ok(), overrides)
+    }
+
     /// Defaults, overlaid with `file` (if any), the environment (`env` is
     /// consulted for each key's variable) and `overrides` (key, value) from
     /// command-line flags; then validated.
@@ -611,6 +740,12 @@ impl Config {
             "server.metrics",
             addr("server.metrics", &self.server.metrics)?,
         )?;
+        if listen.is_some_and(|a| !a.ip().is_loopback()) && self.server.token_file.is_empty() {
+            return Err(bad(
+                "server.token_file",
+                "server.listen is not a loopback address: set token_file to a file holding the clients' bearer token".into(),
+            ));
+        }
         if listen.is_none() && self.server.socket.is_empty() {
             return Err(bad(
                 "server.listen",
@@ -619,6 +754,42 @@ impl Config {
         }
         if self.server.max_image_pixels == 0 {
             return Err(bad("server.max_image_pixels", "must be at least 1".into()));
+        }
+        let aspect = self.server.max_image_aspect_ratio;
+        if !(aspect >= 1.0 && aspect.is_finite()) {
+            return Err(bad(
+                "server.max_image_aspect_ratio",
+                format!("{aspect} is not a ratio ≥ 1"),
+            ));
+        }
+        if self.server.max_frame_ms > MAX_MILLIS {
+            return Err(bad(
+                "server.max_frame_ms",
+                format!("{} is over {MAX_MILLIS} ms", self.server.max_frame_ms),
+            ));
+        }
+        self.socket_mode()
+            .map_err(|why| bad("server.socket_mode", why))?;
+        for (key, v) in [
+            (
+                "server.keepalive_interval_ms",
+                self.server.keepalive_interval_ms,
+            ),
+            (
+                "server.keepalive_timeout_ms",
+                self.server.keepalive_timeout_ms,
+            ),
+            ("replay.max_gap_ms", self.replay.max_gap_ms),
+        ] {
+            if v > MAX_MILLIS {
+                return Err(bad(key, format!("{v} is over {MAX_MILLIS} ms")));
+            }
+        }
+        if self.server.keepalive_interval_ms > 0 && self.server.keepalive_timeout_ms == 0 {
+            return Err(bad(
+                "server.keepalive_timeout_ms",
+                "must be at least 1 while keepalive_interval_ms is set".into(),
+            ));
         }
         if self.hands.max_hands == 0 {
             return Err(bad("hands.max_hands", "must be at least 1".into()));
@@ -737,6 +908,23 @@ impl Config {
         Ok(())
     }
 
+    /// `server.socket_mode` as permission bits.
+    pub fn socket_mode(&self) -> Result<u32, String> {
+        let v = self.server.socket_mode.trim_start_matches("0o");
+        match u32::from_str_radix(v, 8) {
+            Ok(m) if m <= 0o777 => Ok(m),
+            _ => Err(format!(
+                "{:?} is not an octal permission like \"0600\"",
+                self.server.socket_mode
+            )),
+        }
+    }
+
+    /// `ms` of a checked millisecond setting; `None` for 0 (off).
+    pub fn millis(ms: u64) -> Option<Duration> {
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
     pub fn listen(&self) -> Option<SocketAddr> {
         self.server.listen.parse().ok()
     }
@@ -770,6 +958,27 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn unknown_posed_variables_are_refused_with_the_closest_name() {
+        let ok = [
+            "PATH",
+            "POSED_SERVER_LISTEN",
+            "POSED_HANDS_MAX_HANDS",
+            "POSED_CACHE_DIR",
+            "POSED_TEST_CAMERA",
+        ];
+        assert_eq!(check_environment(ok), Ok(()));
+        let e = check_environment(["HOME", "POSED_SERVER_LISTN"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "environment POSED_SERVER_LISTN: not a posed variable (did you mean POSED_SERVER_LISTEN?)"
+        );
+        let e = check_environment(["POSED_HAND_MAX_HANDS"]).unwrap_err();
+        assert!(e.reason.contains("POSED_HANDS_MAX_HANDS"), "{e}");
+        let e = check_environment(["POSED_CACHEDIR"]).unwrap_err();
+        assert!(e.reason.contains("POSED_CACHE_DIR"), "{e}");
     }
 
     #[test]
@@ -847,12 +1056,20 @@ mod tests {
                 .contains("server.listen: 0.0.0.0:50151 is not a loopback address"),
             "{e}"
         );
+        let remote = |k: &str| (k == "POSED_SERVER_ALLOW_REMOTE").then(|| "true".into());
+        let e =
+            Config::load(None, remote, &[("server.listen", "0.0.0.0:50151".into())]).unwrap_err();
+        assert_eq!(e.key, "server.token_file", "{e}");
         let ok = Config::load(
             None,
-            |k| (k == "POSED_SERVER_ALLOW_REMOTE").then(|| "true".into()),
+            |k| match k {
+                "POSED_SERVER_ALLOW_REMOTE" => Some("true".into()),
+                "POSED_SERVER_TOKEN_FILE" => Some("/etc/posed/token".into()),
+                _ => None,
+            },
             &[("server.listen", "0.0.0.0:50151".into())],
         );
-        assert!(ok.is_ok());
+        assert!(ok.is_ok(), "{ok:?}");
 
         // The metrics listener answers to the same rule as gRPC's.
         let e =

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::routes::{
-    FramePreparer, Prepared, RouteError, RouteId, RouteOutput, RouteRequest, RouteSet,
+    FrameDeadline, FramePreparer, Prepared, RouteError, RouteId, RouteOutput, RouteRequest,
+    RouteSet,
 };
 use gate::{Gate, Queued};
 
@@ -145,6 +146,43 @@ pub enum EngineError {
     Stopped,
 }
 
+impl EngineError {
+    /// The frame ran over `max_frame_ms` and was abandoned.
+    pub fn is_deadline(&self) -> bool {
+        matches!(self, EngineError::Route { source, .. }
+            if matches!(**source, RouteError::DeadlineExceeded { .. }))
+    }
+}
+
+/// What the engine lets in and how long a frame may run.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineLimits {
+    /// Frames with a waiter that may queue at once.
+    pub max_waiting: usize,
+    /// A frame still running after this long is abandoned at its next
+    /// stage (`None`: no limit).
+    pub max_frame: Option<Duration>,
+}
+
+impl Default for EngineLimits {
+    fn default() -> Self {
+        EngineLimits {
+            max_waiting: 8,
+            max_frame: None,
+        }
+    }
+}
+
+impl EngineLimits {
+    /// From `[server]`: max_waiting_pushes and max_frame_ms.
+    pub fn of(config: &crate::config::Config) -> Self {
+        EngineLimits {
+            max_waiting: config.server.max_waiting_pushes,
+            max_frame: crate::config::Config::millis(config.server.max_frame_ms),
+        }
+    }
+}
+
 /// Health of the engine as the server reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
@@ -261,12 +299,12 @@ impl<W: Waiter> Engine<W> {
         routes: Vec<RouteId>,
         load: F,
         output: mpsc::UnboundedSender<EngineOutput<W>>,
-        max_waiting: usize,
+        limits: EngineLimits,
     ) -> Self
     where
         F: FnOnce() -> anyhow::Result<RouteSet> + Send + 'static,
     {
-        let gate = Arc::new(Gate::new(max_waiting));
+        let gate = Arc::new(Gate::new(limits.max_waiting));
         // Admission is the first gate's: what it let through may all wait here.
         let prepared = Arc::new(Gate::new(usize::MAX));
         let (preparer_tx, preparer_rx) = std::sync::mpsc::channel();
@@ -286,7 +324,7 @@ impl<W: Waiter> Engine<W> {
                     output: &output,
                     ready: &ready_tx,
                 };
-                mlx_thread(load, routes, ends)
+                mlx_thread(load, routes, ends, limits.max_frame)
             })
             .expect("spawning the MLX thread");
         Engine {
@@ -377,8 +415,12 @@ struct ThreadEnds<'a, W> {
     ready: &'a watch::Sender<Readiness>,
 }
 
-fn mlx_thread<F, W: Waiter>(load: F, expected: Vec<RouteId>, ends: ThreadEnds<'_, W>)
-where
+fn mlx_thread<F, W: Waiter>(
+    load: F,
+    expected: Vec<RouteId>,
+    ends: ThreadEnds<'_, W>,
+    max_frame: Option<Duration>,
+) where
     F: FnOnce() -> anyhow::Result<RouteSet>,
 {
     let ThreadEnds {
@@ -420,10 +462,18 @@ where
         } = prepared;
         let frame = job.frame.clone();
         let mut results = Vec::new();
+        // One budget for all the frame's routes, from when this thread
+        // takes it: a frame that runs over is cut at its next stage.
+        let deadline = max_frame.and_then(|limit| {
+            Some(FrameDeadline {
+                at: Instant::now().checked_add(limit)?,
+                limit,
+            })
+        });
         for id in routes_of(&job, &loaded) {
             let prep = prepared.take(id);
             let result = catch_unwind(AssertUnwindSafe(|| {
-                routes.run(id, &frame, job.request(id), prep)
+                routes.run(id, &frame, job.request(id), prep, deadline)
             }));
             let result = match result {
                 Ok(Some(Ok(out))) => Ok(out),
@@ -468,6 +518,8 @@ fn follow_health(
             });
         }
         Some(EngineError::NotEnabled(_)) => {}
+        // One frame too costly says nothing of the models' health.
+        Some(e) if e.is_deadline() => tracing::warn!("{e}"),
         Some(e) => {
             tracing::error!("{e}");
             let _ = ready.send(Readiness::Failed(e.to_string()));

@@ -10,8 +10,8 @@ use posed_models::body_pipeline::{BodyEstimate, BodyModelFiles, BodyPipeline, De
 use tonic::Status;
 
 use super::{
-    frame_image, DetectRequest, ModelInfo, PostOptions, PostWork, Preparer, Route, RouteError,
-    RouteId, RouteKind, RoutePost, RouteResult, StageClock, Timed,
+    frame_image, DetectRequest, ModelInfo, PostOptions, PostWork, Preparer, RequestLimits, Route,
+    RouteError, RouteId, RouteKind, RoutePost, RouteResult, StageClock, Timed,
 };
 use crate::config::Config;
 use crate::engine::Frame;
@@ -111,14 +111,14 @@ impl Route for BodyRoute {
             None => detected,
         };
         let batch = p.prepare_crops(img, &boxes);
-        clock.mark(stage::CROP);
+        clock.mark(stage::CROP)?;
         let heatmaps = p.heatmaps(&batch)?;
-        clock.mark(stage::POSE);
+        clock.mark(stage::POSE)?;
         let people = match heatmaps {
             Some((hm, mirrored)) => p.decode(&batch, &hm, mirrored.as_ref())?,
             None => Vec::new(),
         };
-        clock.mark(stage::KEYPOINTS);
+        clock.mark(stage::KEYPOINTS)?;
         Ok(BodyOutput { people })
     }
 }
@@ -179,7 +179,14 @@ impl RouteKind for Body {
         push: &proto::PushImageRequest,
         width: usize,
         height: usize,
+        limits: &RequestLimits,
     ) -> Result<BodyRequest, Status> {
+        RequestLimits::check_count(
+            "person_boxes",
+            push.person_boxes.len(),
+            limits.max_person_boxes,
+            "[body] max_people",
+        )?;
         let boxes = if push.person_boxes.is_empty() {
             None
         } else {

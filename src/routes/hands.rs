@@ -23,8 +23,8 @@ use posed_models::hand_pipeline::{
 use tonic::Status;
 
 use super::{
-    frame_image, DetectRequest, ModelInfo, PostOptions, PostWork, Preparer, Route, RouteError,
-    RouteId, RouteKind, RoutePost, RouteResult, StageClock, Timed,
+    frame_image, DetectRequest, ModelInfo, PostOptions, PostWork, Preparer, RequestLimits, Route,
+    RouteError, RouteId, RouteKind, RoutePost, RouteResult, StageClock, Timed,
 };
 use crate::config::{Config, HandsConfig};
 use crate::engine::{Frame, StreamId};
@@ -283,7 +283,7 @@ pub fn hands_of_frame(
     let (found, sightings, origin): (Vec<HandBox>, Vec<Sighting>, HandOrigin) =
         match (followed, &request.boxes.boxes) {
             (Some(sightings), _) => {
-                clock.mark(stage::TRACK);
+                clock.mark(stage::TRACK)?;
                 let found = sightings
                     .iter()
                     .map(|s| HandBox {
@@ -447,14 +447,14 @@ impl HandStages for PipelineStages<'_> {
     ) -> Result<Vec<HandEstimate>, RouteError> {
         let p = self.pipeline;
         let crops = p.prepare_crops(frame_image(self.frame)?, hands);
-        clock.mark(stage::CROP);
+        clock.mark(stage::CROP)?;
         let regressed = p.regress(&crops)?;
-        clock.mark(stage::POSE);
+        clock.mark(stage::POSE)?;
         let hands = match regressed {
             Some(r) => p.mesh(&r, &crops, hands, &self.camera)?,
             None => Vec::new(),
         };
-        clock.mark(stage::MANO);
+        clock.mark(stage::MANO)?;
         Ok(hands)
     }
 }
@@ -629,14 +629,21 @@ impl RouteKind for Hands {
         push: &proto::PushImageRequest,
         width: usize,
         height: usize,
+        limits: &RequestLimits,
     ) -> Result<HandsRequest, Status> {
+        RequestLimits::check_count(
+            "hand_boxes",
+            push.hand_boxes.len(),
+            limits.max_hand_boxes,
+            "[hands] max_hands",
+        )?;
         let boxes = if push.hand_boxes.is_empty() {
             None
         } else {
             Some(hand_boxes(&push.hand_boxes, width, height)?)
         };
         let overrides = match &push.hand_options {
-            Some(o) => hand_overrides(o)?,
+            Some(o) => hand_overrides(o, limits.max_hand_boxes)?,
             None => HandOverrides::default(),
         };
         Ok(HandsRequest {
@@ -655,8 +662,8 @@ impl RouteKind for Hands {
     }
 }
 
-/// A push's hand options, checked.
-fn hand_overrides(o: &proto::HandOptions) -> Result<HandOverrides, Status> {
+/// A push's hand options, checked; `max_hands` is the daemon's cap.
+fn hand_overrides(o: &proto::HandOptions, max_hands: usize) -> Result<HandOverrides, Status> {
     let fraction = |name: &str, v: Option<f32>| match v {
         Some(v) if !(0.0..=1.0).contains(&v) => Err(Status::invalid_argument(format!(
             "hand_options.{name} is {v}: not in [0, 1]"
@@ -671,15 +678,15 @@ fn hand_overrides(o: &proto::HandOptions) -> Result<HandOverrides, Status> {
         }
         n => n,
     };
-    let max_hands = match o.max_hands {
-        Some(0) => {
-            return Err(Status::invalid_argument(
-                "hand_options.max_hands is 0: at least 1",
-            ))
+    let max_hands = match o.max_hands.map(usize::try_from) {
+        None => None,
+        Some(Ok(n)) if (1..=max_hands).contains(&n) => Some(n),
+        Some(_) => {
+            return Err(Status::invalid_argument(format!(
+                "hand_options.max_hands is {}: not from 1 to {max_hands} ([hands] max_hands)",
+                o.max_hands.unwrap_or_default()
+            )))
         }
-        // Capped at the config's by the route; a u32 always fits a usize
-        // where posed runs, and saturates otherwise.
-        n => n.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
     };
     Ok(HandOverrides {
         conf_threshold: fraction("conf_threshold", o.conf_threshold)?,
@@ -912,17 +919,20 @@ mod tests {
     #[test]
     fn push_options_override_the_config_within_its_limits() {
         let config = HandSettings::from_config(&HandsConfig::default());
-        let o = hand_overrides(&proto::HandOptions {
-            conf_threshold: Some(0.6),
-            max_hands: Some(100),
-            tracking: Some(false),
-            redetect_interval: Some(1),
-            ..Default::default()
-        })
+        let o = hand_overrides(
+            &proto::HandOptions {
+                conf_threshold: Some(0.6),
+                max_hands: Some(1),
+                tracking: Some(false),
+                redetect_interval: Some(1),
+                ..Default::default()
+            },
+            config.max_hands,
+        )
         .unwrap();
         let s = config.with(&o);
         assert_eq!(s.conf_threshold, 0.6);
-        assert_eq!(s.max_hands, config.max_hands, "never above the config's");
+        assert_eq!(s.max_hands, 1);
         assert!(!s.tracking);
         assert_eq!(s.redetect_interval, 1);
         assert_eq!(s.iou_threshold, config.iou_threshold);
@@ -981,9 +991,23 @@ mod tests {
                 },
                 "hand_options.max_hands is 0",
             ),
+            (
+                proto::HandOptions {
+                    max_hands: Some(9),
+                    ..Default::default()
+                },
+                "hand_options.max_hands is 9: not from 1 to 8",
+            ),
+            (
+                proto::HandOptions {
+                    max_hands: Some(u32::MAX),
+                    ..Default::default()
+                },
+                "hand_options.max_hands is 4294967295",
+            ),
         ];
         for (options, message) in cases {
-            let e = hand_overrides(&options).unwrap_err();
+            let e = hand_overrides(&options, 8).unwrap_err();
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
             assert!(e.message().starts_with(message), "{}", e.message());
         }

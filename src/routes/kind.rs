@@ -104,6 +104,51 @@ impl<R: Route> std::ops::Deref for SharedOutput<R> {
     }
 }
 
+/// How much one push may ask of the routes: each client box costs a crop and
+/// a batch row, so their number is capped by the daemon's own per-frame
+/// caps (`[hands] max_hands`, `[body] max_people`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    pub max_hand_boxes: usize,
+    pub max_person_boxes: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits::of(&Config::default())
+    }
+}
+
+impl RequestLimits {
+    pub fn of(config: &Config) -> Self {
+        RequestLimits {
+            max_hand_boxes: config.hands.max_hands,
+            max_person_boxes: config.body.max_people,
+        }
+    }
+
+    /// No caps (the bench's fixed batches).
+    pub const NONE: RequestLimits = RequestLimits {
+        max_hand_boxes: usize::MAX,
+        max_person_boxes: usize::MAX,
+    };
+
+    /// INVALID_ARGUMENT when a push brings more than `max` of `field`.
+    pub fn check_count(
+        field: &str,
+        count: usize,
+        max: usize,
+        setting: &str,
+    ) -> Result<(), tonic::Status> {
+        if count > max {
+            return Err(tonic::Status::invalid_argument(format!(
+                "{count} {field}: at most {max} per image ({setting})"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The daemon half of a route. Implemented by a unit struct in the route's
 /// module; listed in [`super::REGISTRY`].
 pub trait RouteKind: Send + Sync + 'static {
@@ -137,6 +182,7 @@ pub trait RouteKind: Send + Sync + 'static {
         push: &proto::PushImageRequest,
         width: usize,
         height: usize,
+        limits: &RequestLimits,
     ) -> Result<<Self::Route as Route>::Request, tonic::Status>;
 
     /// Its post-processing state.
@@ -169,6 +215,7 @@ pub trait AnyRouteKind: Send + Sync + 'static {
         push: &proto::PushImageRequest,
         width: usize,
         height: usize,
+        limits: &RequestLimits,
     ) -> Result<RouteRequest, tonic::Status>;
     fn post(&self, options: &PostOptions) -> Box<dyn AnyRoutePost>;
 }
@@ -223,8 +270,9 @@ impl<K: RouteKind> AnyRouteKind for K {
         push: &proto::PushImageRequest,
         width: usize,
         height: usize,
+        limits: &RequestLimits,
     ) -> Result<RouteRequest, tonic::Status> {
-        RouteKind::request(self, push, width, height).map(RouteRequest::new::<K::Route>)
+        RouteKind::request(self, push, width, height, limits).map(RouteRequest::new::<K::Route>)
     }
 
     fn post(&self, options: &PostOptions) -> Box<dyn AnyRoutePost> {

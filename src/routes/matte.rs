@@ -15,8 +15,8 @@ use posed_models::matte_pipeline::{
 use tonic::Status;
 
 use super::{
-    frame_image, ModelInfo, PostOptions, PostWork, Preparer, Route, RouteError, RouteId, RouteKind,
-    RoutePost, RouteResult, StageClock,
+    frame_image, ModelInfo, PostOptions, PostWork, Preparer, RequestLimits, Route, RouteError,
+    RouteId, RouteKind, RoutePost, RouteResult, StageClock,
 };
 use crate::config::{Config, FallbackHint, ImageEncoding, MatteConfig, MatteFit};
 use crate::decode::encode_png;
@@ -166,11 +166,11 @@ impl Route for MatteRoute {
         };
         let x = p.prepare(img, hint)?;
         x.eval()?;
-        clock.mark(stage::PREPROCESS);
+        clock.mark(stage::PREPROCESS)?;
         let out = p.run(&x)?;
-        clock.mark(stage::MATTE);
+        clock.mark(stage::MATTE)?;
         let matte = p.to_frame(&out, frame.width, frame.height)?;
-        clock.mark(stage::RESIZE);
+        clock.mark(stage::RESIZE)?;
         if let Some(stream) = stream {
             self.previous.keep(stream, out.network_alpha);
         }
@@ -226,6 +226,7 @@ impl RouteKind for Matte {
         push: &proto::PushImageRequest,
         width: usize,
         height: usize,
+        _: &RequestLimits,
     ) -> Result<MatteRequest, Status> {
         let hint = if push.matte_hint.is_empty() {
             None

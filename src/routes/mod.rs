@@ -128,8 +128,8 @@ mod tests {
     #[test]
     fn the_clock_times_stages_in_order() {
         let mut c = StageClock::default();
-        c.add("preprocess", Duration::from_millis(3));
-        c.mark("detect");
+        c.add("preprocess", Duration::from_millis(3)).unwrap();
+        c.mark("detect").unwrap();
         let t = c.into_timings();
         assert_eq!(t[0], ("preprocess", Duration::from_millis(3)));
         assert_eq!(t[1].0, "detect");

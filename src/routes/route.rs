@@ -9,11 +9,23 @@ use super::{stage, RouteId};
 use crate::engine::Frame;
 
 /// Times a route's stages as they run: each [`StageClock::mark`] ends the
-/// stage that ran since the previous one.
+/// stage that ran since the previous one. With a deadline, a stage that
+/// ends past it stops the frame there: `mark` answers
+/// [`RouteError::DeadlineExceeded`] and the route returns it with `?`, so
+/// the later stages never run.
 #[derive(Debug)]
 pub struct StageClock {
     lap: Instant,
     timings: Vec<(&'static str, Duration)>,
+    deadline: Option<FrameDeadline>,
+}
+
+/// When the frame must be done by, and the limit that set it (for the
+/// message).
+#[derive(Debug, Clone, Copy)]
+pub struct FrameDeadline {
+    pub at: Instant,
+    pub limit: Duration,
 }
 
 impl Default for StageClock {
@@ -21,22 +33,44 @@ impl Default for StageClock {
         StageClock {
             lap: Instant::now(),
             timings: Vec::with_capacity(8),
+            deadline: None,
         }
     }
 }
 
 impl StageClock {
+    /// A clock that stops the frame at the first stage ending past
+    /// `deadline`.
+    pub fn until(deadline: Option<FrameDeadline>) -> Self {
+        StageClock {
+            deadline,
+            ..Default::default()
+        }
+    }
+
     /// Ends `stage` now.
-    pub fn mark(&mut self, stage: &'static str) {
+    pub fn mark(&mut self, stage: &'static str) -> Result<(), RouteError> {
         let now = Instant::now();
         self.timings.push((stage, now - self.lap));
         self.lap = now;
+        self.check(stage, now)
     }
 
     /// A stage done elsewhere (on the prep thread), with how long it took.
-    pub fn add(&mut self, stage: &'static str, took: Duration) {
+    pub fn add(&mut self, stage: &'static str, took: Duration) -> Result<(), RouteError> {
         self.timings.push((stage, took));
         self.lap = Instant::now();
+        self.check(stage, self.lap)
+    }
+
+    fn check(&self, stage: &'static str, now: Instant) -> Result<(), RouteError> {
+        match self.deadline {
+            Some(d) if now > d.at => Err(RouteError::DeadlineExceeded {
+                stage,
+                limit: d.limit,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// (stage, time) in the order they ran.
@@ -55,6 +89,13 @@ pub enum RouteError {
     /// Its models failed to load (the message says which file, why).
     #[error("{0:#}")]
     Load(anyhow::Error),
+    /// The frame was still running when its time was up; abandoned after
+    /// `stage`.
+    #[error("the frame ran over its {} ms limit (server.max_frame_ms) and was abandoned after its {stage} stage", limit.as_millis())]
+    DeadlineExceeded {
+        stage: &'static str,
+        limit: Duration,
+    },
 }
 
 /// A frame's pixels as the models read them.
@@ -155,9 +196,9 @@ impl<B> DetectRequest<B> {
             return Ok(Vec::new());
         }
         let letterbox = Timed::or_make(prep, frame, make)?;
-        clock.add(stage::PREPROCESS, letterbox.took);
+        clock.add(stage::PREPROCESS, letterbox.took)?;
         let found = detect(&letterbox.value)?;
-        clock.mark(stage::DETECT);
+        clock.mark(stage::DETECT)?;
         Ok(found)
     }
 
@@ -301,6 +342,7 @@ trait AnyRoute {
         frame: &Frame,
         request: Option<&RouteRequest>,
         prep: Option<Box<dyn Any + Send>>,
+        deadline: Option<FrameDeadline>,
     ) -> Result<RouteOutput, RouteError>;
 }
 
@@ -326,11 +368,12 @@ impl<R: Route> AnyRoute for R {
         frame: &Frame,
         request: Option<&RouteRequest>,
         prep: Option<Box<dyn Any + Send>>,
+        deadline: Option<FrameDeadline>,
     ) -> Result<RouteOutput, RouteError> {
         let default = R::Request::default();
         let request = request.and_then(RouteRequest::get::<R>).unwrap_or(&default);
         let prep = prep.and_then(|p| p.downcast::<R::Prep>().ok()).map(|p| *p);
-        let mut clock = StageClock::default();
+        let mut clock = StageClock::until(deadline);
         let output = Route::run(self, frame, request, prep, &mut clock)?;
         Ok(RouteOutput::new::<R>(output, clock.into_timings()))
     }
@@ -378,16 +421,18 @@ impl RouteSet {
         }
     }
 
-    /// Runs route `id` on `frame`; `None` if it is not loaded.
+    /// Runs route `id` on `frame` (stopped at `deadline`); `None` if it is
+    /// not loaded.
     pub fn run(
         &mut self,
         id: RouteId,
         frame: &Frame,
         request: Option<&RouteRequest>,
         prep: Option<Box<dyn Any + Send>>,
+        deadline: Option<FrameDeadline>,
     ) -> Option<Result<RouteOutput, RouteError>> {
         let route = self.routes.iter_mut().find(|r| r.id() == id)?;
-        Some(route.run(frame, request, prep))
+        Some(route.run(frame, request, prep, deadline))
     }
 }
 

@@ -9,9 +9,12 @@
 //! listens to one [`Shutdown`], so on shutdown every stream ends before
 //! `run` returns.
 
+mod auth;
+mod health;
 mod post;
 mod push;
 mod shutdown;
+pub mod socket;
 mod status;
 mod subscribe;
 
@@ -27,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
-use tonic_health::ServingStatus;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::decode;
 use crate::engine::{Engine, EngineError, EngineOutput, Readiness};
@@ -38,8 +41,10 @@ use crate::routes::{ModelReport, PostOptions, RouteId};
 use crate::smoothing::OneEuroParams;
 use crate::sources::{self, FrameSubmitter, ReplayConfig, SourceState};
 use crate::telemetry::Telemetry;
-pub use push::decode_push;
+pub use auth::BearerToken;
+pub use push::{decode_push, BUILT_IN_SOURCES, MAX_SOURCE_ID_BYTES};
 pub use shutdown::{Shutdown, Tasks};
+pub use subscribe::WAITING_FOR_SOURCES;
 
 /// The gRPC service name health reports for the whole daemon.
 pub const SERVICE_NAME: &str = "posed.v1.PoseService";
@@ -58,13 +63,14 @@ pub type DaemonEngine = Engine<Reply>;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    pub max_pixels: u64,
+    /// What a pushed or replayed image may be.
+    pub image_limits: decode::ImageLimits,
+    /// How many boxes a push may bring.
+    pub request_limits: crate::routes::RequestLimits,
     /// Swap left/right so they are the user's (selfie cameras).
     pub mirror: bool,
     /// How far a subscriber may fall behind before it loses events.
     pub subscriber_queue: usize,
-    /// Pushes with `wait` that may queue at the MLX thread.
-    pub max_waiting: usize,
     /// Hard limit for a clean shutdown after the signal.
     pub shutdown_deadline: Duration,
     /// One Euro parameters, and whether subscribers that do not ask get it.
@@ -74,20 +80,39 @@ pub struct ServeOptions {
     pub record_dir: Option<PathBuf>,
     /// How matte events carry their images.
     pub matte_encoding: crate::config::ImageEncoding,
+    /// Pings to drop peers that stopped answering (frozen or gone).
+    pub keepalive: Option<Keepalive>,
+    /// The bearer token TCP clients must send (Unix socket clients are
+    /// checked by the socket file's permissions).
+    pub tcp_token: Option<BearerToken>,
+}
+
+/// HTTP/2 pings every `interval` to a connection, which is closed, with its
+/// streams, when one is not answered within `timeout`; TCP keepalive probes
+/// at the same interval catch a peer whose host is gone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
-            max_pixels: decode::DEFAULT_MAX_PIXELS,
+            image_limits: decode::ImageLimits::default(),
+            request_limits: Default::default(),
             mirror: false,
             subscriber_queue: 64,
-            max_waiting: 8,
             shutdown_deadline: Duration::from_millis(1500),
             smoothing: OneEuroParams::default(),
             smoothing_by_default: false,
             record_dir: None,
             matte_encoding: crate::config::ImageEncoding::Png,
+            keepalive: Some(Keepalive {
+                interval: Duration::from_secs(10),
+                timeout: Duration::from_secs(20),
+            }),
+            tcp_token: None,
         }
     }
 }
@@ -115,6 +140,13 @@ impl DaemonFacts {
     }
 }
 
+impl Shared {
+    /// The ids of the daemon's own sources (camera, replay).
+    fn source_names(&self) -> Vec<&str> {
+        self.sources.iter().map(|s| s.id.as_str()).collect()
+    }
+}
+
 /// State every RPC reads.
 pub(crate) struct Shared {
     engine: Arc<DaemonEngine>,
@@ -128,6 +160,7 @@ pub(crate) struct Shared {
     shutdown: Shutdown,
     tasks: Tasks,
     pushed: AtomicU64,
+    push_sources: push::RecentSources,
     /// Subscribers that asked for matte images: post-processing encodes
     /// them only while there is one (or a waiting push asks).
     matte_image_subscribers: Arc<AtomicUsize>,
@@ -155,7 +188,7 @@ pub enum SourceSpec {
 /// Where to listen. Either or both.
 pub struct Listeners {
     pub tcp: Option<TcpListener>,
-    pub uds: Option<(UnixListener, PathBuf)>,
+    pub uds: Option<(UnixListener, socket::SocketFile)>,
 }
 
 /// What the server serves: the MLX thread, the channel its outputs come
@@ -201,7 +234,7 @@ pub async fn run(
         recorder: recorder.clone(),
         telemetry: telemetry.clone(),
     };
-    let source_states = start_sources(sources, &submitter, &shutdown, &tasks, options.max_pixels);
+    let source_states = start_sources(sources, &submitter, &shutdown, &tasks, options.image_limits);
     let matte_image_subscribers = Arc::new(AtomicUsize::new(0));
     let post_options = PostOptions {
         mirror: options.mirror,
@@ -221,24 +254,21 @@ pub async fn run(
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
         pushed: AtomicU64::new(0),
+        push_sources: Default::default(),
         matte_image_subscribers,
     });
     // Not tracked: it ends when the engine's output channel closes, after
     // the streams (a frame in flight must not hold the shutdown).
     let post = tokio::spawn(post::post_loop(results, fanout, telemetry, post_options));
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-        .await;
+    let (health, health_service) = health::health_service(shutdown.clone(), tasks.clone());
+    health.set(SERVICE_NAME, ServingStatus::NotServing);
     for name in &route_health {
-        health
-            .set_service_status(name, ServingStatus::NotServing)
-            .await;
+        health.set(name, ServingStatus::NotServing);
     }
     tasks.spawn(follow_readiness(
         readiness,
-        health,
+        health.clone(),
         route_health,
         shutdown.clone(),
     ));
@@ -247,11 +277,21 @@ pub async fn run(
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    // Sized for the largest image the pixel cap allows, sent raw (a 4K RGB
+    // frame is 24 MiB; tonic's default of 4 MiB would refuse 1080p).
     let service = PoseServiceServer::new(PoseServer {
         shared: shared.clone(),
-    });
-    let router = || {
-        tonic::transport::Server::builder()
+    })
+    .max_decoding_message_size(options.image_limits.max_message_bytes());
+    let keepalive = options.keepalive;
+    let router = |token: Option<BearerToken>| {
+        let builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(keepalive.map(|k| k.interval))
+            .http2_keepalive_timeout(keepalive.map(|k| k.timeout));
+        builder
+            .layer(tonic::service::InterceptorLayer::new(auth::interceptor(
+                token,
+            )))
             .add_service(health_service.clone())
             .add_service(reflection.clone())
             .add_service(service.clone())
@@ -261,16 +301,19 @@ pub async fn run(
     let mut servers = Vec::new();
     if let Some(tcp) = listeners.tcp {
         tracing::info!("listening on {}", tcp.local_addr()?);
-        servers.push(tokio::spawn(router().serve_with_incoming_shutdown(
-            nodelay_incoming(tcp),
-            stopped(shutdown.clone()),
-        )));
+        servers.push(tokio::spawn(
+            router(options.tcp_token.clone()).serve_with_incoming_shutdown(
+                tcp_incoming(tcp, keepalive),
+                stopped(shutdown.clone()),
+            ),
+        ));
     }
-    let mut socket_path = None;
-    if let Some((uds, path)) = listeners.uds {
-        tracing::info!("listening on unix:{}", path.display());
-        socket_path = Some(path);
-        servers.push(tokio::spawn(router().serve_with_incoming_shutdown(
+    // Removed (with its lock file) once the servers are done.
+    let mut socket_file = None;
+    if let Some((uds, file)) = listeners.uds {
+        tracing::info!("listening on unix:{}", file.path().display());
+        socket_file = Some(file);
+        servers.push(tokio::spawn(router(None).serve_with_incoming_shutdown(
             UnixListenerStream::new(uds),
             stopped(shutdown.clone()),
         )));
@@ -279,6 +322,9 @@ pub async fn run(
 
     signal.await;
     tracing::info!("shutting down");
+    // Probes see NOT_SERVING first; then every stream (Subscribe,
+    // PushStream, Health.Watch) ends with UNAVAILABLE.
+    health.all_not_serving();
     shutdown.begin();
     tasks.close();
     let deadline = options.shutdown_deadline;
@@ -293,9 +339,7 @@ pub async fn run(
         tracing::warn!("streams did not end within {deadline:?}; closing anyway");
     }
     post.abort();
-    if let Some(path) = socket_path {
-        let _ = std::fs::remove_file(path);
-    }
+    drop(socket_file);
     Ok(())
 }
 
@@ -304,7 +348,7 @@ fn start_sources(
     submitter: &FrameSubmitter,
     shutdown: &Shutdown,
     tasks: &Tasks,
-    max_pixels: u64,
+    image_limits: decode::ImageLimits,
 ) -> Vec<Arc<SourceState>> {
     specs
         .into_iter()
@@ -316,7 +360,7 @@ fn start_sources(
                     state.clone(),
                     submitter.clone(),
                     shutdown.clone(),
-                    max_pixels,
+                    image_limits,
                 ));
                 state
             }
@@ -349,7 +393,7 @@ fn start_sources(
 /// and while the last frame failed.
 async fn follow_readiness(
     mut readiness: watch::Receiver<Readiness>,
-    health: tonic_health::server::HealthReporter,
+    health: health::HealthReporter,
     routes: Vec<String>,
     shutdown: Shutdown,
 ) {
@@ -358,9 +402,9 @@ async fn follow_readiness(
             Readiness::Serving => ServingStatus::Serving,
             _ => ServingStatus::NotServing,
         };
-        health.set_service_status(SERVICE_NAME, status).await;
+        health.set(SERVICE_NAME, status);
         for name in &routes {
-            health.set_service_status(name, status).await;
+            health.set(name, status);
         }
         tokio::select! {
             changed = readiness.changed() => if changed.is_err() { return },
@@ -374,6 +418,7 @@ pub(crate) fn engine_status(e: &EngineError) -> Status {
     match e {
         EngineError::Busy(_) => Status::resource_exhausted(e.to_string()),
         EngineError::Stopped | EngineError::Load(_) => Status::unavailable(e.to_string()),
+        e if e.is_deadline() => Status::deadline_exceeded(e.to_string()),
         EngineError::Route { .. } | EngineError::Panic { .. } => Status::internal(e.to_string()),
         EngineError::NotEnabled(_) => Status::failed_precondition(e.to_string()),
     }
@@ -390,7 +435,7 @@ impl proto::pose_service_server::PoseService for PoseServer {
         &self,
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        subscribe::subscribe(&self.shared, request.into_inner()).map(Response::new)
+        subscribe::subscribe(&self.shared, request.into_inner())
     }
 
     async fn push_image(
@@ -430,26 +475,40 @@ impl proto::pose_service_server::PoseService for PoseServer {
     }
 }
 
-/// Accepted connections with TCP_NODELAY. Without it a small event written
-/// right after the previous one waits for the client's delayed ACK (~40 ms
-/// on Linux): on loopback that put a constant 44 ms on every push-to-event
-/// round trip of `posed bench-grpc`.
-fn nodelay_incoming(
+/// Accepted connections with TCP_NODELAY and, when configured, TCP
+/// keepalive. Without TCP_NODELAY a small event written right after the
+/// previous one waits for the client's delayed ACK (~40 ms on Linux): on
+/// loopback that put a constant 44 ms on every push-to-event round trip of
+/// `posed bench-grpc`.
+fn tcp_incoming(
     listener: TcpListener,
+    keepalive: Option<Keepalive>,
 ) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    TcpListenerStream::new(listener).map(|conn| {
+    let probes = keepalive.map(|k| {
+        socket2::TcpKeepalive::new()
+            .with_time(k.interval)
+            .with_interval(k.interval)
+    });
+    TcpListenerStream::new(listener).map(move |conn| {
         conn.inspect(|c| {
             if let Err(e) = c.set_nodelay(true) {
                 tracing::warn!("cannot set TCP_NODELAY: {e}");
+            }
+            if let Some(p) = &probes {
+                if let Err(e) = socket2::SockRef::from(c).set_tcp_keepalive(p) {
+                    tracing::warn!("cannot set TCP keepalive: {e}");
+                }
             }
         })
     })
 }
 
 /// Binds the configured addresses; refuses non-loopback TCP unless allowed.
+/// The Unix socket gets permission bits `socket_mode`.
 pub async fn bind(
     tcp: Option<SocketAddr>,
     uds: Option<PathBuf>,
+    socket_mode: u32,
     allow_non_loopback: bool,
 ) -> anyhow::Result<Listeners> {
     let tcp = match tcp {
@@ -467,15 +526,7 @@ pub async fn bind(
         None => None,
     };
     let uds = match uds {
-        Some(path) => {
-            // A socket file left by a previous run would make bind fail.
-            if path.exists() {
-                std::fs::remove_file(&path)?;
-            }
-            let l = UnixListener::bind(&path)
-                .map_err(|e| anyhow::anyhow!("cannot listen on unix:{}: {e}", path.display()))?;
-            Some((l, path))
-        }
+        Some(path) => Some(socket::bind(&path, socket_mode)?),
         None => None,
     };
     Ok(Listeners { tcp, uds })
@@ -489,9 +540,16 @@ mod tests {
     async fn accepted_tcp_connections_do_not_wait_for_delayed_acks() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut incoming = Box::pin(nodelay_incoming(listener));
+        let keepalive = Keepalive {
+            interval: Duration::from_secs(7),
+            timeout: Duration::from_secs(3),
+        };
+        let mut incoming = Box::pin(tcp_incoming(listener, Some(keepalive)));
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let accepted = incoming.next().await.unwrap().unwrap();
         assert!(accepted.nodelay().unwrap());
+        let sock = socket2::SockRef::from(&accepted);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(7));
     }
 }

@@ -12,7 +12,7 @@ use crate::engine::{EngineError, EngineOutput, Frame};
 use crate::events::{error_event, is_error};
 use crate::fanout::FanOut;
 use crate::proto;
-use crate::routes::{self, stage, AnyRoutePost, PostOptions, PostWork, RouteOutput};
+use crate::routes::{self, stage, AnyRoutePost, PostOptions, PostWork, RouteId, RouteOutput};
 use crate::telemetry::Telemetry;
 
 pub(super) async fn post_loop(
@@ -58,7 +58,7 @@ pub(super) async fn post_loop(
                 telemetry.record_dropped(&format!("{name}.gate"), out.dropped_before);
             }
             let t = Instant::now();
-            fanout.publish(event.clone());
+            fanout.publish(event.clone(), fanout_class(*route));
             telemetry.record(&format!("{name}.{}", stage::FANOUT), t.elapsed());
             telemetry.record(
                 &format!("{name}.{}", stage::END_TO_END),
@@ -101,4 +101,14 @@ async fn post_one(
                 })
         }
     }
+}
+
+/// A route's class in the fan-out (drops are counted per route).
+pub(super) fn fanout_class(route: RouteId) -> usize {
+    usize::try_from(route.to_proto() as i32).unwrap_or(0)
+}
+
+/// The route of a fan-out class, if it is one.
+pub(super) fn class_route(class: usize) -> Option<RouteId> {
+    RouteId::from_proto(i32::try_from(class).ok()?)
 }

@@ -15,7 +15,7 @@ use crate::decode::{self, Rgb8};
 use crate::engine::{Frame, FrameJob, StreamId};
 use crate::events::{unix_ns, without_heavy_fields};
 use crate::proto;
-use crate::routes::{RouteId, RouteRequest};
+use crate::routes::{RequestLimits, RouteId, RouteRequest};
 
 pub(super) async fn push_image(
     shared: &Arc<Shared>,
@@ -147,13 +147,17 @@ fn requested_routes(shared: &Shared, routes: &[i32]) -> Result<Vec<RouteId>, Sta
 /// against the image's size). CPU work: run it on a blocking thread.
 pub fn decode_push(
     req: &proto::PushImageRequest,
-    max_pixels: u64,
+    image_limits: &decode::ImageLimits,
+    request_limits: &RequestLimits,
     routes: &[RouteId],
 ) -> Result<(Rgb8, Vec<RouteRequest>), Status> {
-    let rgb = decode::decode(req.image.as_ref(), max_pixels)?;
+    let rgb = decode::decode(req.image.as_ref(), image_limits)?;
     let requests = routes
         .iter()
-        .map(|id| id.kind().request(req, rgb.width, rgb.height))
+        .map(|id| {
+            id.kind()
+                .request(req, rgb.width, rgb.height, request_limits)
+        })
         .collect::<Result<_, _>>()?;
     Ok((rgb, requests))
 }
@@ -167,11 +171,13 @@ async fn frame_job(
     reply: Option<Reply>,
 ) -> Result<FrameJob<Reply>, Status> {
     let routes = requested_routes(shared, &req.routes)?;
+    let source_id = push_source_id(&req.source_id, &shared.source_names())?;
     let received = Instant::now();
-    let max_pixels = shared.options.max_pixels;
+    let (image_limits, request_limits) =
+        (shared.options.image_limits, shared.options.request_limits);
     let daemon_routes = shared.facts.routes.clone();
     let (rgb, requests, req) = tokio::task::spawn_blocking(move || {
-        let (rgb, requests) = decode_push(&req, max_pixels, &daemon_routes)?;
+        let (rgb, requests) = decode_push(&req, &image_limits, &request_limits, &daemon_routes)?;
         Ok::<_, Status>((rgb, requests, req))
     })
     .await
@@ -183,19 +189,13 @@ async fn frame_job(
         .map(|k| Intrinsics::checked(k.fx, k.fy, k.cx, k.cy, rgb.width, rgb.height))
         .transpose()
         .map_err(|e| Status::invalid_argument(format!("intrinsics {e}")))?;
+    let captured = capture_time(req.capture_unix_ns, SystemTime::now())?;
+    shared.push_sources.heard(&source_id);
     let id = shared.next_frame_id.fetch_add(1, Ordering::Relaxed);
-    let captured = match u64::try_from(req.capture_unix_ns) {
-        Ok(ns) if ns > 0 => SystemTime::UNIX_EPOCH + Duration::from_nanos(ns),
-        _ => SystemTime::now(),
-    };
     shared.pushed.fetch_add(1, Ordering::Relaxed);
     let frame = Arc::new(Frame {
         id,
-        source_id: if req.source_id.is_empty() {
-            "push".into()
-        } else {
-            req.source_id
-        },
+        source_id,
         client_frame_id: req.client_frame_id,
         captured,
         received,
@@ -214,6 +214,100 @@ async fn frame_job(
         requests,
         waiter: reply,
     })
+}
+
+/// The longest `source_id` a push may name (it is kept per source, logged
+/// and sent with every event).
+pub const MAX_SOURCE_ID_BYTES: usize = 128;
+
+/// The names of the daemon's own sources: a push may not pose as one.
+pub const BUILT_IN_SOURCES: [&str; 2] = ["camera", "replay"];
+
+/// A push's source: `push` when empty; not a daemon source's name
+/// (`daemon_sources`, and the built-in names whether configured or not),
+/// not longer than [`MAX_SOURCE_ID_BYTES`], no control characters.
+fn push_source_id(id: &str, daemon_sources: &[&str]) -> Result<String, Status> {
+    if id.is_empty() {
+        return Ok("push".into());
+    }
+    if id.len() > MAX_SOURCE_ID_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "source_id is {} bytes: at most {MAX_SOURCE_ID_BYTES}",
+            id.len()
+        )));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(
+            "source_id has a control character",
+        ));
+    }
+    if BUILT_IN_SOURCES.contains(&id) || daemon_sources.contains(&id) {
+        return Err(Status::permission_denied(format!(
+            "source_id {id:?} is the daemon's own source: push under another name"
+        )));
+    }
+    Ok(id.to_owned())
+}
+
+/// The push sources heard from lately, newest last; a bounded list, since
+/// clients choose the names.
+#[derive(Default)]
+pub(super) struct RecentSources(std::sync::Mutex<std::collections::VecDeque<String>>);
+
+/// How many push sources [`RecentSources`] remembers.
+const RECENT_SOURCES: usize = 256;
+
+impl RecentSources {
+    fn heard(&self, id: &str) {
+        let mut list = self.0.lock().expect("recent sources lock");
+        if list.back().is_some_and(|last| last == id) {
+            return;
+        }
+        list.retain(|s| s != id);
+        if list.len() >= RECENT_SOURCES {
+            list.pop_front();
+        }
+        list.push_back(id.to_owned());
+    }
+
+    pub(super) fn contains(&self, id: &str) -> bool {
+        self.0
+            .lock()
+            .expect("recent sources lock")
+            .iter()
+            .any(|s| s == id)
+    }
+}
+
+/// How far a pushed capture time may be from the daemon's clock. Clients
+/// run on the same machine: a time further off is a bug or a hostile value
+/// (it would be recorded, and replay would wait for it).
+pub const CAPTURE_TIME_WINDOW: Duration = Duration::from_secs(600);
+
+/// A push's `capture_unix_ns`: 0 = now; otherwise within
+/// [`CAPTURE_TIME_WINDOW`] of `now`.
+fn capture_time(ns: i64, now: SystemTime) -> Result<SystemTime, Status> {
+    if ns == 0 {
+        return Ok(now);
+    }
+    let out_of_window = || {
+        Status::invalid_argument(format!(
+            "capture_unix_ns {ns} is more than {} s from the daemon's clock (0 = on arrival)",
+            CAPTURE_TIME_WINDOW.as_secs()
+        ))
+    };
+    let at = u64::try_from(ns)
+        .ok()
+        .and_then(|ns| SystemTime::UNIX_EPOCH.checked_add(Duration::from_nanos(ns)))
+        .ok_or_else(out_of_window)?;
+    let off = at
+        .duration_since(now)
+        .or_else(|_| now.duration_since(at))
+        .unwrap_or(Duration::MAX);
+    if off > CAPTURE_TIME_WINDOW {
+        return Err(out_of_window());
+    }
+    Ok(at)
 }
 
 /// Submits and waits for the events, one per route (with vertices only if
@@ -280,6 +374,64 @@ impl PushSlot {
                 }
             }
             self.wake.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_cannot_pose_as_the_daemons_sources() {
+        assert_eq!(push_source_id("", &[]).unwrap(), "push");
+        assert_eq!(push_source_id("ipad-1", &["cam2"]).unwrap(), "ipad-1");
+        for (id, code) in [
+            ("camera", tonic::Code::PermissionDenied),
+            ("replay", tonic::Code::PermissionDenied),
+            ("cam2", tonic::Code::PermissionDenied),
+            ("a\nb", tonic::Code::InvalidArgument),
+        ] {
+            assert_eq!(
+                push_source_id(id, &["cam2"]).unwrap_err().code(),
+                code,
+                "{id}"
+            );
+        }
+        let long = "x".repeat(MAX_SOURCE_ID_BYTES + 1);
+        assert_eq!(
+            push_source_id(&long, &[]).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert!(push_source_id(&long[1..], &[]).is_ok());
+    }
+
+    #[test]
+    fn capture_times_must_be_near_the_daemons_clock() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ns = |t: SystemTime| {
+            i64::try_from(t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos()).unwrap()
+        };
+        assert_eq!(capture_time(0, now).unwrap(), now);
+        let recent = now - Duration::from_millis(40);
+        assert_eq!(capture_time(ns(recent), now).unwrap(), recent);
+        let soon = now + Duration::from_secs(5);
+        assert_eq!(capture_time(ns(soon), now).unwrap(), soon);
+        for bad in [
+            i64::MAX,
+            i64::MIN,
+            -1,
+            1,
+            ns(now - Duration::from_secs(601)),
+            ns(now + Duration::from_secs(601)),
+        ] {
+            let s = capture_time(bad, now).unwrap_err();
+            assert_eq!(s.code(), tonic::Code::InvalidArgument, "{bad}");
+            assert!(
+                s.message().contains("from the daemon's clock"),
+                "{}",
+                s.message()
+            );
         }
     }
 }
