@@ -37,10 +37,12 @@ run: release
 	target/release/posed fixture check --dir $(FIXTURES)/matte
 	scripts/demo.sh $(DEMO_MODELS) $(DEMO_SECONDS) $(DEMO_EVENTS)
 
-# Every test, after installing what they need.
+# Every test, after installing what they need; then the reliability
+# scripts' short runs (faults and a 30 s soak against target/debug/posed).
 test: setup
 	$(CARGO) test --workspace --no-fail-fast
 	$(CARGO) test --features cpu-profile --test cpu_profile
+	scripts/reliability/ci.sh
 
 # On Linux, lint also type-checks the AVFoundation backend for Apple Silicon
 # (--lib only: a dev-dependency's C code needs the macOS SDK).

@@ -557,9 +557,12 @@ class Pusher(threading.Thread):
     """PushImage(wait=True) in a loop at `rate` Hz (0 = back to back) on
     its own channel, recording (finish time, latency s, status code name)."""
 
-    def __init__(self, target, frames, rate=2.0, timeout=30.0, request_extra=None, name="pusher"):
+    def __init__(self, target, frames, rate=2.0, timeout=30.0, request_extra=None, name="pusher",
+                 fresh_sources=False):
         super().__init__(name=name, daemon=True)
         self.target, self.frames, self.rate, self.timeout = target, frames, rate, timeout
+        # Each push under a new source name: per-source state must stay bounded.
+        self.fresh_sources = fresh_sources
         self.request_extra = dict(request_extra or {})
         self.records = []
         self.lock = threading.Lock()
@@ -576,8 +579,11 @@ class Pusher(threading.Thread):
             i = 0
             next_at = time.monotonic()
             while not self.stopping.is_set():
+                extra = dict(self.request_extra)
+                if self.fresh_sources:
+                    extra["source_id"] = f"{self.name}-{i}"
                 req = s.pb.PushImageRequest(
-                    encoded=self.frames[i % len(self.frames)], wait=True, client_frame_id=i + 1, **self.request_extra
+                    encoded=self.frames[i % len(self.frames)], wait=True, client_frame_id=i + 1, **extra
                 )
                 t0 = time.monotonic()
                 try:

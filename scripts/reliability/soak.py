@@ -167,6 +167,8 @@ def main():
     p.add_argument("--max-rss-growth-mb", type=float, default=None,
                    help="FAIL if RSS ends this many MB above the first sample after t=0 (default: report only)")
     p.add_argument("--start-timeout-s", type=float, default=120.0)
+    p.add_argument("--fresh-sources", action="store_true",
+                   help="every PushImage under a new source_id (per-source state must stay bounded)")
     args = p.parse_args()
 
     harness.stubs()
@@ -199,7 +201,7 @@ def main():
             out.flush()
 
     frames = harness.jpeg_frames(8)
-    pusher = harness.Pusher(target, frames, rate=args.rate)
+    pusher = harness.Pusher(target, frames, rate=args.rate, fresh_sources=args.fresh_sources)
     stream = StreamClient(target, frames, args.stream_rate)
     subs = Subscribers(target, args.subscribers)
     t_start = time.monotonic()
@@ -276,6 +278,14 @@ def main():
     if args.max_rss_growth_mb is not None and warm_rss and end_rss and end_rss - warm_rss > args.max_rss_growth_mb:
         why.append(f"RSS grew {warm_rss} -> {end_rss} MB after the first window")
     push_all, stream_all = harness.latency_summary(all_push), harness.latency_summary(all_stream)
+    # The daemon is idle now (clients stopped): SIGTERM to exit, timed.
+    shutdown_ms = exit_code = None
+    if daemon:
+        t0 = time.monotonic()
+        exit_code = daemon.stop()
+        shutdown_ms = round((time.monotonic() - t0) * 1000, 1)
+        if exit_code != 0:
+            why.append(f"exit code {exit_code} after SIGTERM")
     emit({
         "summary": True,
         "seconds": round(time.monotonic() - t_start, 1),
@@ -289,11 +299,12 @@ def main():
         "stream_ms": {k: stream_all[k] for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")},
         "rss_mb": {"start": start_rss, "first_window": warm_rss, "end": end_rss, "max": round(rss_max, 1)},
         "fds": {"start": start_fds, "end": end_fds, "max": fds_max},
+        "shutdown_ms": shutdown_ms,
+        "exit_code": exit_code,
         "verdict": "FAIL" if why else "PASS",
         "why": why,
     })
     if daemon:
-        daemon.stop()
         if why:
             print(f"soak: daemon log kept in {daemon.log_path}", file=sys.stderr)
         else:
