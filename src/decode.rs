@@ -112,16 +112,57 @@ fn decode_raw(raw: &RawImage, limits: &ImageLimits) -> Result<Rgb8, Status> {
     })
 }
 
-/// True when a JPEG's last scan is followed by its end-of-image marker.
+/// True when a JPEG's scans are followed by its end-of-image marker.
 /// Decoders fill a file cut short with grey and call it a success; a
-/// truncated upload must be the client's error instead. Inside a scan,
-/// 0xFF is always followed by 0x00 or a restart marker, so an EOI after
-/// the first start-of-scan can only be the real end.
+/// truncated upload must be the client's error instead. The walk follows
+/// segment lengths, so a complete thumbnail inside an APP segment (EXIF)
+/// does not vouch for a cut main image; inside a scan, 0xFF is followed
+/// only by 0x00 or a restart marker until the next real marker.
 fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let Some(sos) = bytes.windows(2).position(|w| w == [0xFF, 0xDA]) else {
-        return false;
-    };
-    bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9])
+    jpeg_end(bytes).is_some()
+}
+
+/// Where a complete JPEG's EOI is; None if it is cut short or malformed.
+fn jpeg_end(bytes: &[u8]) -> Option<usize> {
+    const SOS: u8 = 0xDA;
+    const EOI: u8 = 0xD9;
+    let is_restart = |b: u8| (0xD0..=0xD7).contains(&b);
+    let mut i = 2; // after SOI
+    let mut seen_scan = false;
+    loop {
+        if *bytes.get(i)? != 0xFF {
+            return None;
+        }
+        while *bytes.get(i + 1)? == 0xFF {
+            i += 1; // fill bytes
+        }
+        let marker = *bytes.get(i + 1)?;
+        match marker {
+            EOI => return seen_scan.then_some(i),
+            0x01 => i += 2,
+            m if is_restart(m) => i += 2,
+            _ => {
+                let len = usize::from(u16::from_be_bytes([*bytes.get(i + 2)?, *bytes.get(i + 3)?]));
+                if len < 2 {
+                    return None;
+                }
+                i = i.checked_add(2 + len)?;
+                if marker == SOS {
+                    seen_scan = true;
+                    // Entropy-coded data up to the next marker.
+                    loop {
+                        i += bytes.get(i..)?.iter().position(|&b| b == 0xFF)?;
+                        let next = *bytes.get(i + 1)?;
+                        if next == 0x00 || is_restart(next) {
+                            i += 2;
+                        } else {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn decode_encoded(bytes: &[u8], limits: &ImageLimits) -> Result<Rgb8, Status> {
@@ -353,6 +394,28 @@ mod tests {
                 s.message()
             );
         }
+        // A complete thumbnail in an APP1 segment does not make a cut main
+        // image whole.
+        let thumb = jpeg(8, 8);
+        let mut with_exif = whole[..2].to_vec();
+        let app1_len = u16::try_from(2 + 6 + thumb.len()).unwrap();
+        with_exif.extend_from_slice(&[0xFF, 0xE1]);
+        with_exif.extend_from_slice(&app1_len.to_be_bytes());
+        with_exif.extend_from_slice(b"Exif\0\0");
+        with_exif.extend_from_slice(&thumb);
+        with_exif.extend_from_slice(&whole[2..]);
+        assert!(decode(
+            Some(&Image::Encoded(with_exif.clone())),
+            &ImageLimits::default()
+        )
+        .is_ok());
+        let cut = with_exif[..with_exif.len() - 200].to_vec();
+        let s = decode(Some(&Image::Encoded(cut)), &ImageLimits::default()).unwrap_err();
+        assert!(
+            s.message().contains("ends before the image"),
+            "{}",
+            s.message()
+        );
         // Bytes after the end marker (some cameras pad files) are fine.
         let mut padded = whole;
         padded.extend_from_slice(&[0; 16]);

@@ -484,6 +484,9 @@ async fn replay_feeds_subscribers_and_a_missing_camera_is_retried() {
         let img = image::RgbImage::from_fn(80, 60, |x, y| image::Rgb([(x + i) as u8, y as u8, 50]));
         img.save(dir.path().join(format!("frame{i}.png"))).unwrap();
     }
+    // A corrupt record between frames 1 and 2: skipped and named, and the
+    // recording plays on.
+    std::fs::write(dir.path().join("frame1c.png"), b"not a png").unwrap();
     let mut sources = vec![server::SourceSpec::Replay {
         id: "replay".into(),
         config: posed::sources::ReplayConfig {
@@ -525,6 +528,11 @@ async fn replay_feeds_subscribers_and_a_missing_camera_is_retried() {
         let replay = status.sources.iter().find(|s| s.id == "replay").unwrap();
         assert_eq!(replay.state, "running");
         assert!(replay.frames >= 3);
+        assert!(
+            replay.detail.contains("unreadable") && replay.detail.contains("frame1c.png"),
+            "{}",
+            replay.detail
+        );
         let cam = status.sources.iter().find(|s| s.id == "camera").unwrap();
         if cam.state == "reconnecting" && !cam.detail.is_empty() {
             break;

@@ -31,8 +31,12 @@ impl BearerToken {
                 token.chars().count()
             ));
         }
-        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err("the token has a space or a control character".into());
+        // What an HTTP header value carries as text: printable ASCII.
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(
+                "the token may hold only printable ASCII (no spaces, control or non-ASCII characters)"
+                    .into(),
+            );
         }
         Ok(BearerToken(Arc::new(
             Sha256::digest(token.as_bytes()).into(),
@@ -55,11 +59,14 @@ impl BearerToken {
     }
 
     fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        // The scheme is case-insensitive (RFC 9110 section 11.1).
         let sent = req
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim_start());
         match sent {
             Some(token) if self.matches(token) => Ok(()),
             Some(_) => Err(Status::unauthenticated("the bearer token is wrong")),
@@ -99,6 +106,7 @@ mod tests {
     fn only_the_right_token_passes() {
         let mut check = interceptor(Some(BearerToken::new("0123456789abcdef-x\n").unwrap()));
         assert!(check(call(Some("Bearer 0123456789abcdef-x"))).is_ok());
+        assert!(check(call(Some("bearer 0123456789abcdef-x"))).is_ok());
         for wrong in [
             None,
             Some("Bearer 0123456789abcdef-y"),
@@ -117,6 +125,8 @@ mod tests {
     fn short_or_spaced_tokens_are_refused() {
         assert!(BearerToken::new("short").is_err());
         assert!(BearerToken::new("0123456789 abcdef").is_err());
+        // A header cannot carry it: every client would be refused.
+        assert!(BearerToken::new("0123456789abcdéf").is_err());
         assert!(BearerToken::new("  0123456789abcdef  \n").is_ok());
     }
 }

@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,18 +26,30 @@ use super::shutdown::{goodbye, Shutdown, Tasks};
 #[derive(Clone)]
 pub struct HealthReporter {
     statuses: watch::Sender<BTreeMap<String, ServingStatus>>,
+    /// Set by [`HealthReporter::all_not_serving`]; read and written only
+    /// inside the channel's closures, which hold its lock, so no `set`
+    /// can slip a SERVING in after the shutdown's NOT_SERVING.
+    stopping: Arc<AtomicBool>,
 }
 
 impl HealthReporter {
     pub fn set(&self, service: &str, status: ServingStatus) {
-        self.statuses
-            .send_if_modified(|all| all.insert(service.to_owned(), status) != Some(status));
+        self.statuses.send_if_modified(|all| {
+            let status = if self.stopping.load(Ordering::Relaxed) {
+                ServingStatus::NotServing
+            } else {
+                status
+            };
+            all.insert(service.to_owned(), status) != Some(status)
+        });
     }
 
-    /// Every registered service NOT_SERVING at once (the first step of a
-    /// shutdown: load balancers and probes stop sending work).
+    /// Every registered service NOT_SERVING at once, and from now on (the
+    /// first step of a shutdown: load balancers and probes stop sending
+    /// work).
     pub fn all_not_serving(&self) {
         self.statuses.send_modify(|all| {
+            self.stopping.store(true, Ordering::Relaxed);
             for s in all.values_mut() {
                 *s = ServingStatus::NotServing;
             }
@@ -60,7 +74,11 @@ pub fn health_service(
         shutdown,
         tasks,
     };
-    (HealthReporter { statuses: tx }, HealthServer::new(service))
+    let reporter = HealthReporter {
+        statuses: tx,
+        stopping: Arc::new(AtomicBool::new(false)),
+    };
+    (reporter, HealthServer::new(service))
 }
 
 fn response(status: ServingStatus) -> HealthCheckResponse {
@@ -122,5 +140,29 @@ impl Health for HealthService {
             goodbye(&tx).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_turns_serving_after_the_shutdown_began() {
+        let (tx, rx) = watch::channel(BTreeMap::new());
+        let reporter = HealthReporter {
+            statuses: tx,
+            stopping: Arc::new(AtomicBool::new(false)),
+        };
+        reporter.set("posed.v1.Posed", ServingStatus::Serving);
+        assert_eq!(rx.borrow()["posed.v1.Posed"], ServingStatus::Serving);
+        reporter.all_not_serving();
+        // A readiness update that raced the shutdown.
+        reporter.set("posed.v1.Posed", ServingStatus::Serving);
+        reporter.set("hands", ServingStatus::Serving);
+        assert!(rx
+            .borrow()
+            .values()
+            .all(|s| *s == ServingStatus::NotServing));
     }
 }

@@ -161,6 +161,9 @@ pub(crate) struct Shared {
     tasks: Tasks,
     pushed: AtomicU64,
     push_sources: push::RecentSources,
+    /// Pushed images being decoded at once: as many as there are cores.
+    /// More would not finish sooner, and each holds a decoded image.
+    decode_permits: tokio::sync::Semaphore,
     /// Subscribers that asked for matte images: post-processing encodes
     /// them only while there is one (or a waiting push asks).
     matte_image_subscribers: Arc<AtomicUsize>,
@@ -255,6 +258,9 @@ pub async fn run(
         tasks: tasks.clone(),
         pushed: AtomicU64::new(0),
         push_sources: Default::default(),
+        decode_permits: tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        ),
         matte_image_subscribers,
     });
     // Not tracked: it ends when the engine's output channel closes, after

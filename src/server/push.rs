@@ -176,6 +176,11 @@ async fn frame_job(
     let (image_limits, request_limits) =
         (shared.options.image_limits, shared.options.request_limits);
     let daemon_routes = shared.facts.routes.clone();
+    let _decoding = shared
+        .decode_permits
+        .acquire()
+        .await
+        .map_err(|_| Status::unavailable("posed is shutting down"))?;
     let (rgb, requests, req) = tokio::task::spawn_blocking(move || {
         let (rgb, requests) = decode_push(&req, &image_limits, &request_limits, &daemon_routes)?;
         Ok::<_, Status>((rgb, requests, req))

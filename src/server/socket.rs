@@ -2,11 +2,13 @@
 //! beside the socket (`<socket>.lock`, holding the pid) is locked while the
 //! daemon lives, so a second daemon names the first instead of stealing its
 //! socket; an existing file is removed only when it is a socket nobody
-//! answers on (left by a daemon that was killed).
+//! answers on (left by a daemon that was killed). The lock file itself
+//! is never removed: a daemon that opened it just before another removed it
+//! would lock a file no third daemon sees, and two would serve.
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
@@ -26,13 +28,16 @@ pub enum SocketError {
     },
 }
 
-/// The bound socket's files: removed, and the lock released, on drop.
+/// The bound socket: removed (if it is still ours) and the lock released
+/// on drop.
 #[derive(Debug)]
 pub struct SocketFile {
     path: PathBuf,
-    lock_path: PathBuf,
+    /// The socket's device and inode, so that drop never removes a file
+    /// that replaced it.
+    id: (u64, u64),
     /// Locked while this value lives (the lock ends with the process too).
-    _lock: File,
+    lock: File,
 }
 
 impl SocketFile {
@@ -43,9 +48,20 @@ impl SocketFile {
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-        let _ = std::fs::remove_file(&self.lock_path);
+        if file_id(&self.path).is_some_and(|id| id == self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        // Emptied, not removed (see the module's note); the lock goes with
+        // the descriptor.
+        let _ = self.lock.set_len(0);
     }
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// An exclusive, non-blocking `flock` on the lock file; the kernel drops
@@ -95,33 +111,41 @@ pub fn bind(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), Socket
             io(e)
         });
     }
-    remove_stale(path)?;
-    // Bound under a temporary name, given its mode, then renamed into
-    // place: the socket is never reachable with the umask's permissions.
-    let staging = staging_path(path);
-    let _ = std::fs::remove_file(&staging);
-    let listener = UnixListener::bind(&staging).map_err(io)?;
-    let placed = std::fs::set_permissions(&staging, Permissions::from_mode(mode))
-        .and_then(|()| std::fs::rename(&staging, path));
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&staging);
-        return Err(io(e));
-    }
+    // The pid first, so that a second daemon never names a dead one.
     lock.set_len(0)
         .and_then(|()| lock.rewind())
         .and_then(|()| writeln!(lock, "{}", std::process::id()))
         .map_err(io)?;
+    remove_stale(path)?;
+    // Bound in a private (0700) folder beside the path, given its mode, then
+    // renamed into place: nobody can connect while it has the umask's
+    // permissions.
+    let staging = staging_dir(path);
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .map_err(io)?;
+    let staged = staging.join("s");
+    let placed = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, Permissions::from_mode(mode))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    let listener = placed.map_err(io)?;
+    let id = file_id(path).ok_or_else(|| io(std::io::ErrorKind::NotFound.into()))?;
     Ok((
         listener,
         SocketFile {
             path: path.to_owned(),
-            lock_path,
-            _lock: lock,
+            id,
+            lock,
         },
     ))
 }
 
-fn staging_path(path: &Path) -> PathBuf {
+fn staging_dir(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".{}.new", std::process::id()));
     PathBuf::from(name)
@@ -159,8 +183,14 @@ fn remove_stale(path: &Path) -> Result<(), SocketError> {
         Ok(_) => Err(SocketError::InUse {
             path: path.to_owned(),
         }),
-        // Refused (or any other failure): nobody serves on it.
-        Err(_) => std::fs::remove_file(path).map_err(|source| SocketError::Io {
+        // Refused: a socket file nobody listens on. Anything else (no
+        // permission to connect, say) does not prove it is dead.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)
+            .map_err(|source| SocketError::Io {
+                path: path.to_owned(),
+                source,
+            }),
+        Err(source) => Err(SocketError::Io {
             path: path.to_owned(),
             source,
         }),
@@ -187,7 +217,17 @@ mod tests {
         );
         assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
         drop(file);
-        assert!(!path.exists() && !lock_path(&path).exists());
+        assert!(!path.exists());
+        assert_eq!(std::fs::read(lock_path(&path)).unwrap(), b"");
+        // Nothing is left beside the socket but its lock file.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![lock_path(&path).file_name().unwrap().to_owned()]
+        );
     }
 
     #[tokio::test]
@@ -203,6 +243,17 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o660);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_replaced_the_socket_outlives_the_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("posed.sock");
+        let (_listener, file) = bind(&path, 0o600).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "someone else's").unwrap();
+        drop(file);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "someone else's");
     }
 
     #[tokio::test]

@@ -75,16 +75,26 @@ pub(super) fn subscribe(
             if let Some(gap) = min_gap {
                 let key = (event.route, event.source_id.clone());
                 let now = Instant::now();
-                // Bounded whatever the number of sources: entries older
-                // than the gap no longer hold anything back.
-                if last_sent.len() >= MAX_RATE_KEYS {
-                    last_sent.retain(|_, t| now.duration_since(*t) < gap);
-                }
                 if last_sent
                     .get(&key)
                     .is_some_and(|t| now.duration_since(*t) < gap)
                 {
                     continue;
+                }
+                // At most MAX_RATE_KEYS entries whatever the number of
+                // sources: expired ones go first, then the oldest (whose
+                // source may then get its next event a little early).
+                if !last_sent.contains_key(&key) && last_sent.len() >= MAX_RATE_KEYS {
+                    last_sent.retain(|_, t| now.duration_since(*t) < gap);
+                    if last_sent.len() >= MAX_RATE_KEYS {
+                        let oldest = last_sent
+                            .iter()
+                            .min_by_key(|(_, t)| **t)
+                            .map(|(k, _)| k.clone());
+                        if let Some(k) = oldest {
+                            last_sent.remove(&k);
+                        }
+                    }
                 }
                 last_sent.insert(key, now);
             }
@@ -111,7 +121,7 @@ pub(super) fn subscribe(
     Ok(response)
 }
 
-/// Rate-limit entries a subscriber keeps before it forgets expired ones.
+/// Rate-limit entries a subscriber keeps at most (one per route and source).
 const MAX_RATE_KEYS: usize = 256;
 
 /// Every named route must be known and enabled here.
